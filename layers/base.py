@@ -1,0 +1,194 @@
+"""The Layer contract (Caffe's, in Python) and the layer registry.
+
+A layer is built from its ``LayerParameter`` and never sees the Net:
+
+- ``setup(bottoms, tops)`` checks blob counts, reads parameters and creates
+  the parameter blobs (``self.blobs``); subclasses override ``layer_setup``.
+- ``reshape(bottoms, tops)`` validates input shapes and sizes the tops and
+  any internal buffers.
+- ``forward`` / ``backward`` dispatch to ``forward_cpu`` / ``forward_gpu``
+  (``backward_cpu`` / ``backward_gpu``) by the array type of the first bottom
+  (or top). A missing GPU path raises; nothing is copied to the host quietly.
+
+Blob lists are lists of ``netdef.blob.Blob``.
+"""
+import difflib
+
+import numpy as np
+
+from netdef.device import CPU, is_gpu_array
+from netdef.errors import NetDefinitionError, ShapeError
+
+_REGISTRY = {}
+_PYTHON_LAYERS = {}
+
+
+def register(type_name):
+    """Class decorator: make the class the implementation of ``type_name``."""
+    def decorate(cls):
+        if type_name in _REGISTRY:
+            raise RuntimeError(f"layer type {type_name!r} registered twice")
+        cls.type = type_name
+        _REGISTRY[type_name] = cls
+        return cls
+    return decorate
+
+
+def register_python(module, layer):
+    """Map a py-faster-rcnn / py-R-FCN ``type: "Python"`` layer
+    (``python_param { module layer }``) onto the decorated native class."""
+    def decorate(cls):
+        _PYTHON_LAYERS[(module, layer)] = cls
+        return cls
+    return decorate
+
+
+def registered_types():
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def python_layer_table():
+    _load_all()
+    return dict(_PYTHON_LAYERS)
+
+
+def _load_all():
+    # Importing the package imports every layer module (see layers/__init__).
+    import layers  # noqa: F401
+
+
+def layer_class(param):
+    """The class implementing ``param`` (a LayerParameter)."""
+    _load_all()
+    if param.type == "Python":
+        key = (param.python_param.module, param.python_param.layer)
+        if key in _PYTHON_LAYERS:
+            return _PYTHON_LAYERS[key]
+        known = ", ".join(f"{m}.{l}" for m, l in sorted(_PYTHON_LAYERS)) or "none"
+        raise NetDefinitionError(
+            f"layer '{param.name}': Python layer {key[0]}.{key[1]} is not a "
+            f"known native layer (known: {known}); arbitrary Python modules "
+            "are not imported")
+    if param.type not in _REGISTRY:
+        close = difflib.get_close_matches(param.type, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise NetDefinitionError(
+            f"layer '{param.name}': unknown layer type {param.type!r}{hint}")
+    return _REGISTRY[param.type]
+
+
+def create_layer(param, phase="TRAIN", device=CPU, dtype=np.float32, seed=0):
+    """Instantiate the layer described by ``param`` (a LayerParameter)."""
+    return layer_class(param)(param, phase=phase, device=device, dtype=dtype, seed=seed)
+
+
+class Layer:
+    """Base class of every layer; see the module docstring for the contract.
+
+    Class attributes declare blob counts (None = no constraint) and whether
+    the layer is a loss (a loss layer's first top gets loss_weight 1 unless
+    the prototxt says otherwise).
+    """
+
+    type = None
+    exact_bottoms = None
+    min_bottoms = None
+    max_bottoms = None
+    exact_tops = None
+    min_tops = None
+    max_tops = None
+    is_loss = False
+
+    def __init__(self, param, phase="TRAIN", device=CPU, dtype=np.float32, seed=0):
+        self.param = param
+        self.name = param.name
+        self.phase = phase
+        self.device = device
+        self.dtype = np.dtype(dtype)
+        self.seed = int(seed)
+        self.blobs = []
+
+    # -- context for messages -------------------------------------------------
+    @property
+    def where(self):
+        return f"layer '{self.name}' (type {self.type})"
+
+    def bottom_name(self, i):
+        return self.param.bottom[i] if i < len(self.param.bottom) else f"bottom[{i}]"
+
+    def top_name(self, i):
+        return self.param.top[i] if i < len(self.param.top) else f"top[{i}]"
+
+    def definition_error(self, message):
+        return NetDefinitionError(f"{self.where}: {message}")
+
+    def shape_error(self, bottom_index, expected, found):
+        return ShapeError(
+            f"{self.where}: bottom '{self.bottom_name(bottom_index)}' expected "
+            f"{expected}, found shape {tuple(found)}")
+
+    # -- the contract -----------------------------------------------------------
+    def setup(self, bottoms, tops):
+        self._check_counts("bottom", len(bottoms), self.exact_bottoms, self.min_bottoms, self.max_bottoms)
+        self._check_counts("top", len(tops), self.exact_tops, self.min_tops, self.max_tops)
+        self.layer_setup(bottoms, tops)
+
+    def layer_setup(self, bottoms, tops):
+        """Read parameters and create ``self.blobs``. Override as needed."""
+
+    def reshape(self, bottoms, tops):
+        raise NotImplementedError(f"{type(self).__name__} must implement reshape")
+
+    def forward(self, bottoms, tops):
+        if self._on_gpu(bottoms, tops):
+            with self.device.context():
+                return self.forward_gpu(bottoms, tops)
+        return self.forward_cpu(bottoms, tops)
+
+    def backward(self, tops, propagate_down, bottoms):
+        if self._on_gpu(bottoms, tops):
+            with self.device.context():
+                return self.backward_gpu(tops, propagate_down, bottoms)
+        return self.backward_cpu(tops, propagate_down, bottoms)
+
+    def forward_cpu(self, bottoms, tops):
+        raise NotImplementedError(f"{self.where} has no CPU forward")
+
+    def forward_gpu(self, bottoms, tops):
+        raise NotImplementedError(f"{self.where} has no GPU forward")
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        raise NotImplementedError(f"{self.where} has no CPU backward")
+
+    def backward_gpu(self, tops, propagate_down, bottoms):
+        raise NotImplementedError(f"{self.where} has no GPU backward")
+
+    # -- optional hooks read by the Net -----------------------------------------
+    def allow_force_backward(self, bottom_index):
+        """False for inputs that can never take a gradient (labels, RoIs)."""
+        return True
+
+    # -- helpers ------------------------------------------------------------------
+    def new_param_blob(self, shape):
+        """A parameter Blob of ``shape`` on this layer's device and dtype."""
+        from netdef.blob import Blob
+        return Blob(shape, dtype=self.dtype, xp=self.device.xp)
+
+    def rng(self, salt=0):
+        """A NumPy generator seeded from the layer's seed (and ``salt``)."""
+        return np.random.default_rng([self.seed, salt])
+
+    def _check_counts(self, what, n, exact, low, high):
+        if exact is not None and n != exact:
+            raise self.definition_error(f"needs exactly {exact} {what} blob(s), found {n}")
+        if low is not None and n < low:
+            raise self.definition_error(f"needs at least {low} {what} blob(s), found {n}")
+        if high is not None and n > high:
+            raise self.definition_error(f"takes at most {high} {what} blob(s), found {n}")
+
+    @staticmethod
+    def _on_gpu(bottoms, tops):
+        for blob in list(bottoms) + list(tops):
+            return is_gpu_array(blob.data)
+        return False

@@ -1,0 +1,162 @@
+"""Loading and launching the CUDA kernels of ``layers/cuda/*.cu``.
+
+``launch(source, name, dtype, n, args)`` runs entry point ``name`` of
+``layers/cuda/<source>`` for element type ``dtype`` over ``n`` work items.
+Where it runs is decided by the arrays in ``args``:
+
+- CuPy arrays: the file is compiled by ``cupy.RawModule`` (NVRTC), lazily,
+  once per (device, file, dtype), and launched in the grid-stride style.
+- NumPy arrays: the same file is compiled as host C++ through the shim in
+  ``common.cuh`` (g++), loaded with ctypes and run serially. This is how the
+  test suite checks the GPU code on a machine without a GPU; the layers never
+  take this path in normal use, since NumPy arrays dispatch to ``*_cpu``.
+
+Scalars in ``args`` must carry their C type: ``numpy.int64`` for
+``long long``, ``numpy.int32`` for ``int``, the array dtype for ``real``.
+"""
+import ctypes
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from netdef.device import is_gpu_array
+from netdef.errors import KernelError
+
+CUDA_DIR = Path(__file__).resolve().parent / "cuda"
+THREADS_PER_BLOCK = 512
+MAX_BLOCKS = 65535
+_INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$', re.MULTILINE)
+
+
+def dtype_suffix(dtype):
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return "f32"
+    if dtype == np.float64:
+        return "f64"
+    raise KernelError(f"kernels exist for float32 and float64, not {dtype}")
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_source(source, dtype_name):
+    """Full text of ``source`` for one dtype: local headers inlined (so the
+    text alone determines the compiled code, and CuPy's on-disk cache can
+    never hold a kernel built from an older header) and REAL_IS_DOUBLE set
+    for float64."""
+    def inline(path, seen):
+        text = path.read_text()
+
+        def replace(match):
+            header = path.parent / match.group(1)
+            if header in seen:
+                return ""
+            seen.add(header)
+            return inline(header, seen)
+        return _INCLUDE.sub(replace, text)
+
+    body = inline(CUDA_DIR / source, set())
+    prefix = "#define REAL_IS_DOUBLE\n" if dtype_suffix(dtype_name) == "f64" else ""
+    return prefix + body
+
+
+def kernel_files():
+    """Every kernel source file, by name."""
+    return sorted(p.name for p in CUDA_DIR.glob("*.cu"))
+
+
+def launch(source, name, dtype, n, args):
+    """Run ``name`` (without dtype suffix) of ``source`` over ``n`` items."""
+    n = int(n)
+    if n <= 0:
+        return
+    symbol = f"{name}_{dtype_suffix(dtype)}"
+    text = kernel_source(source, np.dtype(dtype).name)
+    if any(is_gpu_array(a) for a in args):
+        _launch_gpu(text, source, symbol, n, args)
+    else:
+        _launch_host(text, source, symbol, args)
+
+
+# -- GPU ------------------------------------------------------------------------
+
+_gpu_modules = {}
+
+
+def _launch_gpu(text, source, symbol, n, args):
+    import cupy
+    device_id = cupy.cuda.runtime.getDevice()
+    key = (device_id, text)
+    module = _gpu_modules.get(key)
+    if module is None:
+        try:
+            module = cupy.RawModule(code=text)
+            module.compile()
+        except cupy.cuda.compiler.CompileException as exc:
+            raise KernelError(f"layers/cuda/{source} does not compile: {exc}") from exc
+        _gpu_modules[key] = module
+    blocks = min((n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK, MAX_BLOCKS)
+    module.get_function(symbol)((blocks,), (THREADS_PER_BLOCK,), tuple(args))
+
+
+# -- host shim --------------------------------------------------------------------
+
+def host_compiler():
+    """Path of the C++ compiler the shim uses, or None."""
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+
+
+_C_TYPES = {
+    np.dtype(np.float32): ctypes.c_float,
+    np.dtype(np.float64): ctypes.c_double,
+    np.dtype(np.int32): ctypes.c_int,
+    np.dtype(np.int64): ctypes.c_longlong,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _host_library(text, source):
+    compiler = host_compiler()
+    if compiler is None:
+        raise KernelError("no C++ compiler found to build the host shim")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    build_dir = Path(tempfile.gettempdir()) / f"netdef-host-kernels-{os.getuid()}"
+    build_dir.mkdir(exist_ok=True)
+    library = build_dir / f"{Path(source).stem}-{digest}.so"
+    if not library.exists():
+        src = build_dir / f"{Path(source).stem}-{digest}.cpp"
+        src.write_text(text)
+        tmp = library.with_suffix(f".{os.getpid()}.tmp")
+        result = subprocess.run(
+            [compiler, "-O2", "-shared", "-fPIC", "-std=c++14", "-x", "c++",
+             str(src), "-o", str(tmp)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise KernelError(
+                f"layers/cuda/{source} does not compile as host C++:\n{result.stderr}")
+        os.replace(tmp, library)
+    return ctypes.CDLL(str(library))
+
+
+def _launch_host(text, source, symbol, args):
+    library = _host_library(text, source)
+    c_args = []
+    for i, arg in enumerate(args):
+        if isinstance(arg, np.ndarray):
+            if not arg.flags.c_contiguous:
+                raise KernelError(f"{symbol}: argument {i} must be C-contiguous")
+            c_args.append(ctypes.c_void_p(arg.ctypes.data))
+        elif isinstance(arg, np.generic) and arg.dtype in _C_TYPES:
+            c_args.append(_C_TYPES[arg.dtype](arg.item()))
+        else:
+            raise KernelError(
+                f"{symbol}: argument {i} must be an array or a numpy scalar of a "
+                f"C type (int32, int64, float32, float64), found {type(arg).__name__}")
+    function = getattr(library, symbol)
+    function.restype = None
+    function(*c_args)
