@@ -103,7 +103,7 @@ def setup_layer(layer, bottom_arrays, num_tops=None):
 
 def check_layer(spec, bottom_arrays, *, check_bottoms=None, check_params=True,
                 phase="TRAIN", eps=1e-6, tolerance=1e-5, seed=0, num_tops=None,
-                max_per_blob=None):
+                max_per_blob=None, param_arrays=None):
     """Gradient-check one layer in float64 on the CPU.
 
     spec: prototxt text, LayerParameter or Layer (float64).
@@ -111,12 +111,15 @@ def check_layer(spec, bottom_arrays, *, check_bottoms=None, check_params=True,
         perturbed. check_bottoms: indices of bottoms to check (default: every
         bottom the layer can propagate to). check_params: check ``layer.blobs``.
     max_per_blob: check a random subset of that many elements per blob.
+    param_arrays: values for ``layer.blobs`` after setup (default: fillers).
     Returns a ``GradCheckResult``.
     """
     layer = build_layer(spec, phase=phase, dtype=np.float64, seed=seed)
     arrays = [np.array(a, dtype=np.float64) if np.asarray(a).dtype.kind == "f" else np.array(a)
               for a in bottom_arrays]
     bottoms, tops = setup_layer(layer, arrays, num_tops)
+    for blob, values in zip(layer.blobs, param_arrays or []):
+        blob.data[...] = np.reshape(values, blob.shape)
     if check_bottoms is None:
         check_bottoms = [i for i, a in enumerate(arrays)
                          if a.dtype.kind == "f" and layer.allow_force_backward(i)]
@@ -173,3 +176,120 @@ def check_layer(spec, bottom_arrays, *, check_bottoms=None, check_params=True,
                 worst[label] = check
     objective()
     return GradCheckResult(tolerance, worst, checked, skipped)
+
+
+# -- whole nets ------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LayerCheckRow:
+    """One line of a net check: the layer and its result (None = nothing to check)."""
+    layer: str
+    type: str
+    result: GradCheckResult = None
+    note: str = ""
+
+
+def _input_values(net, rng):
+    """Random inputs: Gaussian for blobs that take gradients, zeros for blobs
+    only read as labels/indices (every consumer, seen through Split layers,
+    refuses a gradient there)."""
+    consumers = {}
+    for lp, layer in zip(net.layer_params, net.layers):
+        for j, bottom in enumerate(lp.bottom):
+            consumers.setdefault(bottom, []).append((lp, layer, j))
+
+    def label_like(name):
+        for lp, layer, j in consumers.get(name, []):
+            if lp.type == "Split":
+                if not all(label_like(top) for top in lp.top):
+                    return False
+            elif layer.allow_force_backward(j):
+                return False
+        return True
+
+    return {name: np.zeros(net.blobs[name].shape) if label_like(name)
+            else rng.standard_normal(net.blobs[name].shape) for name in net.inputs}
+
+
+def check_net(model, *, phase="TRAIN", inputs=None, seed=0, max_per_blob=20,
+              tolerance=1e-4, stages=(), level=0):
+    """Gradient-check every layer of a net at the inputs it really sees.
+
+    model: prototxt path or text (or a NetParameter). The net is built in
+    float64 on the CPU; ``inputs`` (name -> array) default to random values
+    (see ``_input_values``). Each layer is checked with the bottoms it
+    received during one forward pass and the net's own parameter values.
+    Returns a list of ``LayerCheckRow``.
+    """
+    from netdef.net import Net
+    net = Net(model, phase, device=CPU, dtype=np.float64, stages=stages, level=level, seed=seed)
+    rng = np.random.default_rng(seed)
+    values = inputs if inputs is not None else _input_values(net, rng)
+    net.set_input_arrays(**values)
+    rows = []
+    for i, (lp, layer) in enumerate(zip(net.layer_params, net.layers)):
+        bottoms, tops = net.bottom_blobs[i], net.top_blobs[i]
+        layer.reshape(bottoms, tops)
+        captured = [b.data.copy() for b in bottoms]
+        layer.forward(bottoms, tops)
+        checkable = [j for j, a in enumerate(captured) if layer.allow_force_backward(j)]
+        if not checkable and not layer.blobs:
+            rows.append(LayerCheckRow(lp.name, lp.type, note="no gradient to check"))
+            continue
+        if getattr(layer, "random_forward", False) and phase == "TRAIN":
+            rows.append(LayerCheckRow(lp.name, lp.type, note="random forward in TRAIN: not checkable"))
+            continue
+        spec = type(lp)()
+        spec.CopyFrom(lp)
+        result = check_layer(spec, captured, check_bottoms=checkable, phase=net.phase,
+                             seed=seed, num_tops=len(tops), max_per_blob=max_per_blob,
+                             tolerance=tolerance, param_arrays=[b.data for b in layer.blobs])
+        rows.append(LayerCheckRow(lp.name, lp.type, result))
+    return rows
+
+
+def format_net_check(rows):
+    lines = [f"{'layer':<28} {'type':<18} {'checked':>8} {'kinks':>6} {'worst blob':<24} "
+             f"{'rel err':>9}  status"]
+    for row in rows:
+        if row.result is None:
+            lines.append(f"{row.layer:<28} {row.type:<18} {'-':>8} {'-':>6} {'':<24} {'':>9}  {row.note}")
+            continue
+        worst = row.result.worst
+        lines.append(f"{row.layer:<28} {row.type:<18} {row.result.checked:>8} "
+                     f"{row.result.skipped_kinks:>6} {(worst.blob if worst else '-'):<24} "
+                     f"{(worst.error if worst else 0):>9.2e}  "
+                     f"{'ok' if row.result.passed else 'FAIL'}")
+    failed = sum(1 for r in rows if r.result is not None and not r.result.passed)
+    lines.append(f"{len(rows)} layers, {failed} failed")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    import argparse
+    import sys
+    from netdef.errors import EngineError
+    parser = argparse.ArgumentParser(
+        prog="python -m netdef.gradcheck",
+        description="Finite-difference gradient check of every layer of a network "
+                    "(float64, CPU, random inputs).")
+    parser.add_argument("prototxt")
+    parser.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN")
+    parser.add_argument("--stage", action="append", default=[])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-per-blob", type=int, default=20,
+                        help="elements checked per blob (random subset)")
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    args = parser.parse_args(argv)
+    try:
+        rows = check_net(args.prototxt, phase=args.phase, seed=args.seed, stages=args.stage,
+                         max_per_blob=args.max_per_blob, tolerance=args.tolerance)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_net_check(rows))
+    return 1 if any(r.result is not None and not r.result.passed for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

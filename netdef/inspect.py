@@ -1,0 +1,123 @@
+"""Shape report of a network: ``python -m netdef.inspect NET.prototxt``.
+
+Builds the net (CPU, no weights) and prints, per layer: type, bottoms and
+tops with shapes, parameter count, multiply-adds and the memory of its top
+blobs, then the totals. Errors in the prototxt are printed as one line
+naming file, line, layer and blob, with exit status 2.
+
+Multiply-adds count the convolutions and inner products (as Kaiming He's
+ResNet table does): ``weight count x output positions``.
+"""
+import argparse
+import sys
+
+import numpy as np
+
+from netdef.errors import EngineError
+from netdef.net import Net
+
+COUNTED_TYPES = ("Convolution", "InnerProduct")
+
+
+def multiply_adds(layer, bottoms, tops):
+    """Multiply-adds of one forward pass of ``layer``."""
+    if layer.type == "Deconvolution" and layer.blobs:
+        return layer.blobs[0].count * bottoms[0].count // bottoms[0].shape[1]
+    if layer.type not in COUNTED_TYPES or not layer.blobs:
+        return 0
+    axis = 1
+    if layer.type == "InnerProduct":
+        axis = layer.param.inner_product_param.axis % len(tops[0].shape)
+    total = 0
+    for top in tops:  # bottom i -> top i, weights shared
+        positions = top.count // top.shape[axis] if top.shape[axis] else 0
+        total += layer.blobs[0].count * positions
+    return total
+
+
+def layer_rows(net):
+    """One dict per layer: name, type, bottoms, tops, params, macs, bytes."""
+    rows = []
+    for lp, layer, bottoms, tops in zip(net.layer_params, net.layers, net.bottom_blobs, net.top_blobs):
+        rows.append(dict(
+            name=lp.name, type=lp.type,
+            bottoms=[(n, b.shape) for n, b in zip(lp.bottom, bottoms)],
+            tops=[(n, t.shape) for n, t in zip(lp.top, tops)],
+            params=sum(b.count for b in layer.blobs),
+            macs=multiply_adds(layer, bottoms, tops),
+            bytes=sum(t.count * t.dtype.itemsize for n, t in zip(lp.top, tops)
+                      if n not in lp.bottom),
+        ))
+    return rows
+
+
+def _shape(shape):
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def _human(n, unit=""):
+    for suffix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{suffix}{unit}"
+    return f"{n:g}{unit}"
+
+
+def format_report(net, rows):
+    lines = [f"net '{net.name}' phase {net.phase}, {len(rows)} layers",
+             f"{'layer':<28} {'type':<18} {'bottoms -> tops':<60} {'params':>9} "
+             f"{'mult-adds':>10} {'memory':>9}"]
+    for r in rows:
+        bottoms = ", ".join(f"{n} {_shape(s)}" for n, s in r["bottoms"])
+        tops = ", ".join(f"{n} {_shape(s)}" for n, s in r["tops"])
+        flow = f"{bottoms} -> {tops}" if bottoms else f"-> {tops}"
+        lines.append(f"{r['name']:<28} {r['type']:<18} {flow:<60} {_human(r['params']):>9} "
+                     f"{_human(r['macs']):>10} {_human(r['bytes'], 'B'):>9}")
+    params = sum(p.blob.count for p in net.learnable_params)
+    macs = sum(r["macs"] for r in rows)
+    memory = sum(r["bytes"] for r in rows)
+    lines.append(f"total: {params:,} parameters ({_human(params * net.dtype.itemsize, 'B')}), "
+                 f"{macs:,} multiply-adds ({_human(macs)}), {_human(memory, 'B')} of top blobs "
+                 "(data; training doubles it for diffs)")
+    lines.append(f"inputs: {', '.join(net.inputs) or 'none'}; outputs: {', '.join(net.outputs)}")
+    return "\n".join(lines)
+
+
+def parse_input_shapes(items):
+    shapes = {}
+    for item in items or []:
+        name, _, dims = item.partition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.replace("x", ",").split(","))
+        except ValueError:
+            raise SystemExit(f"--input expects NAME=D1,D2,..., found {item!r}")
+    return shapes
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m netdef.inspect",
+        description="Print every layer of a prototxt network with its blob shapes, "
+                    "parameter count, multiply-adds and memory.")
+    parser.add_argument("prototxt", help="network definition (.prototxt)")
+    parser.add_argument("--phase", choices=("TRAIN", "TEST"), default="TEST")
+    parser.add_argument("--stage", action="append", default=[], help="NetState stage (repeatable)")
+    parser.add_argument("--level", type=int, default=0, help="NetState level")
+    parser.add_argument("--input", action="append", metavar="NAME=D1,D2,...",
+                        help="override the shape of an input blob, e.g. data=1,3,600,1000")
+    args = parser.parse_args(argv)
+    try:
+        net = Net(args.prototxt, args.phase, stages=args.stage, level=args.level)
+        shapes = parse_input_shapes(args.input)
+        if shapes:
+            for name, shape in shapes.items():
+                net.set_input_arrays(**{name: np.zeros(shape, net.dtype)})
+            net.reshape()
+        print(format_report(net, layer_rows(net)))
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""Net: a network built from a prototxt, with pycaffe's Python surface.
+
+Building is a short sequence of separately testable steps, each decision
+logged in ``net.build_log``:
+
+1. read and upgrade the prototxt (``netdef.schema``);
+2. filter layers by the NetState (``graph.filter_net``);
+3. resolve loss weights, insert Split layers for blobs with several
+   consumers (``graph.insert_splits``);
+4. create blobs (in-place tops share their bottom's Blob) and layers, run
+   ``setup`` and ``reshape`` in order (shape inference; errors name the
+   layer and the blobs with their shapes);
+5. bind parameters (sharing by ParamSpec name, lr_mult / decay_mult);
+6. plan backward: which layers and bottoms need gradients (Caffe's rules,
+   with ``propagate_down`` and ``force_backward``).
+
+Usage (pycaffe style)::
+
+    net = Net("deploy.prototxt", "TEST", weights="model.caffemodel")
+    out = net.forward(data=image_batch)      # dict of output arrays; out.loss
+    net.backward()                           # gradients into .diff
+"""
+import collections
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from layers.base import create_layer
+from netdef import graph
+from netdef.blob import Blob
+from netdef.device import default_device, to_numpy
+from netdef.errors import EngineError, NetDefinitionError, ShapeError, WeightsError
+
+TRAIN, TEST = "TRAIN", "TEST"
+
+
+def normalize_phase(phase):
+    """Accept "TRAIN"/"TEST", pycaffe's 0/1, or caffe_pb2.TRAIN/TEST."""
+    if isinstance(phase, str) and phase.upper() in (TRAIN, TEST):
+        return phase.upper()
+    if phase in (0, 1):
+        return (TRAIN, TEST)[phase]
+    raise NetDefinitionError(f"phase must be TRAIN or TEST, found {phase!r}")
+
+
+@dataclasses.dataclass
+class LearnableParam:
+    """One learnable parameter blob and its update multipliers."""
+    blob: Blob
+    layer: str
+    index: int
+    lr_mult: float
+    decay_mult: float
+
+
+class Outputs(dict):
+    """``forward``'s result: output blob name -> array, plus ``.loss``, the
+    weighted sum of every loss top."""
+    loss = 0.0
+
+
+class Net:
+    """A network built from a prototxt path or text.
+
+    Net(model, phase="TRAIN", weights=None, *, device=None, dtype=float32,
+        stages=(), level=0, seed=0)
+    Also accepts pycaffe's positional form Net(model, weights, phase).
+    """
+
+    def __init__(self, model, phase=TRAIN, weights=None, *, device=None, dtype=np.float32,
+                 stages=(), level=0, seed=0):
+        if isinstance(phase, (str, Path)) and str(phase).upper() not in (TRAIN, TEST) \
+                and weights in (TRAIN, TEST, 0, 1):
+            phase, weights = weights, phase  # pycaffe: Net(model, weights, phase)
+        from netdef.schema import read_net
+        self.phase = normalize_phase(phase)
+        self.device = device if device is not None else default_device()
+        self.dtype = np.dtype(dtype)
+        self.seed = int(seed)
+        self.source = model if isinstance(model, (str, Path)) and not _is_text(model) else "<string>"
+        self.param = model if hasattr(model, "layer") else read_net(model)
+        self.name = self.param.name
+        self.build_log = []
+        self._build(stages, level)
+        if weights is not None:
+            self.copy_from(weights)
+
+    # -- building ------------------------------------------------------------
+    def _build(self, stages, level):
+        filtered, decisions = graph.filter_net(self.param, self.phase, level, stages)
+        self.build_log += decisions
+        from layers.base import layer_class
+        classes = [layer_class(lp) for lp in filtered.layer]
+        weights = [self._loss_weights(lp, cls) for lp, cls in zip(filtered.layer, classes)]
+        net_param, weights, decisions = graph.insert_splits(filtered, weights)
+        self.build_log += decisions
+        self.layer_params = list(net_param.layer)
+
+        self.blobs = collections.OrderedDict()
+        self.layers, self._layer_names = [], []
+        self.bottom_blobs, self.top_blobs = [], []
+        self.loss_weights = weights
+        self.inputs = []
+        consumed = set()
+        with self.device.context():
+            for index, lp in enumerate(self.layer_params):
+                layer = create_layer(lp, phase=self.phase, device=self.device, dtype=self.dtype,
+                                     seed=self.seed * 100003 + index)
+                bottoms = [self._bottom(lp, name) for name in lp.bottom]
+                consumed.update(lp.bottom)
+                tops = [self._top(lp, i, name) for i, name in enumerate(lp.top)]
+                if lp.type in ("Input",):
+                    self.inputs += list(lp.top)
+                self._setup(layer, lp, bottoms, tops)
+                self.layers.append(layer)
+                self._layer_names.append(lp.name)
+                self.bottom_blobs.append(bottoms)
+                self.top_blobs.append(tops)
+        self.layer_dict = collections.OrderedDict(zip(self._layer_names, self.layers))
+        self.outputs = [name for name in self.blobs if name not in consumed]
+        self._bind_params()
+        self._plan_backward(net_param.force_backward)
+
+    def _loss_weights(self, lp, cls):
+        tops = len(lp.top)
+        if lp.loss_weight:
+            if len(lp.loss_weight) != tops:
+                raise NetDefinitionError(
+                    f"layer '{lp.name}': loss_weight must be given once per top "
+                    f"({tops}), found {len(lp.loss_weight)}")
+            return [float(w) for w in lp.loss_weight]
+        return [1.0 if (cls.is_loss and i == 0) else 0.0 for i in range(tops)]
+
+    def _bottom(self, lp, name):
+        if name not in self.blobs:
+            known = ", ".join(self.blobs) or "none"
+            raise NetDefinitionError(
+                f"{self.source}: layer '{lp.name}' (type {lp.type}): bottom '{name}' is not "
+                f"produced by any earlier layer (blobs so far: {known})")
+        return self.blobs[name]
+
+    def _top(self, lp, index, name):
+        if index < len(lp.bottom) and lp.bottom[index] == name:
+            return self.blobs[name]  # in place: the top is the bottom's Blob
+        if name in self.blobs:
+            raise NetDefinitionError(
+                f"{self.source}: layer '{lp.name}' (type {lp.type}): top '{name}' is "
+                "already produced by an earlier layer (only in-place reuse, top i == "
+                "bottom i, is allowed)")
+        blob = Blob((), dtype=self.dtype, xp=self.device.xp)
+        self.blobs[name] = blob
+        return blob
+
+    def _setup(self, layer, lp, bottoms, tops):
+        try:
+            layer.setup(bottoms, tops)
+            layer.reshape(bottoms, tops)
+        except EngineError:
+            raise
+        except (ValueError, IndexError, TypeError) as exc:
+            shapes = ", ".join(f"'{n}' {b.shape}" for n, b in zip(lp.bottom, bottoms)) or "none"
+            raise ShapeError(
+                f"{self.source}: layer '{lp.name}' (type {lp.type}) cannot be set up with "
+                f"bottoms {shapes}: {exc}") from exc
+        self.build_log.append(
+            f"{lp.name} ({lp.type}): " + ", ".join(f"{n} {b.shape}" for n, b in zip(lp.top, tops)))
+
+    def _bind_params(self):
+        """Share parameters by ParamSpec name and record lr/decay multipliers."""
+        self.params = collections.OrderedDict()
+        self.learnable_params = []
+        owners = {}
+        self._param_need_backward = []
+        for layer, lp in zip(self.layers, self.layer_params):
+            if len(lp.param) > len(layer.blobs):
+                raise NetDefinitionError(
+                    f"layer '{lp.name}' (type {lp.type}): {len(lp.param)} param specs given "
+                    f"but the layer has {len(layer.blobs)} parameter blob(s)")
+            fixed = set(getattr(layer, "fixed_param_blobs", ()))
+            needs = False
+            for i in range(len(layer.blobs)):
+                spec = lp.param[i] if i < len(lp.param) else None
+                name = spec.name if spec is not None else ""
+                lr = 0.0 if i in fixed else (spec.lr_mult if spec is not None else 1.0)
+                decay = spec.decay_mult if spec is not None else 1.0
+                if name and name in owners:
+                    owner = owners[name]
+                    if owner.blob.shape != layer.blobs[i].shape:
+                        raise NetDefinitionError(
+                            f"layer '{lp.name}': shared parameter '{name}' has shape "
+                            f"{layer.blobs[i].shape} here but {owner.blob.shape} in layer "
+                            f"'{owner.layer}'")
+                    layer.blobs[i] = owner.blob
+                    self.build_log.append(f"{lp.name}: param {i} shares '{name}' with {owner.layer}")
+                    needs = needs or owner.lr_mult != 0
+                    continue
+                entry = LearnableParam(layer.blobs[i], lp.name, i, lr, decay)
+                if name:
+                    owners[name] = entry
+                self.learnable_params.append(entry)
+                needs = needs or lr != 0
+            if layer.blobs:
+                self.params[lp.name] = layer.blobs
+            self._param_need_backward.append(needs)
+
+    def _plan_backward(self, force_backward):
+        """Caffe's decision of which layers and bottoms need backward."""
+        n = len(self.layers)
+        blob_needs = {}
+        self.layer_need_backward = [False] * n
+        self.bottom_need_backward = []
+        for i, lp in enumerate(self.layer_params):
+            propagate = list(lp.propagate_down)
+            if propagate and len(propagate) != len(lp.bottom):
+                raise NetDefinitionError(
+                    f"layer '{lp.name}': propagate_down must be given once per bottom "
+                    f"({len(lp.bottom)}), found {len(propagate)}")
+            needs = [blob_needs.get(b, False) and (propagate[j] if propagate else True)
+                     for j, b in enumerate(lp.bottom)]
+            layer_needs = any(needs) or self._param_need_backward[i]
+            self.layer_need_backward[i] = layer_needs
+            self.bottom_need_backward.append(needs)
+            for t in lp.top:
+                blob_needs[t] = layer_needs
+
+        # Walk back from the losses: layers that feed no loss skip backward.
+        under_loss, skip = set(), set()
+        for i in reversed(range(n)):
+            lp = self.layer_params[i]
+            contributes = any(w != 0 for w in self.loss_weights[i]) or \
+                any(t in under_loss for t in lp.top)
+            skip_propagate = all(t in skip for t in lp.top)
+            if not contributes or skip_propagate:
+                self.layer_need_backward[i] = False
+                self.bottom_need_backward[i] = [False] * len(lp.bottom)
+            for j, b in enumerate(lp.bottom):
+                if contributes:
+                    under_loss.add(b)
+                if not self.bottom_need_backward[i][j]:
+                    skip.add(b)
+
+        if force_backward:
+            for i, layer in enumerate(self.layers):
+                self.layer_need_backward[i] = True
+                self.bottom_need_backward[i] = [
+                    needs or layer.allow_force_backward(j)
+                    for j, needs in enumerate(self.bottom_need_backward[i])]
+        for i, lp in enumerate(self.layer_params):
+            if self.layer_need_backward[i]:
+                self.build_log.append(f"{lp.name} needs backward")
+            else:
+                self.build_log.append(f"{lp.name} does not need backward")
+
+    # -- running ---------------------------------------------------------------
+    def _range(self, start, end):
+        names = self._layer_names
+        first = names.index(start) if start is not None else 0
+        last = names.index(end) if end is not None else len(names) - 1
+        return first, last
+
+    def set_input_arrays(self, **arrays):
+        """Copy arrays (NumPy or CuPy) into blobs, reshaping them as needed."""
+        for name, array in arrays.items():
+            if name not in self.blobs:
+                raise NetDefinitionError(
+                    f"{self.source}: no blob named '{name}' (inputs: {', '.join(self.inputs)})")
+            self.blobs[name].set_data(array)
+
+    def forward(self, blobs=None, start=None, end=None, **inputs):
+        """Run layers ``start``..``end`` (names, inclusive). Keyword arrays
+        are copied into the blobs of those names first. Returns ``Outputs``
+        (output blob name -> data array, and ``.loss``)."""
+        self.set_input_arrays(**inputs)
+        first, last = self._range(start, end)
+        loss = 0.0
+        with self.device.context():
+            for i in range(first, last + 1):
+                layer, bottoms, tops = self.layers[i], self.bottom_blobs[i], self.top_blobs[i]
+                layer.reshape(bottoms, tops)
+                layer.forward(bottoms, tops)
+                for weight, top in zip(self.loss_weights[i], tops):
+                    if weight:
+                        loss += weight * float(top.data.sum())
+        names = list(self.outputs) + list(blobs or [])
+        out = Outputs((name, self.blobs[name].data) for name in names)
+        out.loss = loss
+        return out
+
+    def backward(self, diffs=None, start=None, end=None, **top_diffs):
+        """Back-propagate from ``end`` down to ``start`` (default: all).
+
+        Loss tops' diffs are seeded with their loss weight; keyword arrays
+        set the diff of output blobs. Parameter gradients accumulate (call
+        ``clear_param_diffs`` between iterations). Returns input name ->
+        diff array for the net inputs and any blob names in ``diffs``."""
+        for name, diff in top_diffs.items():
+            if name not in self.outputs:
+                raise NetDefinitionError(f"{self.source}: '{name}' is not an output blob "
+                                         f"(outputs: {', '.join(self.outputs)})")
+            blob = self.blobs[name]
+            if tuple(diff.shape) != blob.shape:
+                raise ShapeError(f"{self.source}: diff for '{name}' has shape "
+                                 f"{tuple(diff.shape)}, the blob has {blob.shape}")
+            blob.diff[...] = self.device.asarray(diff, dtype=self.dtype)
+        first, last = self._range(start, end)
+        with self.device.context():
+            for i in range(len(self.layers)):
+                for weight, top in zip(self.loss_weights[i], self.top_blobs[i]):
+                    if weight:
+                        top.diff.fill(weight)
+            for i in reversed(range(first, last + 1)):
+                if self.layer_need_backward[i]:
+                    self.layers[i].backward(self.top_blobs[i], self.bottom_need_backward[i],
+                                            self.bottom_blobs[i])
+        names = list(self.inputs) + list(diffs or [])
+        return {name: self.blobs[name].diff for name in names}
+
+    def reshape(self):
+        """Propagate new input shapes through every layer (pycaffe)."""
+        with self.device.context():
+            for layer, bottoms, tops in zip(self.layers, self.bottom_blobs, self.top_blobs):
+                layer.reshape(bottoms, tops)
+
+    def clear_param_diffs(self):
+        for p in self.learnable_params:
+            p.blob.zero_diff()
+
+    # -- weights -------------------------------------------------------------------
+    def copy_from(self, path, skip_mismatched=False):
+        """Load weights by layer name from a .caffemodel or a native snapshot.
+
+        Returns a ``WeightsReport`` (loaded, missing, unused, skipped). A shape
+        mismatch raises ``WeightsError`` naming both shapes unless
+        ``skip_mismatched``."""
+        from netdef.weights import load_weights_into
+        report = load_weights_into(self, path, skip_mismatched=skip_mismatched)
+        self.build_log.append(report.summary())
+        return report
+
+    def save(self, path):
+        """Write the weights as a Caffe binary .caffemodel (atomically)."""
+        from netdef.caffemodel import write_caffemodel
+        write_caffemodel(path, [(lp.name, lp.type, [to_numpy(b.data) for b in layer.blobs])
+                                for lp, layer in zip(self.layer_params, self.layers)
+                                if layer.blobs])
+
+    def save_weights(self, path, meta=None):
+        """Write the weights in the native, pickle-free snapshot format."""
+        from netdef.weights import save_native
+        save_native(self, path, meta)
+
+    def __repr__(self):
+        return (f"Net('{self.name}', phase={self.phase}, {len(self.layers)} layers, "
+                f"device={self.device})")
+
+
+def _is_text(model):
+    return isinstance(model, str) and ("\n" in model or "{" in model)

@@ -1,0 +1,1 @@
+"""Ready networks and solvers, and the generators that write them."""

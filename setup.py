@@ -1,0 +1,35 @@
+"""Installs the engine: ``pip install -e .`` (add ``[test]`` or ``[gpu]``)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="netdef",
+    version="0.1.0",
+    description="A Caffe-style declarative graph engine on NumPy and CuPy for "
+                "training R-FCN and Faster R-CNN object detectors",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["netdef", "netdef.*", "layers", "layers.*",
+                                    "solver", "solver.*", "prototxt", "bench"]),
+    package_data={
+        "layers": ["cuda/*.cu", "cuda/*.cuh"],
+        "netdef": ["proto/*.proto"],
+        "prototxt": ["*.prototxt"],
+    },
+    install_requires=[
+        "numpy>=1.22",
+        "protobuf>=6.31,<8",
+        "pillow>=9",
+    ],
+    extras_require={
+        "gpu": ["cupy-cuda12x>=13"],
+        "test": [
+            "pytest>=7",
+            # Compile every .cu with NVRTC in the test suite, as CuPy does.
+            "cuda-bindings>=12.8,<13",
+            "nvidia-cuda-nvrtc-cu12>=12.8",
+            # Regenerate caffe_pb2.py from caffe.proto to check it has not drifted.
+            "grpcio-tools",
+        ],
+    },
+)

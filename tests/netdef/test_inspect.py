@@ -1,0 +1,63 @@
+"""The shape report on real Caffe networks, and its errors."""
+from pathlib import Path
+
+import pytest
+
+from netdef import Net
+from netdef.inspect import layer_rows, main
+
+PROTOTXT = Path(__file__).resolve().parents[2] / "prototxt"
+
+
+@pytest.mark.parametrize("depth,macs_billion,params_million", [
+    (50, 3.8, 25.5), (101, 7.6, 44.5), (152, 11.3, 60.2)])
+def test_resnet_deploy_shapes_and_multiply_adds(depth, macs_billion, params_million):
+    """Kaiming He's table: 3.8 / 7.6 / 11.3 G multiply-adds at 224x224."""
+    net = Net(PROTOTXT / f"resnet{depth}_deploy.prototxt", "TEST")
+    assert net.blobs["conv1"].shape == (1, 64, 112, 112)
+    assert net.blobs["pool1"].shape == (1, 64, 56, 56)
+    assert net.blobs["res2a"].shape == (1, 256, 56, 56)
+    assert net.blobs["res3a"].shape == (1, 512, 28, 28)
+    assert net.blobs["res4a"].shape == (1, 1024, 14, 14)
+    assert net.blobs["res5a"].shape == (1, 2048, 7, 7)
+    assert net.blobs["pool5"].shape == (1, 2048, 1, 1)
+    assert net.blobs["prob"].shape == (1, 1000)
+    rows = layer_rows(net)
+    macs = sum(r["macs"] for r in rows)
+    assert macs / 1e9 == pytest.approx(macs_billion, abs=0.05)
+    # Learnable parameters exclude BatchNorm's statistics (lr_mult 0 in Caffe)
+    # but the count includes every parameter blob.
+    params = sum(r["params"] for r in rows if r["type"] in ("Convolution", "InnerProduct", "Scale"))
+    assert params / 1e6 == pytest.approx(params_million, rel=0.01)
+
+
+def test_cli_prints_every_layer_and_totals(capsys):
+    assert main([str(PROTOTXT / "resnet50_deploy.prototxt")]) == 0
+    out = capsys.readouterr().out
+    assert "pool1" in out and "1x64x56x56" in out
+    assert "multiply-adds" in out and "total:" in out
+
+
+def test_cli_input_override(capsys):
+    assert main([str(PROTOTXT / "resnet50_deploy.prototxt"), "--input", "data=1,3,320,320"]) == 0
+    assert "1x64x80x80" in capsys.readouterr().out  # pool1 at 320 input
+
+
+def test_cli_syntax_error_names_file_line_and_column(tmp_path, capsys):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('name: "x"\nlayer {\n  name: "a"\n  type: "ReLU"\n  bottom "a"\n}\n')
+    assert main([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:5:" in err
+
+
+def test_cli_unknown_type_and_missing_bottom(tmp_path, capsys):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 } } }\n'
+                   'layer { name: "a" type: "Convolutoin" bottom: "d" top: "a" }\n')
+    assert main([str(bad)]) == 2
+    assert "did you mean 'Convolution'" in capsys.readouterr().err
+    bad.write_text('layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 } } }\n'
+                   'layer { name: "a" type: "ReLU" bottom: "x" top: "a" }\n')
+    assert main([str(bad)]) == 2
+    assert "bottom 'x' is not produced" in capsys.readouterr().err
