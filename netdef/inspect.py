@@ -10,13 +10,17 @@ ResNet table does): ``weight count x output positions``.
 """
 import argparse
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
+from netdef.device import CPU, Device
 from netdef.errors import EngineError
 from netdef.net import Net
 
 COUNTED_TYPES = ("Convolution", "InnerProduct")
+DEFAULT_NET = Path(__file__).resolve().parent.parent / "prototxt" / "resnet50_deploy.prototxt"
 
 
 def multiply_adds(layer, bottoms, tops):
@@ -82,6 +86,22 @@ def format_report(net, rows):
     return "\n".join(lines)
 
 
+def run_report(net, repeat):
+    """Run ``repeat`` forward passes on random inputs; a line with timings."""
+    rng = np.random.default_rng(0)
+    inputs = {name: rng.standard_normal(net.blobs[name].shape) for name in net.inputs}
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = net.forward(**inputs)
+        if net.device.is_gpu:
+            net.device.xp.cuda.Device(net.device.index).synchronize()
+        times.append(time.perf_counter() - start)
+    shapes = ", ".join(f"{name} {_shape(array.shape)}" for name, array in out.items())
+    return (f"ran {repeat} forward pass(es) on {net.device}: best {min(times) * 1e3:.1f} ms, "
+            f"mean {np.mean(times) * 1e3:.1f} ms; outputs: {shapes}")
+
+
 def parse_input_shapes(items):
     shapes = {}
     for item in items or []:
@@ -98,21 +118,28 @@ def main(argv=None):
         prog="python -m netdef.inspect",
         description="Print every layer of a prototxt network with its blob shapes, "
                     "parameter count, multiply-adds and memory.")
-    parser.add_argument("prototxt", help="network definition (.prototxt)")
+    parser.add_argument("prototxt", nargs="?", default=str(DEFAULT_NET),
+                        help="network definition (default: the bundled ResNet-50 deploy net)")
     parser.add_argument("--phase", choices=("TRAIN", "TEST"), default="TEST")
     parser.add_argument("--stage", action="append", default=[], help="NetState stage (repeatable)")
     parser.add_argument("--level", type=int, default=0, help="NetState level")
     parser.add_argument("--input", action="append", metavar="NAME=D1,D2,...",
                         help="override the shape of an input blob, e.g. data=1,3,600,1000")
+    parser.add_argument("--run", type=int, default=0, metavar="N",
+                        help="also run N forward passes on random inputs and report the time")
+    parser.add_argument("--gpu", type=int, metavar="INDEX", help="build and run on this GPU")
     args = parser.parse_args(argv)
     try:
-        net = Net(args.prototxt, args.phase, stages=args.stage, level=args.level)
+        device = Device("gpu", args.gpu) if args.gpu is not None else CPU
+        net = Net(args.prototxt, args.phase, stages=args.stage, level=args.level, device=device)
         shapes = parse_input_shapes(args.input)
         if shapes:
             for name, shape in shapes.items():
                 net.set_input_arrays(**{name: np.zeros(shape, net.dtype)})
             net.reshape()
         print(format_report(net, layer_rows(net)))
+        if args.run:
+            print(run_report(net, args.run))
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
