@@ -1,5 +1,5 @@
 """Data-movement layers that change no values: Reshape, Flatten, Split,
-Silence.
+Silence, Crop.
 
 The math is the same on both devices (views, copies and sums written with
 the array module of the blobs), so each layer's GPU path is its CPU path run
@@ -233,6 +233,63 @@ class SilenceLayer(Layer):
         for bottom, down in zip(bottoms, propagate_down):
             if down:
                 bottom.diff.fill(0)
+
+    forward_gpu = forward_cpu
+    backward_gpu = backward_cpu
+
+
+@register("Crop")
+class CropLayer(Layer):
+    """Caffe's Crop: bottom 0 cut to the shape of bottom 1 from ``axis`` on.
+
+    crop_param: axis (default 2; negative counts from the end); offset: none
+    (0), one for every cropped axis, or one per cropped axis.
+    bottoms: A (d_0 .. d_n) and B with as many axes; top: A's dims before
+    ``axis`` and B's from it, taken from A at the offsets. backward: A's diff
+    is zero outside the crop; B only supplies a shape and gets no gradient.
+    """
+
+    exact_bottoms = 2
+    exact_tops = 1
+
+    def layer_setup(self, bottoms, tops):
+        self.offsets_param = [int(o) for o in self.param.crop_param.offset]
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+    def reshape(self, bottoms, tops):
+        a, b = bottoms[0].shape, bottoms[1].shape
+        start = canonical_axis(self, int(self.param.crop_param.axis), a, field="crop_param axis")
+        if len(b) != len(a):
+            raise self.shape_error(
+                1, f"as many axes as bottom '{self.bottom_name(0)}' {a}", b)
+        cropped = len(a) - start
+        given = self.offsets_param
+        if len(given) > 1 and len(given) != cropped:
+            raise self.definition_error(
+                f"crop_param gives {len(given)} offsets {given}; expected none, one, or one "
+                f"per cropped axis ({cropped}: axes {start}..{len(a) - 1} of bottom "
+                f"'{self.bottom_name(0)}' {a})")
+        offsets = [0] * start + [given[0] if len(given) == 1 else given[i] if given else 0
+                                 for i in range(cropped)]
+        for axis in range(start, len(a)):
+            if offsets[axis] + b[axis] > a[axis]:
+                raise self.shape_error(
+                    0, f"room along axis {axis} for a crop of size {b[axis]} (from bottom "
+                    f"'{self.bottom_name(1)}' {b}) at offset {offsets[axis]}", a)
+        shape = a[:start] + b[start:]
+        self.window = tuple(slice(o, o + s) for o, s in zip(offsets, shape))
+        tops[0].reshape(shape)
+
+    def forward_cpu(self, bottoms, tops):
+        tops[0].data[...] = bottoms[0].data[self.window]
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            diff = bottoms[0].diff
+            diff.fill(0)
+            diff[self.window] = tops[0].diff
 
     forward_gpu = forward_cpu
     backward_gpu = backward_cpu

@@ -218,3 +218,46 @@ def test_dummy_data_gpu_matches_cpu():
 def test_dummy_data_errors(fields, tops, message):
     with pytest.raises(NetDefinitionError, match=re.escape(message)):
         make(dummy_spec(fields, tops=tops))
+
+
+# -- through a Net -----------------------------------------------------------------------
+
+MOVEMENT_NET = '''
+name: "movement"
+force_backward: true
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 18 dim: 2 dim: 3 } } }
+layer { name: "noise" type: "DummyData" top: "n"
+        dummy_data_param { data_filler { type: "gaussian" } shape { dim: 1 dim: 2 dim: 4 dim: 3 } } }
+layer { name: "rs" type: "Reshape" bottom: "x" top: "r"
+        reshape_param { shape { dim: 0 dim: 2 dim: -1 dim: 0 } } }
+layer { name: "sl" type: "Slice" bottom: "r" top: "a" top: "b" slice_param { axis: 2 slice_point: 5 } }
+layer { name: "cat" type: "Concat" bottom: "b" bottom: "a" bottom: "n" top: "c" concat_param { axis: 2 } }
+layer { name: "fl" type: "Flatten" bottom: "c" top: "f" }
+layer { name: "si" type: "Silence" bottom: "r" }
+'''
+
+
+def test_layers_in_a_net_follow_new_input_shapes_and_back_propagate():
+    from netdef.device import CPU
+    from netdef.net import Net
+    net = Net(MOVEMENT_NET, "TRAIN", device=CPU, dtype=np.float64)
+    assert net.inputs == ["x"] and net.outputs == ["f"]
+    # 'r' feeds Slice and Silence, so the Net inserted a Split after it.
+    assert any(lp.type == "Split" for lp in net.layer_params)
+    x = np.arange(18.0 * 2 * 3).reshape(1, 18, 2, 3)
+    out = net.forward(x=x)
+    noise = net.blobs["n"].data.copy()
+    r = x.reshape(1, 2, 18, 3)
+    expected = np.concatenate([r[:, :, 5:], r[:, :, :5], noise], axis=2).reshape(1, -1)
+    assert np.array_equal(out["f"], expected)
+
+    g = np.random.default_rng(0).standard_normal((1, 2 * 22 * 3))
+    diffs = net.backward(f=g)
+    g4 = g.reshape(1, 2, 22, 3)
+    assert np.array_equal(diffs["x"], np.concatenate([g4[:, :, 13:18], g4[:, :, :13]], axis=2)
+                          .reshape(1, 18, 2, 3))
+
+    # A new input shape flows through; DummyData draws fresh noise.
+    net.forward(x=np.ones((1, 18, 4, 3)))
+    assert net.blobs["r"].shape == (1, 2, 36, 3) and net.blobs["f"].shape == (1, 2 * 40 * 3)
+    assert not np.array_equal(net.blobs["n"].data, noise)

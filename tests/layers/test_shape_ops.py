@@ -1,4 +1,4 @@
-"""Reshape, Flatten, Split and Silence: forward against plain references,
+"""Reshape, Flatten, Split, Silence and Crop: forward against plain references,
 float64 gradient checks, the GPU path host-run and on a GPU, every error."""
 import re
 
@@ -346,3 +346,87 @@ def test_silence_errors():
     with pytest.raises(NetDefinitionError, match=re.escape(
             "layer 'si' (type Silence): needs at least 1 bottom blob(s), found 0")):
         make('name: "si" type: "Silence"', [], num_tops=0)
+
+
+# -- Crop ------------------------------------------------------------------------------
+
+def crop_spec(fields=""):
+    return f'name: "cr" type: "Crop" bottom: "a" bottom: "b" top: "y" crop_param {{ {fields} }}'
+
+
+def crop_reference(a, top_shape, offsets):
+    out = np.full(top_shape, np.nan)
+    for idx in np.ndindex(*top_shape):
+        out[idx] = a[tuple(i + o for i, o in zip(idx, offsets))]
+    return out
+
+
+CROP_CASES = [
+    ("offset: 1 offset: 2", (1, 2, 7, 8), (1, 5, 4, 5), (1, 2, 4, 5), (0, 0, 1, 2)),
+    ("", (1, 2, 7, 8), (3, 3, 4, 5), (1, 2, 4, 5), (0, 0, 0, 0)),
+    ("axis: 1 offset: 1", (2, 4, 5), (2, 2, 3), (2, 2, 3), (0, 1, 1)),
+    ("axis: -1 offset: 3", (2, 3, 6), (9, 9, 2), (2, 3, 2), (0, 0, 3)),
+    ("axis: 0 offset: 1 offset: 0", (3, 4), (2, 4), (2, 4), (1, 0)),
+    ("offset: 0", (1, 1, 3, 3), (1, 1, 3, 3), (1, 1, 3, 3), (0, 0, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("fields,a_shape,b_shape,top_shape,offsets", CROP_CASES)
+def test_crop_forward(fields, a_shape, b_shape, top_shape, offsets):
+    a, b = rand(*a_shape), rand(*b_shape, seed=1)
+    layer, bottoms, tops = make(crop_spec(fields), [a, b])
+    layer.forward(bottoms, tops)
+    assert tops[0].shape == top_shape
+    assert np.array_equal(tops[0].data, crop_reference(a, top_shape, offsets))
+
+
+@pytest.mark.parametrize("fields,a_shape,b_shape,top_shape,offsets", CROP_CASES)
+def test_crop_gradient(fields, a_shape, b_shape, top_shape, offsets):
+    result = check_layer(crop_spec(fields), [rand(*a_shape), rand(*b_shape, seed=1)])
+    assert result.passed and result.checked > 0, result.report()
+
+
+def test_crop_backward_zero_outside_and_never_into_the_reference():
+    layer, bottoms, tops = make(crop_spec("offset: 1"), [rand(1, 1, 4, 4), rand(1, 1, 2, 2)])
+    assert not layer.allow_force_backward(1)
+    layer.forward(bottoms, tops)
+    tops[0].diff[...] = [[[[1.0, 2.0], [3.0, 4.0]]]]
+    bottoms[0].diff[...] = 9.0
+    bottoms[1].diff[...] = 5.0
+    layer.backward(tops, [True, True], bottoms)
+    expected = np.zeros((4, 4))
+    expected[1:3, 1:3] = [[1.0, 2.0], [3.0, 4.0]]
+    assert np.array_equal(bottoms[0].diff[0, 0], expected)
+    assert np.all(bottoms[1].diff == 5.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_crop_gpu_path_on_host(dtype):
+    run_gpu_path_on_host(crop_spec("offset: 1 offset: 2"), [rand(1, 2, 7, 8), rand(1, 5, 4, 5)],
+                         dtype=dtype, propagate=[True, False])
+
+
+@pytest.mark.gpu
+def test_crop_gpu_matches_cpu():
+    compare_devices(crop_spec("offset: 1 offset: 2"), [rand(1, 2, 7, 8), rand(1, 5, 4, 5)],
+                    propagate=[True, False])
+
+
+@pytest.mark.parametrize("fields,a_shape,b_shape,error,message", [
+    ("offset: 1 offset: 2 offset: 3", (1, 2, 7, 8), (1, 2, 4, 5), NetDefinitionError,
+     "layer 'cr' (type Crop): crop_param gives 3 offsets [1, 2, 3]; expected none, one, or one "
+     "per cropped axis (2: axes 2..3 of bottom 'a' (1, 2, 7, 8))"),
+    ("offset: 4", (1, 2, 7, 8), (1, 2, 4, 5), ShapeError,
+     "layer 'cr' (type Crop): bottom 'a' expected room along axis 2 for a crop of size 4 (from "
+     "bottom 'b' (1, 2, 4, 5)) at offset 4, found shape (1, 2, 7, 8)"),
+    ("", (1, 2, 7, 8), (1, 2, 4, 9), ShapeError,
+     "bottom 'a' expected room along axis 3 for a crop of size 9"),
+    ("", (1, 2, 7, 8), (1, 4, 5), ShapeError,
+     "layer 'cr' (type Crop): bottom 'b' expected as many axes as bottom 'a' (1, 2, 7, 8), "
+     "found shape (1, 4, 5)"),
+    ("axis: 4", (1, 2, 7, 8), (1, 2, 4, 5), ShapeError,
+     "bottom 'a' expected crop_param axis 4 to lie in [-4, 4) for a 4-D blob"),
+])
+def test_crop_errors(fields, a_shape, b_shape, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        make(crop_spec(fields), [rand(*a_shape), rand(*b_shape)])
