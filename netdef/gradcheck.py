@@ -94,7 +94,12 @@ def setup_layer(layer, bottom_arrays, num_tops=None):
     xp = layer.device.xp
     bottoms = [Blob.from_array(xp.asarray(a)) for a in bottom_arrays]
     if num_tops is None:
-        num_tops = len(layer.param.top) or layer.exact_tops or layer.min_tops or 1
+        if layer.param.top:
+            num_tops = len(layer.param.top)
+        elif layer.exact_tops is not None:
+            num_tops = layer.exact_tops
+        else:
+            num_tops = layer.min_tops or 1
     tops = [Blob((), dtype=layer.dtype, xp=xp) for _ in range(num_tops)]
     layer.setup(bottoms, tops)
     layer.reshape(bottoms, tops)
