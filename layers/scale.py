@@ -25,7 +25,7 @@ def canonical_axis(layer, axis, shape, field):
     ndim = len(shape)
     if not -ndim <= axis < ndim:
         raise layer.shape_error(
-            0, f"an axis for {field} {axis} (valid: {-ndim} to {ndim - 1})", shape)
+            0, f"{field} {axis} to name one of its axes ({-ndim} to {ndim - 1})", shape)
     return axis + ndim if axis < 0 else axis
 
 
