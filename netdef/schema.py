@@ -228,6 +228,8 @@ def _upgrade_v1_layer(v1, layer, filename, index):
     """Fill ``layer`` (LayerParameter) from ``v1`` (V1LayerParameter)."""
     label = _layer_label(v1, index)
     if v1.HasField("layer"):
+        if not v1.name and v1.layer.name:
+            label = _layer_label(v1.layer, index)
         raise ParseError(
             f"{filename}: {label} is in the V0 layer format, which is not "
             f"supported; convert the file with Caffe's upgrade_net_proto_text "
