@@ -116,9 +116,10 @@ def load_arrays(path):
     """
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise _not_ours(path, "it is a single .npy array, not an archive")
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise _not_ours(path, "it is a single .npy array, not an archive")
+        with archive:
             names = list(archive.files)
             if META_KEY not in names:
                 raise _not_ours(path, f"it has no '{META_KEY}' entry")
