@@ -196,8 +196,9 @@ def test_error_coeff_count():
 @pytest.mark.parametrize("operation", ["PROD", "MAX"])
 def test_error_coeff_with_prod_or_max(operation):
     spec = f'name: "e" type: "Eltwise" eltwise_param {{ operation: {operation} coeff: 1 coeff: 1 }}'
-    with pytest.raises(NetDefinitionError, match=rf"layer 'e'.*coeff applies to operation SUM only, "
-                                                 rf"found 2 coeff\(s\) with operation {operation}"):
+    message = (r"layer 'e'.*coeff applies to operation SUM only, "
+               rf"found 2 coeff\(s\) with operation {operation}")
+    with pytest.raises(NetDefinitionError, match=message):
         make(spec, inputs(2, (2, 3)))
 
 

@@ -74,7 +74,8 @@ def test_scale_fillers():
         'bias_filler { type: "constant" value: -0.5 } }', [x])
     layer.forward(bottoms, tops)
     np.testing.assert_array_equal(tops[0].data, np.full(x.shape, 2.0))
-    layer, _, _ = make('type: "Scale" scale_param { filler { type: "uniform" min: 2 max: 3 } }', [x])
+    spec = 'type: "Scale" scale_param { filler { type: "uniform" min: 2 max: 3 } }'
+    layer, _, _ = make(spec, [x])
     assert np.all((layer.blobs[0].data >= 2) & (layer.blobs[0].data <= 3))
 
 
@@ -192,7 +193,8 @@ def test_bias_two_bottoms_forward_and_gradcheck(param, shape, axis):
     assert result.passed, result.report()
 
 
-@pytest.mark.parametrize("param", ["", "axis: 0 num_axes: 2", "num_axes: 0", "axis: 2 num_axes: -1"])
+@pytest.mark.parametrize("param", ["", "axis: 0 num_axes: 2", "num_axes: 0",
+                                   "axis: 2 num_axes: -1"])
 def test_bias_one_bottom_gradcheck(param):
     x = np.random.default_rng(10).standard_normal(X_SHAPE)
     spec = f'type: "Bias" bias_param {{ {param} filler {{ type: "gaussian" std: 1 }} }}'
@@ -282,13 +284,13 @@ def test_gpu_matches_cpu(spec, shapes):
 @pytest.mark.parametrize("kind", ["scale", "bias"])
 def test_error_axis_out_of_range(kind):
     spec = f'name: "l" type: "{kind.title()}" {kind}_param {{ axis: 4 }}'
-    with pytest.raises(ShapeError, match=rf"layer 'l'.*bottom 'bottom\[0\]' expected "
-                                         rf"{kind}_param.axis 4 to name one of its axes \(-4 to 3\), "
-                                         r"found shape "
-                                         r"\(2, 3, 4, 5\)"):
+    message = (rf"layer 'l'.*bottom 'bottom\[0\]' expected {kind}_param.axis 4 to name one of "
+               r"its axes \(-4 to 3\), found shape \(2, 3, 4, 5\)")
+    with pytest.raises(ShapeError, match=message):
         make(spec, [np.zeros(X_SHAPE)])
     spec = f'name: "l" type: "{kind.title()}" {kind}_param {{ axis: -5 }}'
-    with pytest.raises(ShapeError, match=rf"{kind}_param.axis -5 to name one of its axes \(-4 to 3\)"):
+    with pytest.raises(ShapeError, match=rf"{kind}_param.axis -5 to name one of its axes "
+                                         r"\(-4 to 3\)"):
         make(spec, [np.zeros(X_SHAPE)])
 
 
@@ -307,8 +309,9 @@ def test_error_num_axes(kind):
 @pytest.mark.parametrize("kind", ["Scale", "Bias"])
 def test_error_second_bottom_shape(kind):
     spec = f'name: "l" type: "{kind}" bottom: "x" bottom: "w"'
-    with pytest.raises(ShapeError, match=r"layer 'l'.*bottom 'w' expected shape \(3, 4\) \(bottom 'x' "
-                                         r"shape \(2, 3, 4, 5\)\[1:3\].*found shape \(3, 5\)"):
+    message = (r"layer 'l'.*bottom 'w' expected shape \(3, 4\) \(bottom 'x' shape "
+               r"\(2, 3, 4, 5\)\[1:3\].*found shape \(3, 5\)")
+    with pytest.raises(ShapeError, match=message):
         make(spec, [np.zeros(X_SHAPE), np.zeros((3, 5))])
     with pytest.raises(ShapeError, match=r"bottom 'w' expected at most 3 axes from .*axis 1.*"
                                          r"found shape \(3, 4, 5, 1\)"):
