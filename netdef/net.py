@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from layers.base import create_layer
 from netdef import graph
 from netdef.blob import Blob
 from netdef.device import default_device, to_numpy
@@ -90,7 +89,9 @@ class Net:
     def _build(self, stages, level):
         filtered, decisions = graph.filter_net(self.param, self.phase, level, stages)
         self.build_log += decisions
-        from layers.base import layer_class
+        # Imported here: layers.base imports netdef.device, so a module-level
+        # import would make `import layers` alone circular.
+        from layers.base import create_layer, layer_class
         classes = [layer_class(lp) for lp in filtered.layer]
         weights = [self._loss_weights(lp, cls) for lp, cls in zip(filtered.layer, classes)]
         net_param, weights, decisions = graph.insert_splits(filtered, weights)
