@@ -116,15 +116,17 @@ def load_arrays(path):
     """
     path = os.fspath(path)
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise _not_ours(path, "it is a single .npy array, not an archive")
-        with archive:
-            names = list(archive.files)
-            if META_KEY not in names:
-                raise _not_ours(path, f"it has no '{META_KEY}' entry")
-            raw = archive[META_KEY]
-            arrays = {name: archive[name] for name in names if name != META_KEY}
+        # Our own handle, so that it is closed even when NumPy fails midway.
+        with open(path, "rb") as handle:
+            archive = np.load(handle, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise _not_ours(path, "it is a single .npy array, not an archive")
+            with archive:
+                names = list(archive.files)
+                if META_KEY not in names:
+                    raise _not_ours(path, f"it has no '{META_KEY}' entry")
+                raw = archive[META_KEY]
+                arrays = {name: archive[name] for name in names if name != META_KEY}
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
     except IsADirectoryError:
