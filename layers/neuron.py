@@ -1,4 +1,4 @@
-"""Element-wise activation layers: ReLU."""
+"""Element-wise activation layers: ReLU, Sigmoid, TanH."""
 import numpy as np
 
 from layers.base import Layer, register
@@ -23,7 +23,8 @@ class ReLULayer(Layer):
 
     def forward_cpu(self, bottoms, tops):
         x = bottoms[0].data
-        # In place, the top and bottom share data, so compute from a copy of x.
+        # np.where builds the result before it is stored, so this is also
+        # right in place (top and bottom one Blob).
         tops[0].data[...] = np.where(x > 0, x, x * self.negative_slope)
 
     def backward_cpu(self, tops, propagate_down, bottoms):
@@ -46,3 +47,69 @@ class ReLULayer(Layer):
         launch("neuron.cu", "relu_backward", x.dtype, x.size,
                (np.int64(x.size), x, tops[0].diff, bottoms[0].diff,
                 x.dtype.type(self.negative_slope)))
+
+
+class _TopDerivedActivation(Layer):
+    """An activation whose derivative is a function of its output ``y``, so
+    backward reads the top's data and works in place (as in Caffe).
+
+    bottom: any shape; top: the same shape. Subclasses give the NumPy
+    forward and derivative and the kernel names in neuron.cu.
+    """
+
+    exact_bottoms = 1
+    exact_tops = 1
+    kernel = None  # "<name>": kernels <name>_forward / <name>_backward
+
+    def reshape(self, bottoms, tops):
+        tops[0].reshape(bottoms[0].shape)
+
+    def forward_cpu(self, bottoms, tops):
+        tops[0].data[...] = self.function(bottoms[0].data)
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            bottoms[0].diff[...] = tops[0].diff * self.derivative(tops[0].data)
+
+    def forward_gpu(self, bottoms, tops):
+        x = bottoms[0].data
+        launch("neuron.cu", f"{self.kernel}_forward", x.dtype, x.size,
+               (np.int64(x.size), x, tops[0].data))
+
+    def backward_gpu(self, tops, propagate_down, bottoms):
+        if not propagate_down[0]:
+            return
+        y = tops[0].data
+        launch("neuron.cu", f"{self.kernel}_backward", y.dtype, y.size,
+               (np.int64(y.size), y, tops[0].diff, bottoms[0].diff))
+
+
+@register("Sigmoid")
+class SigmoidLayer(_TopDerivedActivation):
+    """y = 1 / (1 + exp(-x)), computed as 0.5 * tanh(0.5 * x) + 0.5, which
+    never overflows; dy/dx = y * (1 - y)."""
+
+    kernel = "sigmoid"
+
+    @staticmethod
+    def function(x):
+        return 0.5 * np.tanh(0.5 * x) + 0.5
+
+    @staticmethod
+    def derivative(y):
+        return y * (1 - y)
+
+
+@register("TanH")
+class TanHLayer(_TopDerivedActivation):
+    """y = tanh(x); dy/dx = 1 - y^2."""
+
+    kernel = "tanh"
+
+    @staticmethod
+    def function(x):
+        return np.tanh(x)
+
+    @staticmethod
+    def derivative(y):
+        return 1 - y * y
