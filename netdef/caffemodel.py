@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _LEGACY_DIMS = ("num", "channels", "height", "width")
 _DATA_FIELD = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["data"].number
 _DOUBLE_DATA_FIELD = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["double_data"].number
+_LAYER_FIELD = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name["layer"].number
 
 
 def _not_a_caffemodel(path, why):
@@ -199,6 +200,9 @@ def _varint(value):
             return bytes(out)
 
 
+_LAYER_TAG = _varint(_LAYER_FIELD << 3 | 2)
+
+
 def _fill_blob(blob, value, where):
     """Store ``value`` in ``blob`` with a ``shape``: float64 in double_data,
     everything else as float32 in data."""
@@ -224,23 +228,23 @@ def write_caffemodel(path, layers, name=None):
     ``layers`` is an iterable of ``(layer_name, layer_type, arrays)``; each
     becomes a ``layer`` entry whose blobs hold the arrays with their shapes
     (float64 arrays in ``double_data``, others as float32 in ``data``).
-    ``name`` optionally sets the net's name.
+    ``name`` optionally sets the net's name. Layers are encoded and written
+    one at a time, so memory holds one layer's message, not the whole file.
     """
-    net = caffe_pb2.NetParameter()
-    if name is not None:
-        net.name = name
-    for entry in layers:
-        try:
-            layer_name, layer_type, arrays = entry
-        except (TypeError, ValueError):
-            raise TypeError(
-                "each layer must be a (layer_name, layer_type, arrays) tuple, "
-                f"got {entry!r}") from None
-        layer = net.layer.add()
-        layer.name = layer_name
-        layer.type = layer_type
-        for i, value in enumerate(arrays):
-            _fill_blob(layer.blobs.add(), value, f"layer '{layer_name}' blob {i}")
-    data = net.SerializeToString()
     with atomic_writer(path) as handle:
-        handle.write(data)
+        if name is not None:
+            handle.write(caffe_pb2.NetParameter(name=name).SerializeToString())
+        for entry in layers:
+            try:
+                layer_name, layer_type, arrays = entry
+            except (TypeError, ValueError):
+                raise TypeError(
+                    "each layer must be a (layer_name, layer_type, arrays) tuple, "
+                    f"got {entry!r}") from None
+            layer = caffe_pb2.LayerParameter(name=layer_name, type=layer_type)
+            for i, value in enumerate(arrays):
+                _fill_blob(layer.blobs.add(), value, f"layer '{layer_name}' blob {i}")
+            encoded = layer.SerializeToString()
+            # One `layer` entry of NetParameter, as its serializer would write it.
+            handle.write(_LAYER_TAG + _varint(len(encoded)))
+            handle.write(encoded)

@@ -175,6 +175,21 @@ def test_write_then_read_back(tmp_path):
     np.testing.assert_array_equal(blobs["scale"][1], np.arange(3, dtype=np.float32))
 
 
+def test_written_bytes_equal_the_protobuf_serialization(tmp_path):
+    """The streamed, hand-encoded output is what protobuf itself writes."""
+    w = values(12, 9).astype(np.float32).reshape(3, 4)
+    d = values(5, 10)
+    path = tmp_path / "m.caffemodel"
+    write_caffemodel(path, [("fc", "InnerProduct", [w, d]), ("relu", "ReLU", [])],
+                     name="ref")
+    expected = caffe_pb2.NetParameter(name="ref")
+    fc = expected.layer.add(name="fc", type="InnerProduct")
+    fc.blobs.add(shape=caffe_pb2.BlobShape(dim=[3, 4]), data=w.ravel().tolist())
+    fc.blobs.add(shape=caffe_pb2.BlobShape(dim=[5]), double_data=d.tolist())
+    expected.layer.add(name="relu", type="ReLU")
+    assert path.read_bytes() == expected.SerializeToString()
+
+
 def test_write_replaces_atomically_and_keeps_the_old_file_on_failure(tmp_path):
     path = tmp_path / "model.caffemodel"
     write_caffemodel(path, [("a", "Scale", [np.ones(2)])])
