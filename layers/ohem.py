@@ -79,6 +79,8 @@ class BoxAnnotatorOHEMLayer(Layer):
         image = rois.reshape(num, 5, spatial)[:, 0, :].reshape(-1).astype(np.int64)
         loss = bottoms[1].data.reshape(-1)
         count = loss.size
+        if count == 0:
+            return xp.zeros(0, dtype=bool)
         index = xp.arange(count)
         # Sort by image, then loss descending, then index: the keys are
         # unique, so the order is fully determined on either device.

@@ -21,7 +21,7 @@ import numpy as np
 
 from layers.base import Layer, register
 from layers.kernels import launch
-from layers.softmax import _buffer, _contiguous, legacy_shape, loss_normalizer, read_normalization
+from layers.softmax import contiguous, legacy_shape, loss_normalizer, read_normalization, work_buffer
 from netdef.device import array_module
 
 _BOTTOM_ROLES = ("pred", "target", "inside_weights", "outside_weights")
@@ -55,6 +55,8 @@ class SmoothL1LossLayer(Layer):
             raise self.definition_error(f"smooth_l1_loss_param.sigma must be > 0, found {sigma:g}")
         self.sigma2 = sigma * sigma
         self.has_inside, self.has_outside = self._weight_layout(len(bottoms))
+        # Work arrays, sized in reshape.
+        self.errors = self.slope = None
 
     def _weight_layout(self, n):
         """(has inside weights, has outside weights) for n bottoms."""
@@ -79,8 +81,8 @@ class SmoothL1LossLayer(Layer):
                     f"{_BOTTOM_ROLES[i]} (compared as N, C, H, W)", bottoms[i].shape)
         xp, dtype = array_module(bottoms[0].data), bottoms[0].data.dtype
         # Per element: the weighted loss, and its derivative with respect to pred.
-        self.errors = _buffer(getattr(self, "errors", None), xp, pred, dtype)
-        self.slope = _buffer(getattr(self, "slope", None), xp, pred, dtype)
+        self.errors = work_buffer(self.errors, xp, pred, dtype)
+        self.slope = work_buffer(self.slope, xp, pred, dtype)
         tops[0].reshape(())
 
     def _normalizer(self, bottoms):
@@ -89,7 +91,7 @@ class SmoothL1LossLayer(Layer):
     # -- inputs shaped like pred ---------------------------------------------------
     def _inputs(self, bottoms):
         shape = bottoms[0].shape
-        arrays = [_contiguous(b.data).reshape(shape) for b in bottoms]
+        arrays = [contiguous(b.data).reshape(shape) for b in bottoms]
         x, t = arrays[0], arrays[1]
         w_in = arrays[2] if self.has_inside else None
         w_out = arrays[3] if self.has_outside else None

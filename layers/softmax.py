@@ -74,7 +74,7 @@ def check_labels(layer, bottom_index, raw, labels, num_classes, ignore_label):
     if ignore_label is not None:
         bad &= labels != ignore_label
     if bool(bad.any()):
-        first = int(xp.argmax(bad.reshape(-1)))
+        first = int(xp.flatnonzero(bad.reshape(-1))[0])
         value = float(raw.reshape(-1)[first])
         allowed = f"an integer in [0, {num_classes - 1}]"
         if ignore_label is not None:
@@ -102,6 +102,15 @@ def split_at_axis(layer, shape, axis_param, bottom_index=0):
     return axis, outer, channels, inner
 
 
+def work_buffer(current, xp, shape, dtype):
+    """A zeroed work array of ``shape``; ``current`` is kept when it already
+    fits, so reshape on every forward does not reallocate."""
+    if (current is not None and current.shape == tuple(shape) and current.dtype == dtype
+            and array_module(current) is xp):
+        return current
+    return xp.zeros(shape, dtype=dtype)
+
+
 def _softmax_numpy(x):
     """Softmax of ``(outer, C, inner)`` along axis 1, the max subtracted
     first so that exp never overflows."""
@@ -109,7 +118,9 @@ def _softmax_numpy(x):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _contiguous(array):
+def contiguous(array):
+    """``array`` as a C-contiguous array (no copy when it already is), as the
+    kernels need."""
     return array_module(array).ascontiguousarray(array)
 
 
@@ -150,7 +161,7 @@ class SoftmaxLayer(Layer):
         bottoms[0].diff[...] = (y * (dy - dot)).reshape(bottoms[0].shape)
 
     def forward_gpu(self, bottoms, tops):
-        x = _contiguous(bottoms[0].data)
+        x = contiguous(bottoms[0].data)
         positions = self.outer * self.inner
         launch("softmax.cu", "softmax_forward", x.dtype, positions,
                (np.int64(positions), np.int32(self.channels), np.int64(self.inner), x, tops[0].data))
@@ -162,7 +173,7 @@ class SoftmaxLayer(Layer):
         positions = self.outer * self.inner
         launch("softmax.cu", "softmax_backward", y.dtype, positions,
                (np.int64(positions), np.int32(self.channels), np.int64(self.inner),
-                y, _contiguous(tops[0].diff), bottoms[0].diff))
+                y, contiguous(tops[0].diff), bottoms[0].diff))
 
 
 # -- SoftmaxWithLoss ------------------------------------------------------------------
@@ -203,6 +214,8 @@ class SoftmaxWithLossLayer(Layer):
         self.normalization = read_normalization(loss_param)
         self.pre_fixed_normalizer = float(loss_param.pre_fixed_normalizer)
         self.axis_param = int(self.param.softmax_param.axis)
+        # Work arrays, sized in reshape.
+        self.prob = self.position_loss = self.position_valid = None
 
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0
@@ -218,9 +231,9 @@ class SoftmaxWithLossLayer(Layer):
                 bottoms[1].shape)
         xp, dtype = array_module(bottoms[0].data), bottoms[0].data.dtype
         # Caffe's prob_ and, per position, the loss and whether it counts.
-        self.prob = _buffer(getattr(self, "prob", None), xp, shape, dtype)
-        self.position_loss = _buffer(getattr(self, "position_loss", None), xp, (positions,), dtype)
-        self.position_valid = _buffer(getattr(self, "position_valid", None), xp, (positions,), dtype)
+        self.prob = work_buffer(self.prob, xp, shape, dtype)
+        self.position_loss = work_buffer(self.position_loss, xp, (positions,), dtype)
+        self.position_valid = work_buffer(self.position_valid, xp, (positions,), dtype)
         tops[0].reshape(())
         if len(tops) >= 2:
             tops[1].reshape(shape)
@@ -231,7 +244,7 @@ class SoftmaxWithLossLayer(Layer):
     def _labels(self, bottoms):
         """(raw labels as a flat contiguous array, their truncated integers),
         after checking their range."""
-        raw = _contiguous(bottoms[1].data).reshape(-1)
+        raw = contiguous(bottoms[1].data).reshape(-1)
         labels = raw.astype(np.int64)
         check_labels(self, 1, raw, labels, self.channels, self.ignore_label)
         return raw, labels
@@ -297,7 +310,7 @@ class SoftmaxWithLossLayer(Layer):
         return raw.astype(self.prob.dtype, copy=False)
 
     def forward_gpu(self, bottoms, tops):
-        x = _contiguous(bottoms[0].data)
+        x = contiguous(bottoms[0].data)
         positions = self.outer * self.inner
         dims = (np.int64(positions), np.int32(self.channels), np.int64(self.inner))
         launch("softmax.cu", "softmax_forward", x.dtype, positions, dims + (x, self.prob))
@@ -313,7 +326,7 @@ class SoftmaxWithLossLayer(Layer):
         if not propagate_down[0]:
             return
         positions = self.outer * self.inner
-        raw = _contiguous(bottoms[1].data).reshape(-1)
+        raw = contiguous(bottoms[1].data).reshape(-1)
         has_ignore = self.ignore_label is not None
         diff = bottoms[0].diff
         launch("softmax.cu", "softmax_loss_backward", diff.dtype, positions,
@@ -339,11 +352,3 @@ class SoftmaxWithLossOHEMLayer(SoftmaxWithLossLayer):
 
     max_tops = 3
 
-
-def _buffer(current, xp, shape, dtype):
-    """A zeroed work array of ``shape``; ``current`` is kept when it already
-    fits, so reshape on every forward does not reallocate."""
-    if (current is not None and current.shape == tuple(shape) and current.dtype == dtype
-            and array_module(current) is xp):
-        return current
-    return xp.zeros(shape, dtype=dtype)
