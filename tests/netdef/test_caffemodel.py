@@ -133,6 +133,32 @@ def test_read_legacy_v1_caffemodel(legacy_file):
     assert conform_blob(weight, (2, 3, 3, 3)) is weight
 
 
+def test_other_forks_layer_params_survive_as_unknown_fields(tmp_path):
+    """py-faster-rcnn's Caffe stores roi_pooling_param at 8266711: such a file
+    still loads, its weights included, and re-serializes byte for byte."""
+    def varint(v):
+        out = b""
+        while v > 0x7F:
+            out += bytes([v & 0x7F | 0x80])
+            v >>= 7
+        return out + bytes([v])
+
+    roi = caffe_pb2.ROIPoolingParameter(pooled_h=7, pooled_w=7,
+                                        spatial_scale=0.0625).SerializeToString()
+    pool = caffe_pb2.LayerParameter(name="roi_pool5", type="ROIPooling").SerializeToString()
+    pool += varint(8266711 << 3 | 2) + varint(len(roi)) + roi
+    fc = caffe_pb2.LayerParameter(name="fc6", type="InnerProduct")
+    fc.blobs.add(shape=caffe_pb2.BlobShape(dim=[2, 3]), data=[1, 2, 3, 4, 5, 6])
+    data = b"".join(varint(100 << 3 | 2) + varint(len(layer)) + layer
+                    for layer in (pool, fc.SerializeToString()))
+    path = tmp_path / "frcnn.caffemodel"
+    path.write_bytes(data)
+    assert load_net_param(path, upgrade=False).SerializeToString() == data
+    net = read_caffemodel(path)
+    assert not net.layer[0].HasField("roi_pooling_param")
+    np.testing.assert_array_equal(caffemodel_blobs(net)["fc6"][0], [[1, 2, 3], [4, 5, 6]])
+
+
 def test_raw_v1_blobs_read_without_upgrade(legacy_file):
     blobs = caffemodel_blobs(load_net_param(legacy_file, upgrade=False))
     assert [a.shape for a in blobs["fc"]] == [(1, 1, 4, 18), (4,)]
