@@ -18,7 +18,7 @@ setup(
     },
     install_requires=[
         "numpy>=1.22",
-        "protobuf>=6.31,<8",
+        "protobuf>=7.35.1,<8",
         "pillow>=9",
     ],
     extras_require={
@@ -29,7 +29,7 @@ setup(
             "cuda-bindings>=12.8,<13",
             "nvidia-cuda-nvrtc-cu12>=12.8",
             # Regenerate caffe_pb2.py from caffe.proto to check it has not drifted.
-            "grpcio-tools",
+            "grpcio-tools==1.85.1",
         ],
     },
 )

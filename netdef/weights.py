@@ -89,13 +89,11 @@ def load_weights_into(net, path, skip_mismatched=False):
 
 
 def _fits(file_shape, net_shape):
-    """Same shape, or Caffe's legacy 4-D form of the same dims (e.g. a
-    (1, 1, 1, C) bias or (1, 1, N, K) InnerProduct weight)."""
-    if tuple(file_shape) == tuple(net_shape):
-        return True
-    squeeze = lambda s: tuple(d for d in s if d != 1)  # noqa: E731
-    return len(file_shape) == 4 and squeeze(file_shape) == squeeze(net_shape) \
-        and int(np.prod(file_shape)) == int(np.prod(net_shape))
+    """Caffe's rule: same shape, or the legacy 4-D form (left-padded with 1s)."""
+    file_shape, net_shape = tuple(file_shape), tuple(net_shape)
+    return file_shape == net_shape or (
+        len(file_shape) == 4 and len(net_shape) <= 4
+        and (1,) * (4 - len(net_shape)) + net_shape == file_shape)
 
 
 def save_native(net, path, meta=None):
