@@ -7,8 +7,7 @@ by content (the native format is a zip archive), not by file name.
 import dataclasses
 import zipfile
 
-import numpy as np
-
+from netdef.caffemodel import conform_blob
 from netdef.device import to_numpy
 from netdef.errors import WeightsError
 
@@ -65,35 +64,26 @@ def load_weights_into(net, path, skip_mismatched=False):
             report.missing.append(name)
             continue
         arrays = stored[name]
-        problem = None
+        problem, conformed = None, []
         if len(arrays) != len(layer.blobs):
             problem = (f"layer '{name}': the file has {len(arrays)} blob(s), "
                        f"the net has {len(layer.blobs)}")
         else:
-            for i, (array, blob) in enumerate(zip(arrays, layer.blobs)):
-                if _fits(array.shape, blob.shape):
-                    continue
-                problem = (f"layer '{name}' param {i}: the file has shape {tuple(array.shape)}, "
-                           f"the net expects {blob.shape}")
-                break
+            try:
+                conformed = [conform_blob(array, blob.shape, f"layer '{name}' param {i}")
+                             for i, (array, blob) in enumerate(zip(arrays, layer.blobs))]
+            except WeightsError as exc:
+                problem = str(exc)
         if problem:
             if not skip_mismatched:
                 raise WeightsError(f"{path}: {problem} (pass skip_mismatched=True to skip it)")
             report.skipped.append((name, problem))
             continue
-        for array, blob in zip(arrays, layer.blobs):
-            blob.data[...] = net.device.asarray(np.reshape(array, blob.shape), dtype=blob.dtype)
+        for array, blob in zip(conformed, layer.blobs):
+            blob.data[...] = net.device.asarray(array, dtype=blob.dtype)
         report.loaded.append(name)
     report.unused = [name for name in stored if name not in net.layer_dict]
     return report
-
-
-def _fits(file_shape, net_shape):
-    """Caffe's rule: same shape, or the legacy 4-D form (left-padded with 1s)."""
-    file_shape, net_shape = tuple(file_shape), tuple(net_shape)
-    return file_shape == net_shape or (
-        len(file_shape) == 4 and len(net_shape) <= 4
-        and (1,) * (4 - len(net_shape)) + net_shape == file_shape)
 
 
 def save_native(net, path, meta=None):

@@ -240,8 +240,8 @@ def test_weights_shape_mismatch_error_and_skip(tmp_path):
     path = tmp_path / "tiny.caffemodel"
     net.save(path)
     wider = TINY.replace("num_output: 4", "num_output: 5")
-    with pytest.raises(WeightsError, match=r"layer 'conv1' param 0: the file has shape "
-                                           r"\(4, 3, 3, 3\), the net expects \(5, 3, 3, 3\)"):
+    with pytest.raises(WeightsError, match=r"layer 'conv1' param 0: the weights have shape "
+                                           r"\(4, 3, 3, 3\) but the net expects \(5, 3, 3, 3\)"):
         Net(wider, "TRAIN").copy_from(path)
     report = Net(wider, "TRAIN").copy_from(path, skip_mismatched=True)
     # fc's input size changed with conv1's output: both are skipped.
