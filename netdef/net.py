@@ -29,7 +29,7 @@ import numpy as np
 from netdef import graph
 from netdef.blob import Blob
 from netdef.device import default_device, to_numpy
-from netdef.errors import EngineError, NetDefinitionError, ShapeError, WeightsError
+from netdef.errors import EngineError, NetDefinitionError, ShapeError
 
 TRAIN, TEST = "TRAIN", "TEST"
 
