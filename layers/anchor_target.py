@@ -1,0 +1,207 @@
+"""AnchorTarget: the RPN's training labels and box targets for every anchor."""
+import numpy as np
+
+from layers.base import Layer, register, register_python
+from layers.boxes import (DEFAULT_RATIOS, DEFAULT_SCALES, bbox_overlaps, bbox_transform,
+                          generate_anchors, shifted_anchors)
+from layers.python_compat import field_or_default, layer_settings
+from netdef.device import array_module, to_numpy
+
+LABEL_FG, LABEL_BG, LABEL_IGNORE = 1, 0, -1
+
+
+def check_single_image_inputs(layer, bottoms, gt_index, im_info_index):
+    """Shape checks shared by the RPN layers: gt_boxes ``(G, 5)`` and
+    im_info ``(1, 3)`` (one image per batch, as in the reference)."""
+    if gt_index is not None:
+        gt = bottoms[gt_index].shape
+        if len(gt) != 2 or gt[1] != 5:
+            raise layer.shape_error(gt_index, "gt_boxes (G, 5) rows [x1, y1, x2, y2, class]", gt)
+    info = bottoms[im_info_index].shape
+    if info != (1, 3):
+        raise layer.shape_error(im_info_index, "im_info (1, 3) [height, width, scale] "
+                                "(one image per batch)", info)
+
+
+def rpn_sampling_rng(layer, seed, salt):
+    """The layer's own sampling generator: seeded by the parameter's ``seed``
+    when it is >= 0, else by the net's seed for this layer."""
+    return np.random.default_rng(int(seed)) if seed >= 0 else layer.rng(salt)
+
+
+@register_python("rpn.anchor_target_layer", "AnchorTargetLayer")
+@register("AnchorTarget")
+class AnchorTargetLayer(Layer):
+    """Assign the anchors of one image to its ground-truth boxes.
+
+    bottoms: rpn_cls_score ``(1, 2A, H, W)`` (only H and W are read),
+        gt_boxes ``(G, 5)`` ``[x1, y1, x2, y2, class]``, im_info ``(1, 3)``
+        ``[height, width, scale]``, and optionally data (ignored, as in the
+        reference prototxts).
+    tops (py-faster-rcnn's layout; anchor ``a`` at cell ``(y, x)``):
+        rpn_labels ``(1, 1, A*H, W)``: element ``[0, 0, a*H + y, x]`` is 1
+            (foreground), 0 (background) or -1 (ignored);
+        rpn_bbox_targets ``(1, 4A, H, W)``: channel ``4a + k`` holds delta k
+            of ``bbox_transform(anchor, its best gt box)``;
+        rpn_bbox_inside_weights ``(1, 4A, H, W)``: 1 for foreground anchors;
+        rpn_bbox_outside_weights ``(1, 4A, H, W)``: ``1 / (labelled anchors)``
+            for every labelled anchor when ``positive_weight < 0``, else
+            ``positive_weight / #fg`` and ``(1 - positive_weight) / #bg``.
+
+    Rules (py-faster-rcnn's rpn/anchor_target_layer.py): only anchors inside
+    the image by ``allowed_border`` pixels are labelled (others are -1 with
+    zero targets); background where the best IoU < ``negative_overlap``;
+    foreground where it is >= ``positive_overlap`` and, for each gt box,
+    every anchor whose IoU equals that box's best IoU (all ties, as the
+    reference); ``clobber_positives`` applies the background rule last.
+    Then foreground is randomly cut down to ``fg_fraction * batch_size`` and
+    background to ``batch_size - #fg`` (the cut anchors become -1), with the
+    layer's own generator (``self.sampler``, seeded: deterministic).
+    One deliberate departure: a gt box whose best IoU is 0 (it overlaps no
+    inside anchor) marks no anchor, where the reference would make every
+    anchor that misses it foreground. With no gt boxes at all, every inside
+    anchor is background (subsampled) and all targets are 0.
+
+    IoU, targets and weights are computed with the array module of the
+    inputs (the per-anchor arrays stay on the GPU); the random choice runs on
+    the host. IoU in float64, as the reference. No gradient flows back.
+    """
+
+    min_bottoms = 3
+    max_bottoms = 4
+    exact_tops = 4
+
+    def layer_setup(self, bottoms, tops):
+        p = layer_settings(self, "anchor_target_param")
+        self.feat_stride = int(p.feat_stride)
+        self.base_anchors = generate_anchors(
+            p.base_size, field_or_default(p, "ratios", DEFAULT_RATIOS),
+            field_or_default(p, "scales", DEFAULT_SCALES))
+        self.num_anchors = self.base_anchors.shape[0]
+        self.allowed_border = float(p.allowed_border)
+        self.positive_overlap = float(p.positive_overlap)
+        self.negative_overlap = float(p.negative_overlap)
+        self.clobber_positives = bool(p.clobber_positives)
+        self.batch_size = int(p.batch_size)
+        self.fg_fraction = float(p.fg_fraction)
+        self.positive_weight = float(p.positive_weight)
+        if self.feat_stride <= 0:
+            raise self.definition_error(f"feat_stride must be positive, found {self.feat_stride}")
+        if self.batch_size <= 0:
+            raise self.definition_error(f"batch_size must be positive, found {self.batch_size}")
+        if not 0 <= self.fg_fraction <= 1:
+            raise self.definition_error(f"fg_fraction must lie in [0, 1], found {self.fg_fraction}")
+        if self.positive_weight >= 0 and not 0 < self.positive_weight < 1:
+            raise self.definition_error(
+                "positive_weight must be negative (uniform weights) or lie in (0, 1), "
+                f"found {self.positive_weight}")
+        self.sampler = rpn_sampling_rng(self, p.seed, salt=0)
+
+    def reshape(self, bottoms, tops):
+        score = bottoms[0].shape
+        if len(score) != 4 or score[0] != 1:
+            raise self.shape_error(0, "rpn_cls_score (1, 2A, H, W) (one image per batch)", score)
+        check_single_image_inputs(self, bottoms, 1, 2)
+        height, width = score[2], score[3]
+        a = self.num_anchors
+        tops[0].reshape((1, 1, a * height, width))
+        for top in tops[1:]:
+            top.reshape((1, 4 * a, height, width))
+
+    def allow_force_backward(self, bottom_index):
+        return False
+
+    def forward_cpu(self, bottoms, tops):
+        self._forward(bottoms, tops)
+
+    forward_gpu = forward_cpu
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        # Targets do not depend on the inputs: their gradient is zero.
+        for down, bottom in zip(propagate_down, bottoms):
+            if down:
+                bottom.diff.fill(0)
+
+    backward_gpu = backward_cpu
+
+    # -- the computation, one code for both devices -----------------------------
+    def _forward(self, bottoms, tops):
+        xp = array_module(bottoms[0].data)
+        height, width = bottoms[0].shape[2:]
+        im_height, im_width = (float(v) for v in to_numpy(bottoms[2].data)[0, :2])
+        gt = bottoms[1].data[:, :4].astype(np.float64)
+        anchors = shifted_anchors(self.base_anchors, self.feat_stride, height, width, xp)
+        total = anchors.shape[0]
+        border = self.allowed_border
+        inside = xp.flatnonzero((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border) &
+                                (anchors[:, 2] < im_width + border) &
+                                (anchors[:, 3] < im_height + border))
+
+        labels = xp.full(total, LABEL_IGNORE, dtype=np.int8)
+        targets = xp.zeros((total, 4), dtype=np.float64)
+        inside_w = xp.zeros((total, 4), dtype=np.float64)
+        outside_w = xp.zeros((total, 4), dtype=np.float64)
+        if inside.size:
+            anchors_in = anchors[inside]
+            lab, matched = self._label(anchors_in, gt, xp)
+            lab = self._subsample(lab, xp)
+            labels[inside] = lab
+            if matched is not None:
+                targets[inside] = bbox_transform(anchors_in, matched)
+            fg, bg = lab == LABEL_FG, lab == LABEL_BG
+            ones = xp.ones((1, 4), dtype=np.float64)
+            inside_w[inside] = fg[:, None] * ones
+            outside_w[inside] = self._outside_weights(fg, bg, xp)[:, None] * ones
+
+        a = self.num_anchors
+        # (H*W*A,) -> (1, A, H, W) -> (1, 1, A*H, W); (H*W*A, 4) -> (1, 4A, H, W)
+        tops[0].data[...] = labels.reshape(height, width, a).transpose(2, 0, 1) \
+            .reshape(1, 1, a * height, width)
+        for top, values in zip(tops[1:], (targets, inside_w, outside_w)):
+            top.data[...] = values.reshape(height, width, 4 * a).transpose(2, 0, 1)[None]
+
+    def _label(self, anchors, gt, xp):
+        """Labels before sampling ``(n,)`` int8 and each anchor's best gt box
+        ``(n, 4)`` (None without gt boxes)."""
+        n = anchors.shape[0]
+        labels = xp.full(n, LABEL_IGNORE, dtype=np.int8)
+        if gt.shape[0] == 0:
+            labels[:] = LABEL_BG if 0.0 < self.negative_overlap else LABEL_IGNORE
+            return labels, None
+        overlaps = bbox_overlaps(anchors, gt)                   # (n, G)
+        best_gt = overlaps.argmax(axis=1)
+        best = overlaps.max(axis=1)
+        gt_best = overlaps.max(axis=0)                          # (G,)
+        # every anchor tied at some gt box's best IoU (a positive one)
+        is_gt_best = ((overlaps == gt_best[None, :]) & (gt_best[None, :] > 0)).any(axis=1)
+        negative = best < self.negative_overlap
+        if not self.clobber_positives:
+            labels[negative] = LABEL_BG
+        labels[is_gt_best | (best >= self.positive_overlap)] = LABEL_FG
+        if self.clobber_positives:
+            labels[negative] = LABEL_BG
+        return labels, gt[best_gt]
+
+    def _subsample(self, labels, xp):
+        """Disable random foreground beyond ``fg_fraction * batch_size`` and
+        background beyond ``batch_size - #fg`` (host-side choice)."""
+        host = to_numpy(labels).copy()
+        fg = np.flatnonzero(host == LABEL_FG)
+        max_fg = int(self.fg_fraction * self.batch_size)
+        if fg.size > max_fg:
+            host[self.sampler.choice(fg, size=fg.size - max_fg, replace=False)] = LABEL_IGNORE
+        bg = np.flatnonzero(host == LABEL_BG)
+        max_bg = self.batch_size - int(np.count_nonzero(host == LABEL_FG))
+        if bg.size > max_bg:
+            host[self.sampler.choice(bg, size=bg.size - max_bg, replace=False)] = LABEL_IGNORE
+        return xp.asarray(host)
+
+    def _outside_weights(self, fg, bg, xp):
+        num_fg, num_bg = int(fg.sum()), int(bg.sum())
+        if self.positive_weight < 0:
+            examples = num_fg + num_bg
+            w_fg = w_bg = 1.0 / examples if examples else 0.0
+        else:
+            w_fg = self.positive_weight / num_fg if num_fg else 0.0
+            w_bg = (1.0 - self.positive_weight) / num_bg if num_bg else 0.0
+        return xp.where(fg, w_fg, xp.where(bg, w_bg, 0.0))
