@@ -266,14 +266,16 @@ class PoolingLayer(Layer):
         dy, dx = tops[0].diff, bottoms[0].diff
         n, c, h, w = dx.shape
         if self.pool == MAX:
-            # Scatter-add each top diff onto its argmax; bincount adds the
-            # contributions of overlapping windows. Empty windows (argmax -1)
-            # carry weight 0.
+            # Scatter-add each top diff onto its argmax (np.add.at adds up
+            # the contributions of overlapping windows; in the array's dtype,
+            # without a map-sized float64 temporary). Empty windows (argmax
+            # -1) carry weight 0.
             arg = self.argmax
             maps = (np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
             index = (maps + np.maximum(arg, 0)).ravel()
             weight = np.where(arg >= 0, dy, 0).ravel()
-            dx[...] = np.bincount(index, weight, minlength=dx.size).reshape(dx.shape)
+            dx.fill(0)
+            np.add.at(dx.reshape(-1), index, weight)
             return
         share = dy / np.maximum(self._area(h, w), 1)
         if self._by_offsets():
