@@ -23,6 +23,17 @@ def check_single_image_inputs(layer, bottoms, gt_index, im_info_index):
                                 "(one image per batch)", info)
 
 
+def update_anchors(layer, like, height, width):
+    """Set ``layer.anchors``, the ``(height * width * A, 4)`` float64 shifted
+    anchors on the device of ``like``; rebuilt only when the map size or the
+    device changes (called from reshape)."""
+    xp = array_module(like)
+    key = (height, width, xp.__name__)
+    if layer.anchor_key != key:
+        layer.anchors = shifted_anchors(layer.base_anchors, layer.feat_stride, height, width, xp)
+        layer.anchor_key = key
+
+
 def rpn_sampling_rng(layer, seed, salt):
     """The layer's own sampling generator: seeded by the parameter's ``seed``
     when it is >= 0, else by the net's seed for this layer."""
@@ -78,6 +89,7 @@ class AnchorTargetLayer(Layer):
             p.base_size, field_or_default(p, "ratios", DEFAULT_RATIOS),
             field_or_default(p, "scales", DEFAULT_SCALES))
         self.num_anchors = self.base_anchors.shape[0]
+        self.anchors, self.anchor_key = None, None       # built in reshape
         self.allowed_border = float(p.allowed_border)
         self.positive_overlap = float(p.positive_overlap)
         self.negative_overlap = float(p.negative_overlap)
@@ -103,6 +115,7 @@ class AnchorTargetLayer(Layer):
             raise self.shape_error(0, "rpn_cls_score (1, 2A, H, W) (one image per batch)", score)
         check_single_image_inputs(self, bottoms, 1, 2)
         height, width = score[2], score[3]
+        update_anchors(self, bottoms[0].data, height, width)
         a = self.num_anchors
         tops[0].reshape((1, 1, a * height, width))
         for top in tops[1:]:
@@ -130,7 +143,7 @@ class AnchorTargetLayer(Layer):
         height, width = bottoms[0].shape[2:]
         im_height, im_width = (float(v) for v in to_numpy(bottoms[2].data)[0, :2])
         gt = bottoms[1].data[:, :4].astype(np.float64)
-        anchors = shifted_anchors(self.base_anchors, self.feat_stride, height, width, xp)
+        anchors = self.anchors
         total = anchors.shape[0]
         border = self.allowed_border
         inside = xp.flatnonzero((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border) &

@@ -12,13 +12,14 @@ Both paths compute the same IoU with the same floating-point operations, so
 they keep exactly the same boxes:
 
 - NumPy (``numpy`` arrays): the sorted boxes are visited in blocks of
-  ``BLOCK`` boxes. A block's boxes are first tested against every box kept
-  so far in one vectorized IoU step; among the survivors, the block's own
-  IoU matrix is computed at once and the greedy sweep is a loop over the
-  *kept* boxes only (each step jumps to the next unsuppressed box). Python
-  loops: one per block and one per kept box, never one per box. The work is
-  about (boxes visited) x (boxes kept) IoUs and stops as soon as
-  ``max_output`` boxes are kept.
+  ``BLOCK`` boxes. Inside a block, the pairwise IoU matrix of its surviving
+  boxes is computed at once and the greedy sweep is a loop over the *kept*
+  boxes only (each step jumps to the next unsuppressed box). Between blocks,
+  with ``max_output``, a block's boxes are tested against every box kept so
+  far in one vectorized step, so no work is done past the limit; without a
+  limit, a block's kept boxes suppress all later surviving boxes in one step
+  instead, so suppressed boxes drop out early. Python loops: one per block
+  and one per kept box, never one per box.
 - CUDA (``cupy`` arrays): the bitmask design of py-faster-rcnn's GPU NMS,
   written without shared memory (layers/cuda/nms.cu): ``nms_mask`` runs one
   thread per (box i, column block of 64 boxes) and writes a 64-bit word whose
@@ -78,42 +79,59 @@ def nms_sorted(boxes, thresh, max_output=None, use_kernel=None):
 
 def _nms_numpy(boxes, thresh, limit):
     n = boxes.shape[0]
+    # Every (kept box, later box) pair must be compared unless the later box
+    # is already suppressed. With a limit, compare each block only with the
+    # boxes kept before it ("lazy": no work past the limit); without one,
+    # let each block's kept boxes suppress all later surviving boxes at once
+    # ("eager": suppressed boxes drop out early). Same result either way.
+    eager = limit == n
+    alive = np.ones(n, dtype=bool)
     kept_boxes = np.empty((limit, 4), dtype=boxes.dtype)
     kept = []
     total = 0
     for start in range(0, n, BLOCK):
-        block = boxes[start:start + BLOCK]
-        # Boxes of this block that no box kept so far suppresses. Comparing
-        # each block only with the boxes kept before it (rather than every
-        # kept box with every later box) does no work past the point where
-        # ``limit`` boxes are kept.
-        if total:
-            alive = ~(bbox_overlaps(kept_boxes[:total], block) > thresh).any(axis=0)
-            cand = np.flatnonzero(alive)
+        stop = min(start + BLOCK, n)
+        block = boxes[start:stop]
+        if eager:
+            cand = np.flatnonzero(alive[start:stop])
+        elif total:
+            cand = np.flatnonzero(~(bbox_overlaps(kept_boxes[:total], block) > thresh).any(axis=0))
         else:
-            cand = np.arange(block.shape[0])
+            cand = np.arange(stop - start)
         if cand.size == 0:
             continue
-        over = bbox_overlaps(block[cand], block[cand]) > thresh
-        local = np.ones(cand.size, dtype=bool)
-        chosen = []
-        i = 0
-        while True:  # one iteration per kept box of this block
-            chosen.append(i)
-            if total + len(chosen) == limit:
-                break
-            local[i + 1:] &= ~over[i, i + 1:]
-            rest = np.flatnonzero(local[i + 1:])
-            if rest.size == 0:
-                break
-            i += 1 + int(rest[0])
-        block_kept = cand[chosen]
+        block_kept = _greedy_in_block(block[cand], thresh, limit - total)
+        block_kept = cand[block_kept]
         kept_boxes[total:total + block_kept.size] = block[block_kept]
         kept.append(start + block_kept)
         total += block_kept.size
         if total == limit:
             break
+        if eager:
+            later = stop + np.flatnonzero(alive[stop:])
+            if later.size:
+                hit = (bbox_overlaps(block[block_kept], boxes[later]) > thresh).any(axis=0)
+                alive[later[hit]] = False
     return np.concatenate(kept).astype(np.int64, copy=False)
+
+
+def _greedy_in_block(boxes, thresh, limit):
+    """Greedy NMS of a few sorted boxes, none suppressed from outside yet:
+    positions kept (at most ``limit``). Loops once per kept box."""
+    over = bbox_overlaps(boxes, boxes) > thresh
+    alive = np.ones(boxes.shape[0], dtype=bool)
+    chosen = []
+    i = 0
+    while True:
+        chosen.append(i)
+        if len(chosen) == limit:
+            break
+        alive[i + 1:] &= ~over[i, i + 1:]
+        rest = np.flatnonzero(alive[i + 1:])
+        if rest.size == 0:
+            break
+        i += 1 + int(rest[0])
+    return np.array(chosen, dtype=np.int64)
 
 
 def _nms_kernels(boxes, thresh, limit, xp):

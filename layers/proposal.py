@@ -1,13 +1,28 @@
 """Proposal: turn the RPN's scores and box deltas into RoIs."""
 import numpy as np
 
-from layers.anchor_target import check_single_image_inputs
+from layers.anchor_target import check_single_image_inputs, update_anchors
 from layers.base import Layer, register, register_python
 from layers.boxes import (DEFAULT_RATIOS, DEFAULT_SCALES, bbox_transform_inv, clip_boxes,
-                          filter_small_boxes, generate_anchors, shifted_anchors)
+                          filter_small_boxes, generate_anchors)
 from layers.nms import nms_sorted
 from layers.python_compat import field_or_default, layer_settings
 from netdef.device import array_module, to_numpy
+
+
+def top_scores(scores, candidates, count):
+    """The ``count`` candidates of highest score (all for count <= 0),
+    highest first, ties in index order: the first ``count`` of a stable
+    sort, without sorting everything."""
+    xp = array_module(scores)
+    neg = -scores[candidates]
+    if 0 < count < neg.shape[0]:
+        cut = xp.partition(neg, count - 1)[count - 1]    # the count-th best score
+        better = xp.flatnonzero(neg < cut)
+        tied = xp.flatnonzero(neg == cut)[:count - better.shape[0]]
+        chosen = xp.sort(xp.concatenate([better, tied]))
+        candidates, neg = candidates[chosen], neg[chosen]
+    return candidates[xp.argsort(neg, kind="stable")]
 
 
 @register_python("rpn.proposal_layer", "ProposalLayer")
@@ -51,6 +66,7 @@ class ProposalLayer(Layer):
             p.base_size, field_or_default(p, "ratios", DEFAULT_RATIOS),
             field_or_default(p, "scales", DEFAULT_SCALES))
         self.num_anchors = self.base_anchors.shape[0]
+        self.anchors, self.anchor_key = None, None       # built in reshape
         if self.phase == "TEST":
             self.pre_nms_top_n, self.post_nms_top_n = int(p.test_pre_nms_top_n), int(p.test_post_nms_top_n)
         else:
@@ -73,6 +89,7 @@ class ProposalLayer(Layer):
             raise self.shape_error(1, f"rpn_bbox_pred (1, {4 * a}, {prob[2]}, {prob[3]}) "
                                    "matching the scores' map", deltas)
         check_single_image_inputs(self, bottoms, None, 2)
+        update_anchors(self, bottoms[0].data, prob[2], prob[3])
         most = prob[2] * prob[3] * a
         for limit in (self.pre_nms_top_n, self.post_nms_top_n):
             if limit > 0:
@@ -107,17 +124,13 @@ class ProposalLayer(Layer):
     def _forward(self, bottoms, tops, use_kernel):
         a = self.num_anchors
         xp = array_module(bottoms[0].data)
-        height, width = bottoms[0].shape[2:]
         im_height, im_width, im_scale = (float(v) for v in to_numpy(bottoms[2].data)[0])
         # (A, H, W) -> (H*W*A,) and (4A, H, W) -> (H*W*A, 4): anchor order
         scores = bottoms[0].data[0, a:].transpose(1, 2, 0).reshape(-1)
         deltas = bottoms[1].data[0].transpose(1, 2, 0).reshape(-1, 4)
-        anchors = shifted_anchors(self.base_anchors, self.feat_stride, height, width, xp)
-        boxes = clip_boxes(bbox_transform_inv(anchors, deltas), im_height, im_width)
+        boxes = clip_boxes(bbox_transform_inv(self.anchors, deltas), im_height, im_width)
         candidates = xp.flatnonzero(filter_small_boxes(boxes, self.min_size * im_scale))
-        order = candidates[xp.argsort(-scores[candidates], kind="stable")]
-        if self.pre_nms_top_n > 0:
-            order = order[:self.pre_nms_top_n]
+        order = top_scores(scores, candidates, self.pre_nms_top_n)
         boxes, scores = boxes[order], scores[order]
         kept = nms_sorted(boxes, self.nms_thresh, self.post_nms_top_n, use_kernel=use_kernel)
         self._resize(tops, int(kept.shape[0]))
