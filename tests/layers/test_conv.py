@@ -1,0 +1,301 @@
+"""Convolution: forward against a plain-loop reference, float64 gradient
+checks, the host-run im2col/col2im GPU path, GPU parity, and every error."""
+import numpy as np
+import pytest
+
+import layers.conv as conv
+from netdef.errors import NetDefinitionError, ShapeError
+from netdef.gradcheck import build_layer, check_layer, setup_layer
+from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
+
+FILLERS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
+
+
+def spec(params, name="conv"):
+    return f'name: "{name}" type: "Convolution" convolution_param {{ {params} {FILLERS} }}'
+
+
+# (id, convolution_param fields, bottom shape (N, C, H, W))
+CASES = [
+    ("3x3_pad1", "num_output: 4 kernel_size: 3 pad: 1", (2, 3, 6, 7)),
+    ("grouped_strided_asym_pad", "num_output: 6 kernel_size: 3 stride: 2 pad_h: 1 pad_w: 2 group: 2",
+     (2, 4, 7, 6)),
+    ("stride_over_kernel", "num_output: 3 kernel_size: 2 stride: 3", (2, 2, 8, 9)),
+    ("dilated", "num_output: 3 kernel_size: 3 dilation: 2 pad: 2", (2, 3, 7, 8)),
+    ("dilation_per_axis_strided", "num_output: 2 kernel_size: 3 dilation: 2 dilation: 1 "
+                                  "stride: 2 stride: 1 pad: 1", (1, 2, 9, 6)),
+    ("kernel_h_ne_kernel_w", "num_output: 3 kernel_h: 3 kernel_w: 2 pad: 1 pad: 0", (2, 2, 5, 6)),
+    ("kernel_hw_strided", "num_output: 2 kernel_h: 1 kernel_w: 3 stride_h: 2 stride_w: 1 pad_w: 1",
+     (2, 3, 5, 5)),
+    ("1x1_map", "num_output: 4 kernel_size: 3 pad: 1", (2, 3, 1, 1)),
+    ("pointwise", "num_output: 5 kernel_size: 1", (2, 3, 4, 3)),
+    ("pointwise_grouped_no_bias", "num_output: 4 kernel_size: 1 group: 2 bias_term: false",
+     (2, 4, 3, 3)),
+    ("1x1_stride2", "num_output: 3 kernel_size: 1 stride: 2", (2, 3, 5, 6)),
+    ("1x1_padded", "num_output: 2 kernel_size: 1 pad: 1", (1, 2, 3, 2)),
+    ("pad_beyond_kernel", "num_output: 2 kernel_size: 2 pad: 2", (2, 2, 3, 4)),
+    ("no_bias_grouped_dilated", "num_output: 4 kernel_size: 3 dilation: 2 pad: 1 group: 2 "
+                                "bias_term: false", (2, 4, 6, 7)),
+    ("depthwise", "num_output: 3 kernel_size: 3 pad: 1 group: 3", (2, 3, 4, 5)),
+]
+IDS = [c[0] for c in CASES]
+
+
+def reference_conv(x, weight, bias, stride, pad, dilation, group):
+    """Plain loops over every output element and every kernel tap."""
+    n_img, channels, height, width = x.shape
+    outputs, per_group, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
+    out_h = (height + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    out_w = (width + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    out_per_group = outputs // group
+    out = np.zeros((n_img, outputs, out_h, out_w))
+    for n in range(n_img):
+        for o in range(outputs):
+            g = o // out_per_group
+            for y in range(out_h):
+                for xo in range(out_w):
+                    total = bias[o] if bias is not None else 0.0
+                    for c in range(per_group):
+                        for i in range(kh):
+                            for j in range(kw):
+                                h = y * sh - ph + i * dh
+                                w = xo * sw - pw + j * dw
+                                if 0 <= h < height and 0 <= w < width:
+                                    total += weight[o, c, i, j] * x[n, g * per_group + c, h, w]
+                    out[n, o, y, xo] = total
+    return out
+
+
+def make(params, shape, dtype=np.float64, seed=0, n_bottoms=1):
+    layer = build_layer(spec(params), dtype=dtype)
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(shape).astype(dtype) for _ in range(n_bottoms)]
+    bottoms, tops = setup_layer(layer, arrays, num_tops=n_bottoms)
+    return layer, bottoms, tops
+
+
+def reference_for(layer, x):
+    bias = layer.blobs[1].data if layer.bias_term else None
+    return reference_conv(x, layer.blobs[0].data, bias, layer.stride, layer.pad,
+                          layer.dilation, layer.group)
+
+
+@pytest.fixture(params=["one_chunk", "row_chunks"])
+def chunking(request, monkeypatch):
+    """Run with the default chunk size (one chunk at these sizes) and with
+    one output row per chunk, so the chunk boundaries are exercised."""
+    if request.param == "row_chunks":
+        monkeypatch.setattr(conv, "CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(conv, "MIN_CHUNK_COLUMNS", 1)
+    return request.param
+
+
+# -- forward ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_matches_reference(case, chunking):
+    _, params, shape = case
+    layer, bottoms, tops = make(params, shape)
+    layer.forward(bottoms, tops)
+    expected = reference_for(layer, bottoms[0].data)
+    assert tops[0].shape == expected.shape
+    np.testing.assert_allclose(tops[0].data, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_parameter_shapes_and_output_size_formula():
+    layer, _, tops = make("num_output: 6 kernel_h: 3 kernel_w: 2 stride: 2 pad_h: 1 pad_w: 0 "
+                          "dilation: 2 group: 3", (1, 9, 11, 8))
+    assert layer.blobs[0].shape == (6, 3, 3, 2)
+    assert layer.blobs[1].shape == (6,)
+    # (11 + 2 - (2 * 2 + 1)) // 2 + 1 = 5, (8 + 0 - (2 * 1 + 1)) // 2 + 1 = 3
+    assert tops[0].shape == (1, 6, 5, 3)
+    layer, _, _ = make("num_output: 2 kernel_size: 3 bias_term: false", (1, 1, 3, 3))
+    assert len(layer.blobs) == 1
+
+
+def test_float32_stays_float32_and_matches_reference(chunking):
+    layer, bottoms, tops = make("num_output: 4 kernel_size: 3 pad: 1 group: 2", (2, 4, 6, 5),
+                                dtype=np.float32)
+    layer.forward(bottoms, tops)
+    assert tops[0].data.dtype == np.float32
+    expected = reference_for(layer, bottoms[0].data.astype(np.float64))
+    np.testing.assert_allclose(tops[0].data, expected, rtol=1e-4, atol=1e-4)
+    tops[0].diff[...] = 1
+    layer.backward(tops, [True], bottoms)
+    assert bottoms[0].diff.dtype == np.float32 and layer.blobs[0].diff.dtype == np.float32
+
+
+def test_several_bottoms_share_the_weights():
+    layer, bottoms, tops = make("num_output: 3 kernel_size: 3 pad: 1", (2, 2, 4, 5), n_bottoms=2)
+    layer.forward(bottoms, tops)
+    for bottom, top in zip(bottoms, tops):
+        np.testing.assert_allclose(top.data, reference_for(layer, bottom.data), rtol=1e-12, atol=1e-12)
+
+
+def test_reshape_to_a_new_image_size():
+    layer, bottoms, tops = make("num_output: 3 kernel_size: 3 pad: 1 stride: 2", (1, 2, 5, 6))
+    layer.forward(bottoms, tops)
+    bottoms[0].reshape((2, 2, 8, 3))
+    bottoms[0].data[...] = np.random.default_rng(3).standard_normal((2, 2, 8, 3))
+    layer.reshape(bottoms, tops)
+    layer.forward(bottoms, tops)
+    np.testing.assert_allclose(tops[0].data, reference_for(layer, bottoms[0].data), rtol=1e-12,
+                               atol=1e-12)
+
+
+# -- backward -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_gradient_check(case, chunking):
+    _, params, shape = case
+    result = check_layer(spec(params), [np.random.default_rng(1).standard_normal(shape)],
+                         max_per_blob=80)
+    assert result.passed, result.report()
+
+
+def test_gradient_check_two_bottoms():
+    params = "num_output: 2 kernel_size: 3 stride: 2 pad: 1"
+    rng = np.random.default_rng(2)
+    result = check_layer(spec(params), [rng.standard_normal((1, 2, 5, 4)),
+                                        rng.standard_normal((1, 2, 5, 4))], num_tops=2)
+    assert result.passed, result.report()
+
+
+def test_parameter_gradients_accumulate_and_propagate_down_false_keeps_bottom_diff():
+    layer, bottoms, tops = make("num_output: 2 kernel_size: 3 pad: 1", (1, 2, 4, 4))
+    layer.forward(bottoms, tops)
+    tops[0].diff[...] = np.random.default_rng(4).standard_normal(tops[0].shape)
+    layer.backward(tops, [True], bottoms)
+    once = [p.diff.copy() for p in layer.blobs]
+    bottoms[0].diff[...] = 7.0
+    layer.backward(tops, [False], bottoms)
+    for p, d in zip(layer.blobs, once):
+        np.testing.assert_allclose(p.diff, 2 * d, rtol=1e-12)
+    assert np.all(bottoms[0].diff == 7.0)
+
+
+# -- the GPU path, host-run (im2col / col2im through the C++ shim) ------------------------
+
+
+@requires_cxx
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_gpu_path_on_host(case, dtype):
+    _, params, shape = case
+    rng = np.random.default_rng(5)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    run_gpu_path_on_host(spec(params), [rng.standard_normal(shape)], dtype=dtype, **tol)
+
+
+@requires_cxx
+def test_im2col_col2im_kernels_on_host():
+    """im2col against the definition; col2im is its adjoint:
+    <im2col(x), c> == <x, col2im(c)>."""
+    from layers.kernels import launch
+    rng = np.random.default_rng(6)
+    c, h, w, kh, kw, ph, pw, sh, sw, dh, dw = 2, 5, 7, 3, 2, 1, 2, 2, 1, 1, 2
+    ho = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    wo = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    image = rng.standard_normal((c, h, w))
+    col = np.empty((c * kh * kw, ho * wo))
+    args = tuple(np.int32(v) for v in (h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo))
+    launch("im2col.cu", "im2col", np.float64, col.size, (np.int64(col.size), image) + args + (col,))
+    expected = np.zeros((c, kh, kw, ho, wo))
+    for ci in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                for y in range(ho):
+                    for x in range(wo):
+                        hh, ww = y * sh - ph + i * dh, x * sw - pw + j * dw
+                        if 0 <= hh < h and 0 <= ww < w:
+                            expected[ci, i, j, y, x] = image[ci, hh, ww]
+    np.testing.assert_array_equal(col, expected.reshape(col.shape))
+    probe = rng.standard_normal(col.shape)
+    back = np.empty_like(image)
+    launch("im2col.cu", "col2im", np.float64, back.size, (np.int64(back.size), probe) + args + (back,))
+    np.testing.assert_allclose(np.sum(col * probe), np.sum(image * back), rtol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_gpu_matches_cpu(case, dtype):
+    _, params, shape = case
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    compare_devices(spec(params), [np.random.default_rng(7).standard_normal(shape)], dtype=dtype, **tol)
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+def test_channels_not_divisible_by_group():
+    with pytest.raises(ShapeError, match=r"layer 'conv'.*bottom 'bottom\[0\]' expected channels "
+                                         r"divisible by group 2, found shape \(1, 3, 4, 4\)"):
+        make("num_output: 4 kernel_size: 3 group: 2", (1, 3, 4, 4))
+
+
+def test_num_output_not_divisible_by_group():
+    with pytest.raises(NetDefinitionError, match=r"layer 'conv'.*num_output 3 is not divisible by "
+                                                 r"group 2 \(bottom 'bottom\[0\]'"):
+        make("num_output: 3 kernel_size: 3 group: 2", (1, 4, 4, 4))
+
+
+def test_kernel_larger_than_padded_input():
+    with pytest.raises(ShapeError, match=r"layer 'conv'.*bottom 'bottom\[0\]' expected width \+ 2 \* pad "
+                                         r"\(3 \+ 2 \* 1\) at least the dilated kernel extent 7, "
+                                         r"found shape \(1, 1, 9, 3\)"):
+        make("num_output: 1 kernel_size: 4 dilation: 2 pad: 1", (1, 1, 9, 3))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4), (1, 2, 3, 4, 5)])
+def test_bottom_not_4d(shape):
+    with pytest.raises(ShapeError, match=r"layer 'conv'.*bottom 'bottom\[0\]' expected a 4-D blob "
+                                         r"\(N, C, H, W\), found shape"):
+        make("num_output: 1 kernel_size: 1", shape)
+
+
+def test_axis_other_than_channels_is_rejected():
+    with pytest.raises(NetDefinitionError, match=r"layer 'conv'.*axis must be the channel axis 1 "
+                                                 r"of the 4-D bottom 'bottom\[0\]', found 2"):
+        make("num_output: 1 kernel_size: 1 axis: 2", (1, 2, 3, 3))
+    make("num_output: 1 kernel_size: 1 axis: -3", (1, 2, 3, 3))  # -3 is axis 1 of a 4-D blob
+
+
+def test_channel_count_change_after_setup():
+    layer, bottoms, tops = make("num_output: 2 kernel_size: 1", (1, 3, 2, 2))
+    bottoms[0].reshape((1, 4, 2, 2))
+    with pytest.raises(ShapeError, match=r"bottom 'bottom\[0\]' expected 3 channels \(the weights "
+                                         r"are \(2, 3, 1, 1\)\), found shape \(1, 4, 2, 2\)"):
+        layer.reshape(bottoms, tops)
+
+
+def test_bottoms_of_different_shapes():
+    layer = build_layer(spec("num_output: 2 kernel_size: 1"))
+    with pytest.raises(ShapeError, match=r"bottom 'bottom\[1\]' expected the shape of bottom "
+                                         r"'bottom\[0\]' \(1, 2, 3, 3\), found shape \(1, 2, 4, 3\)"):
+        setup_layer(layer, [np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 4, 3))], num_tops=2)
+
+
+def test_tops_must_pair_with_bottoms():
+    layer = build_layer(spec("num_output: 2 kernel_size: 1"))
+    with pytest.raises(NetDefinitionError, match=r"one top per bottom, found 1 bottom\(s\) and 2 top"):
+        setup_layer(layer, [np.zeros((1, 2, 3, 3))], num_tops=2)
+
+
+@pytest.mark.parametrize("params,message", [
+    ("num_output: 2", r"convolution_param needs kernel_size \(or kernel_h and kernel_w\)"),
+    ("num_output: 2 kernel_size: 3 kernel_h: 3 kernel_w: 3", r"give either kernel_size or kernel_h/kernel_w, not both"),
+    ("num_output: 2 kernel_h: 3", r"kernel_h and kernel_w must be given together"),
+    ("num_output: 2 kernel_size: 1 kernel_size: 2 kernel_size: 3", r"kernel_size takes 1 value or 2"),
+    ("num_output: 2 kernel_size: 0", r"kernel must be >= 1 on each axis, found \(0, 0\)"),
+    ("num_output: 2 kernel_size: 1 stride: 0", r"stride must be >= 1"),
+    ("num_output: 2 kernel_size: 1 dilation: 0", r"dilation must be >= 1"),
+    ("kernel_size: 1", r"convolution_param.num_output must be >= 1, found 0"),
+    ("num_output: 2 kernel_size: 1 group: 0", r"convolution_param.group must be >= 1, found 0"),
+])
+def test_bad_parameters(params, message):
+    with pytest.raises(NetDefinitionError, match=r"layer 'conv' \(type Convolution\): " + message):
+        make(params, (1, 2, 3, 3))
