@@ -8,6 +8,12 @@ py-R-FCN exactly, rounding included (DESIGN.md section 4). The geometry is
 computed in the layer's dtype, in the same order of operations as the CUDA
 kernels, so both paths pick the same cells.
 
+CPU paths: the bins of all RoIs are pooled together by walking the offsets of
+cells inside a bin (``BinCells``), in row-major order within each bin as the
+kernels scan them, so max ties and the order of additions are the kernels'.
+The Python loop runs over those offsets (at most the largest bin's area) and
+over cache-sized groups of bins, never over RoIs.
+
 The RoI base class and the RoI checks here are shared with ``layers.roi_align``.
 """
 import numpy as np
@@ -17,9 +23,12 @@ from layers.kernels import launch
 from netdef.device import array_module, to_numpy
 from netdef.errors import DataError, ShapeError
 
-# Upper bound (elements) on the temporary arrays of the CPU paths; work over
-# many RoIs is split into blocks of RoIs so that memory stays bounded.
+# Upper bound (elements) on the temporary arrays of the CPU RoIAlign paths;
+# work over many RoIs is split into blocks of RoIs so that memory stays bounded.
 CPU_BLOCK_ELEMENTS = 1 << 22
+# Elements of the per-group temporaries of the CPU pooling paths: a group of
+# bins is pooled in arrays that stay in the processor's cache.
+CACHE_ELEMENTS = 1 << 16
 
 
 def round_half_away(x):
@@ -124,38 +133,75 @@ def max_pool_bounds(low, high, scale, pooled, size):
     return np.clip(start, 0, size), np.clip(end, 0, size)
 
 
-def window_max(features_nhwc, batch, h0, h1, w0, w1):
-    """Max over the windows ``[h0, h1) x [w0, w1)`` of each RoI, per channel.
+class BinCells:
+    """The bins of many RoIs, as flat arrays over ``B = R * P * Q`` (RoI,
+    bin row, bin column) triples, and walks over their cells.
 
-    features_nhwc: ``(N, H, W, C)``; batch, h0, h1, w0, w1: ``(R,)``.
-    Returns values ``(R, C)`` (0 for an empty window) and argmax ``(R, C)``
-    int32, the in-plane index ``h * W + w`` of the first maximum in
-    row-major order (-1 for an empty window): Caffe scans h then w and keeps
-    a value only when strictly greater.
+    h0, h1: ``(R, P)`` and w0, w1: ``(R, Q)`` cell bounds ``[start, end)``.
+    The non-empty bins are taken in groups (``groups``) small enough for the
+    per-group temporaries to stay in cache, sorted by shape so that a group's
+    bins mostly have one shape. ``walk(group)`` visits every cell of
+    every bin of the group in row-major order within its bin, as the kernels
+    do: it loops over the offsets ``(i, j)`` from a bin's corner (at most the
+    largest bin's area; never over RoIs or bins) and at each offset yields
+    the in-plane index ``h * width + w`` of that cell in every bin that
+    contains it. The work is proportional to the cells actually pooled.
     """
-    _, height, width, channels = features_nhwc.shape
-    num = batch.shape[0]
-    values = np.zeros((num, channels), features_nhwc.dtype)
-    argmax = np.full((num, channels), -1, np.int32)
-    rows_in = np.maximum(h1 - h0, 0)
-    cols_in = np.maximum(w1 - w0, 0)
-    live = np.flatnonzero((rows_in > 0) & (cols_in > 0))
-    if live.size == 0:
-        return values, argmax
-    # Every window is gathered padded to the largest one; padding is masked.
-    bh, bw = int(rows_in[live].max()), int(cols_in[live].max())
-    di, dj = np.arange(bh), np.arange(bw)
-    for block in roi_blocks(live.size, bh * bw * channels):
-        r = live[block]
-        rows = np.minimum(h0[r, None] + di, height - 1)
-        cols = np.minimum(w0[r, None] + dj, width - 1)
-        window = features_nhwc[batch[r, None, None], rows[:, :, None], cols[:, None, :]]
-        inside = (di < rows_in[r, None])[:, :, None] & (dj < cols_in[r, None])[:, None, :]
-        window = np.where(inside[..., None], window, -np.inf).reshape(r.size, bh * bw, channels)
-        k = window.argmax(axis=1)
-        values[r] = np.take_along_axis(window, k[:, None, :], axis=1)[:, 0]
-        argmax[r] = (h0[r, None] + k // bw) * width + w0[r, None] + k % bw
-    return values, argmax
+
+    def __init__(self, h0, h1, w0, w1, width):
+        num, pooled_h = h0.shape
+        pooled_w = w0.shape[1]
+        shape = (num, pooled_h, pooled_w)
+        self.top = np.broadcast_to(h0[:, :, None], shape).reshape(-1)
+        self.left = np.broadcast_to(w0[:, None, :], shape).reshape(-1)
+        self.rows = np.broadcast_to(np.maximum(h1 - h0, 0)[:, :, None], shape).reshape(-1)
+        self.cols = np.broadcast_to(np.maximum(w1 - w0, 0)[:, None, :], shape).reshape(-1)
+        self.width = width
+
+    @property
+    def area(self):
+        """Cells per bin, ``(B,)``."""
+        return self.rows * self.cols
+
+    def groups(self, values_per_bin):
+        """The non-empty bins (indices into B) in groups of about
+        ``CACHE_ELEMENTS / values_per_bin``, largest bins first."""
+        size = max(1, CACHE_ELEMENTS // max(1, int(values_per_bin)))
+        # Sorted by shape, so that most groups hold bins of one shape, whose
+        # walks then cover every member at every offset.
+        order = np.lexsort((-self.cols, -self.rows))
+        order = order[self.area[order] > 0]
+        return [order[s:s + size] for s in range(0, order.size, size)]
+
+    def walk(self, group):
+        """Yield ``(first, members, cells)`` for each offset inside the bins of
+        ``group``: ``first`` for offset (0, 0) (every member's first cell),
+        ``members`` the positions in ``group`` of the bins containing the
+        offset (None: all of them), ``cells`` their in-plane cell indices."""
+        rows, cols = self.rows[group], self.cols[group]
+        top, left = self.top[group], self.left[group]
+        for i in range(int(rows.max(initial=0))):
+            tall = np.flatnonzero(rows > i)
+            for j in range(int(cols[tall].max(initial=0))):
+                members = tall[cols[tall] > j]
+                cells = (top[members] + i) * self.width + left[members] + j
+                yield i == 0 and j == 0, (None if members.size == group.size else members), cells
+
+
+def _keep_greater(best, where, values, cells):
+    """Caffe's scan step, in place: where ``values`` (A, C) is strictly
+    greater than ``best``, take it and its cell (``cells`` (A, 1) int32), so
+    ties keep the earlier cell, the first in row-major order.
+
+    Arithmetic instead of np.where/copyto(where=), which are several times
+    slower on unpredictable masks. np.maximum equals the strict-greater pick
+    except that a NaN propagates (and +-0 may swap sign).
+    """
+    greater = (values > best).astype(np.int32)
+    np.maximum(best, values, out=best)
+    step = cells - where
+    step *= greater
+    where += step
 
 
 @register("ROIPooling")
@@ -190,17 +236,36 @@ class ROIPoolingLayer(RoILayer):
     def forward_cpu(self, bottoms, tops):
         x, rois = bottoms[0].data, bottoms[1].data.astype(bottoms[0].data.dtype, copy=False)
         batch = self.batch_indices(bottoms)
-        _, _, height, width = x.shape
+        num, channels, height, width = x.shape
         h0, h1 = max_pool_bounds(rois[:, 2], rois[:, 4], self.spatial_scale, self.pooled_h, height)
         w0, w1 = max_pool_bounds(rois[:, 1], rois[:, 3], self.spatial_scale, self.pooled_w, width)
+        bins = BinCells(h0, h1, w0, w1, width)
         # Channels last, so that each gathered cell is one contiguous vector.
-        x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        top = tops[0].data
-        for ph in range(self.pooled_h):
-            for pw in range(self.pooled_w):
-                values, argmax = window_max(x_nhwc, batch, h0[:, ph], h1[:, ph], w0[:, pw], w1[:, pw])
-                top[:, :, ph, pw] = values
-                self.argmax[:, :, ph, pw] = argmax
+        x_cells = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(num * height * width, channels)
+        image = np.repeat(batch * (height * width), self.pooled_h * self.pooled_w)
+        best = np.zeros((bins.area.size, channels), x.dtype)      # empty bins stay 0
+        where = np.full((bins.area.size, channels), -1, np.int32)  # and -1
+        for group in bins.groups(channels):
+            base = image[group]
+            group_best = group_where = None
+            # Caffe's scan: a bin's first cell, then each later cell that is
+            # strictly greater, so ties go to the first in row-major order.
+            for first, members, cells in bins.walk(group):
+                values = x_cells[(base if members is None else base[members]) + cells]
+                cells = cells.astype(np.int32)[:, None]
+                if first:
+                    group_best, group_where = values, np.repeat(cells, channels, axis=1)
+                elif members is None:
+                    _keep_greater(group_best, group_where, values, cells)
+                else:
+                    current, current_where = group_best[members], group_where[members]
+                    _keep_greater(current, current_where, values, cells)
+                    group_best[members], group_where[members] = current, current_where
+            best[group] = group_best
+            where[group] = group_where
+        shape = (batch.size, self.pooled_h, self.pooled_w, channels)
+        tops[0].data[...] = best.reshape(shape).transpose(0, 3, 1, 2)
+        self.argmax[...] = where.reshape(shape).transpose(0, 3, 1, 2)
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
@@ -264,18 +329,6 @@ def ps_pool_bounds(low, high, scale, group_size, size):
     return (np.clip(start, 0, size).astype(np.int64), np.clip(end, 0, size).astype(np.int64))
 
 
-def integral_image(x):
-    """Summed-area table ``(N, C, H + 1, W + 1)`` float64 of ``x`` ``(N, C, H, W)``:
-    ``S[..., h, w] = sum(x[..., :h, :w])``, so any rectangle's sum takes four
-    look-ups. float64 keeps the differences of large prefix sums accurate."""
-    num, channels, height, width = x.shape
-    table = np.zeros((num, channels, height + 1, width + 1), np.float64)
-    inner = table[:, :, 1:, 1:]
-    np.cumsum(x, axis=2, dtype=np.float64, out=inner)
-    np.cumsum(inner, axis=3, out=inner)
-    return table
-
-
 @register("PSROIPooling")
 class PSROIPoolingLayer(RoILayer):
     """R-FCN position-sensitive RoI average pooling (``psroi_pooling_param``:
@@ -306,54 +359,75 @@ class PSROIPoolingLayer(RoILayer):
         tops[0].reshape((bottoms[1].shape[0], self.output_dim, k, k))
 
     def _bins(self, bottoms):
-        """Flat indices into the (N, C, H+1, W+1) table of the four corners of
-        every top element's bin, ``(R, D, k, k)`` each, and the bin areas."""
+        """The bins (``BinCells`` over (RoI, ph, pw)) and, per bin, the row
+        of the cell-major table (``_cell_major``) of its image and bin at
+        cell 0, ``(B,)``: cell ``h * W + w`` is that row plus ``cell * k * k``."""
         x = bottoms[0].data
         rois = bottoms[1].data.astype(x.dtype, copy=False)
-        _, channels, height, width = x.shape
+        _, _, height, width = x.shape
         k = self.group_size
         batch = self.batch_indices(bottoms)
         h0, h1 = ps_pool_bounds(rois[:, 2], rois[:, 4], self.spatial_scale, k, height)
         w0, w1 = ps_pool_bounds(rois[:, 1], rois[:, 3], self.spatial_scale, k, width)
-        # Channel (c * k + ph) * k + pw is simply the flat index of (c, ph, pw).
-        channel = np.arange(channels).reshape(1, self.output_dim, k, k)
-        plane = (batch[:, None, None, None] * channels + channel) * ((height + 1) * (width + 1))
-        h0, h1 = h0[:, None, :, None], h1[:, None, :, None]
-        w0, w1 = w0[:, None, None, :], w1[:, None, None, :]
-        row0, row1 = h0 * (width + 1), h1 * (width + 1)
-        corners = (plane + row1 + w1, plane + row0 + w1, plane + row1 + w0, plane + row0 + w0)
-        area = (h1 - h0) * (w1 - w0)
-        return corners, area
+        row = batch[:, None] * (height * width * k * k) + np.arange(k * k)[None, :]
+        return BinCells(h0, h1, w0, w1, width), row.reshape(-1)
+
+    def _cell_major(self, x):
+        """``(N * H * W * k * k, D)`` view of x's channels: row
+        ``((n * H + h) * W + w) * k * k + ph * k + pw`` holds channel
+        ``(c * k + ph) * k + pw`` for every class c, so a bin reads its D
+        values at a cell as one contiguous row."""
+        num, _, height, width = x.shape
+        kk = self.group_size ** 2
+        return np.ascontiguousarray(
+            x.reshape(num, self.output_dim, kk, height, width).transpose(0, 3, 4, 2, 1)
+        ).reshape(-1, self.output_dim)
 
     def forward_cpu(self, bottoms, tops):
-        corners, area = self._bins(bottoms)
-        table = integral_image(bottoms[0].data).reshape(-1)
-        a, b, c, d = (table[i] for i in corners)
-        total = (a - b) - (c - d)
-        top = np.zeros(total.shape, np.float64)
+        x = bottoms[0].data
+        bins, row = self._bins(bottoms)
+        table = self._cell_major(x)
+        kk = self.group_size ** 2
+        total = np.zeros((row.size, self.output_dim), x.dtype)
+        # Summed cell by cell in row-major order within each bin, in the
+        # layer's dtype: the kernels' (and Caffe's) order of additions.
+        for group in bins.groups(self.output_dim):
+            base = row[group]
+            group_total = np.zeros((group.size, self.output_dim), x.dtype)
+            for _, members, cells in bins.walk(group):
+                if members is None:
+                    group_total += table[base + cells * kk]
+                else:
+                    group_total[members] += table[base[members] + cells * kk]
+            total[group] = group_total
+        area = bins.area.astype(x.dtype)[:, None]
+        top = np.zeros_like(total)
         np.divide(total, area, out=top, where=area > 0)
-        tops[0].data[...] = top
+        k = self.group_size
+        tops[0].data[...] = top.reshape(-1, k, k, self.output_dim).transpose(0, 3, 1, 2)
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
         x = bottoms[0].data
-        num, channels, height, width = x.shape
-        corners, area = self._bins(bottoms)
-        share = np.zeros(tops[0].shape, np.float64)
-        np.divide(tops[0].diff, area, out=share, where=area > 0)
-        share = share.reshape(-1)
-        # A 2-D difference array: +share at the bin's two "outer" corners and
-        # -share at the other two; prefix sums over h and w then add share to
-        # exactly the cells of the bin.
-        index = np.concatenate([i.reshape(-1) for i in corners])
-        weights = np.concatenate([share, -share, -share, share])
-        table_size = num * channels * (height + 1) * (width + 1)
-        delta = np.bincount(index, weights=weights, minlength=table_size)
-        delta = delta.reshape(num, channels, height + 1, width + 1)
-        np.cumsum(delta, axis=2, out=delta)
-        np.cumsum(delta, axis=3, out=delta)
-        bottoms[0].diff[...] = delta[:, :, :height, :width]
+        num, _, height, width = x.shape
+        k, dim = self.group_size, self.output_dim
+        bins, row = self._bins(bottoms)
+        area = bins.area.astype(x.dtype)[:, None]
+        share = np.zeros((row.size, dim), x.dtype)
+        top_diff = tops[0].diff.transpose(0, 2, 3, 1).reshape(share.shape)
+        np.divide(top_diff, area, out=share, where=area > 0)
+        index, weight = [np.zeros(0, np.int64)], [np.zeros(0, x.dtype)]
+        for group in bins.groups(dim):
+            for _, members, cells in bins.walk(group):
+                g = group if members is None else group[members]
+                index.append(((row[g] + cells * k * k)[:, None] * dim + np.arange(dim)).reshape(-1))
+                weight.append(share[g].reshape(-1))
+        # bincount sums what overlapping bins give one cell (in float64).
+        summed = np.bincount(np.concatenate(index), weights=np.concatenate(weight),
+                             minlength=x.size)
+        bottoms[0].diff[...] = summed.reshape(num, height, width, k * k, dim).transpose(0, 4, 3, 1, 2) \
+            .reshape(x.shape)
 
     def _kernel_args(self, bottoms):
         x = bottoms[0].data

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from layers import kernels
-from layers.roi_pooling import integral_image, round_half_away
+from layers.roi_pooling import round_half_away
 from netdef.errors import DataError, NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
@@ -127,14 +127,6 @@ def test_empty_bins_give_zero():
     assert not tops[0].data.any()
 
 
-def test_integral_image():
-    x = features(1, 2, num=1, height=3, width=4)
-    table = integral_image(x)
-    assert table.shape == (1, 4, 4, 5)
-    np.testing.assert_allclose(table[0, 1, 2, 3], x[0, 1, :2, :3].sum())
-    assert not table[:, :, 0].any() and not table[:, :, :, 0].any()
-
-
 def test_no_rois_give_empty_top():
     _, bottoms, tops = run_layer(spec(), [features(), np.zeros((0, 5))],
                                  top_diff=np.zeros((0, 2, 3, 3)))
@@ -155,6 +147,15 @@ def test_gradient(output_dim, k):
 @pytest.mark.parametrize("output_dim,k,scale", [(2, 3, SCALE), (1, 7, SCALE), (2, 2, 1 / 3)])
 def test_gpu_path_on_host(dtype, output_dim, k, scale):
     run_gpu_path_on_host(spec(output_dim, k, scale), [features(output_dim, k), ROIS], dtype=dtype)
+
+
+@requires_cxx
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_sums_in_the_kernels_order(dtype):
+    # Both paths add a bin's cells in row-major order in the layer's dtype
+    # (Caffe's order), so their float32 results agree to the last bit.
+    x = features(2, 3, height=13, width=17) * 1e3
+    run_gpu_path_on_host(spec(), [x, ROIS], dtype=dtype, backward=False, rtol=0, atol=0)
 
 
 @pytest.mark.gpu
