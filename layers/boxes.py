@@ -18,7 +18,7 @@ loops over boxes.
 """
 import numpy as np
 
-from netdef.device import array_module
+from netdef.device import array_module, is_gpu_array
 
 DEFAULT_BASE_SIZE = 16
 DEFAULT_RATIOS = (0.5, 1.0, 2.0)
@@ -59,6 +59,14 @@ def shifted_anchors(base_anchors, feat_stride, height, width, xp=np, dtype=np.fl
     sy = xp.broadcast_to(shift_y[:, None], (height, width)).reshape(-1)
     shifts = xp.stack([sx, sy, sx, sy], axis=1)           # (K, 4)
     return (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)
+
+
+def stable_argsort(values):
+    """Indices sorting a 1-D array ascending, ties in index order, for NumPy
+    and CuPy (CuPy's sort is always stable; older CuPy takes no ``kind``)."""
+    if is_gpu_array(values):
+        return values.argsort()
+    return np.argsort(values, kind="stable")
 
 
 def box_areas(boxes):

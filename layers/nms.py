@@ -24,7 +24,9 @@ they keep exactly the same boxes:
   written without shared memory (layers/cuda/nms.cu): ``nms_mask`` runs one
   thread per (box i, column block of 64 boxes) and writes a 64-bit word whose
   bit k says that box ``64 * block + k`` (later than i) has IoU > thresh with
-  box i; ``nms_sweep`` (one thread) walks the words greedily. Only the kept
+  box i; ``nms_sweep`` (one block of threads) walks the boxes greedily, one
+  column block at a time: one thread decides the block's boxes, then all
+  threads OR the kept boxes' mask rows into the later words. Only the kept
   indices come back to the host. The mask takes ``8 * N * ceil(N / 64)``
   bytes (18 MB for 12000 boxes).
   The same kernels run with NumPy arrays through the host shim
@@ -33,8 +35,8 @@ they keep exactly the same boxes:
 """
 import numpy as np
 
-from layers.boxes import bbox_overlaps
-from layers.kernels import launch
+from layers.boxes import bbox_overlaps, stable_argsort
+from layers.kernels import THREADS_PER_BLOCK, launch
 from netdef.device import array_module, is_gpu_array
 
 BLOCK = 256
@@ -52,8 +54,7 @@ def nms(boxes, scores, thresh, max_output=None, use_kernel=None):
     Returns int64 indices into ``boxes`` ``(K,)``, highest score first, on the
     boxes' device.
     """
-    xp = array_module(boxes)
-    order = xp.argsort(-scores.reshape(-1), kind="stable")
+    order = stable_argsort(-scores.reshape(-1))
     keep = nms_sorted(boxes[order], thresh, max_output, use_kernel)
     return order[keep]
 
@@ -143,6 +144,7 @@ def _nms_kernels(boxes, thresh, limit, xp):
     removed = xp.zeros(col_blocks, dtype=np.uint64)
     keep = xp.empty(n, dtype=np.int64)
     count = xp.zeros(1, dtype=np.int64)
-    launch("nms.cu", "nms_sweep", boxes.dtype, 1,
+    # one block of threads: the sweep synchronizes them with barriers
+    launch("nms.cu", "nms_sweep", boxes.dtype, THREADS_PER_BLOCK,
            (np.int64(n), np.int32(col_blocks), mask, removed, keep, count, np.int64(limit)))
     return keep[:int(count[0])]

@@ -1,10 +1,9 @@
 """Proposal: turn the RPN's scores and box deltas into RoIs."""
-import numpy as np
 
 from layers.anchor_target import check_single_image_inputs, update_anchors
 from layers.base import Layer, register, register_python
 from layers.boxes import (DEFAULT_RATIOS, DEFAULT_SCALES, bbox_transform_inv, clip_boxes,
-                          filter_small_boxes, generate_anchors)
+                          filter_small_boxes, generate_anchors, stable_argsort)
 from layers.nms import nms_sorted
 from layers.python_compat import field_or_default, layer_settings
 from netdef.device import array_module, to_numpy
@@ -22,7 +21,7 @@ def top_scores(scores, candidates, count):
         tied = xp.flatnonzero(neg == cut)[:count - better.shape[0]]
         chosen = xp.sort(xp.concatenate([better, tied]))
         candidates, neg = candidates[chosen], neg[chosen]
-    return candidates[xp.argsort(neg, kind="stable")]
+    return candidates[stable_argsort(neg)]
 
 
 @register_python("rpn.proposal_layer", "ProposalLayer")

@@ -5,8 +5,9 @@
 //   nms_mask:  one thread per (box i, column block c of 64 boxes); word
 //              mask[i * col_blocks + c] has bit k set when box j = 64 c + k,
 //              j > i, overlaps box i with IoU > thresh.
-//   nms_sweep: one thread walks the boxes in order, keeping a box unless a
-//              kept box's mask has its bit, and stops after max_out boxes.
+//   nms_sweep: one block of threads walks the boxes in order, keeping a box
+//              unless a kept box's mask has its bit, and stops after max_out
+//              boxes (see below; runs on the host shim as one thread).
 //
 // The IoU uses exactly the operations of layers.boxes.bbox_overlaps in the
 // same order; the products go through mul_rn so that the GPU compiler cannot
@@ -55,27 +56,52 @@ KERNEL void FN(nms_mask)(const long long n, const int col_blocks,
   }
 }
 
+// Host shim: the sweep's block of threads is a single thread, which runs
+// every thread-strided loop in full; the barriers have nothing to wait for.
+// (The GPU build uses the real threadIdx / blockDim / __syncthreads.)
+#if !(defined(__CUDACC_RTC__) || defined(__CUDACC__))
+namespace {
+struct HostDim { unsigned x; };
+const HostDim threadIdx = {0};
+const HostDim blockDim = {1};
+}
+static inline void __syncthreads() {}
+#endif
+
+// Launched as ONE block of threads (n = THREADS_PER_BLOCK work items).
 // removed: col_blocks zeroed words; keep: n slots; num_kept: 1 slot.
-// Launched over one work item: a single thread does the sweep, which is a
-// chain of dependent decisions; it reads one mask row per kept box.
+// Column block by column block: thread 0 walks the block's 64 boxes (a chain
+// of dependent decisions, one mask word read per kept box); after a barrier,
+// the threads OR the mask rows of the boxes just kept into the later words
+// of `removed`, one word per thread. Shared memory is not needed: the
+// barrier makes the block's global writes visible to all its threads.
 KERNEL void FN(nms_sweep)(const long long n, const int col_blocks,
                           const unsigned long long* mask,
                           unsigned long long* removed, long long* keep,
                           long long* num_kept, const long long max_out) {
-  CUDA_KERNEL_LOOP(unused, 1) {
-    long long count = 0;
-    for (int c = 0; c < col_blocks && count < max_out; ++c) {
+  long long before = 0;  // boxes kept in earlier column blocks
+  for (int c = 0; c < col_blocks; ++c) {
+    if (threadIdx.x == 0) {
+      long long count = before;
       unsigned long long current = removed[c];
-      const long long end = min((long long)(c + 1) * 64, n);
-      for (long long i = (long long)c * 64; i < end; ++i) {
-        if ((current >> (i - (long long)c * 64)) & 1ULL) continue;
+      const long long first = (long long)c * 64;
+      const long long end = min(first + 64, n);
+      for (long long i = first; i < end && count < max_out; ++i) {
+        if ((current >> (i - first)) & 1ULL) continue;
         keep[count++] = i;
-        if (count >= max_out) break;
-        const unsigned long long* row = mask + i * col_blocks;
-        current |= row[c];
-        for (int d = c + 1; d < col_blocks; ++d) removed[d] |= row[d];
+        current |= mask[i * col_blocks + c];
       }
+      num_kept[0] = count;
     }
-    num_kept[0] = count;
+    __syncthreads();
+    const long long after = num_kept[0];
+    if (after >= max_out) break;
+    for (long long d = c + 1 + (long long)threadIdx.x; d < col_blocks; d += blockDim.x) {
+      unsigned long long bits = 0;
+      for (long long k = before; k < after; ++k) bits |= mask[keep[k] * col_blocks + d];
+      removed[d] |= bits;
+    }
+    before = after;
+    __syncthreads();
   }
 }

@@ -66,8 +66,8 @@ def reference(prob, deltas, im_info, pre, post, thresh=0.7, min_size=16.0, strid
 
 @pytest.mark.parametrize("phase,pre,post", [("TRAIN", 150, 30), ("TEST", 60, 10)])
 def test_matches_plain_pipeline_in_each_phase(phase, pre, post):
-    extra = (f"train_pre_nms_top_n: 150 train_post_nms_top_n: 30 "
-             f"test_pre_nms_top_n: 60 test_post_nms_top_n: 10")
+    extra = ("train_pre_nms_top_n: 150 train_post_nms_top_n: 30 "
+             "test_pre_nms_top_n: 60 test_post_nms_top_n: 10")
     arrays = make_inputs()
     layer, shapes, (rois, scores) = run(spec(extra), arrays, phase=phase)
     assert (layer.pre_nms_top_n, layer.post_nms_top_n) == (pre, post)
