@@ -31,6 +31,10 @@ from layers.base import Layer, register_python
 MAX_PARAM_STR = 10000
 _YAML_WORDS = {"true": True, "false": False, "null": None, "~": None,
                "True": True, "False": False, "None": None}
+# YAML tags seen in py-faster-rcnn prototxts ("'scales': !!python/tuple
+# [8, 16, 32]"): each names a conversion of the literal that follows.
+_YAML_TAGS = {"!!python/tuple": tuple, "!!python/list": list, "!!int": int,
+              "!!float": float, "!!str": str}
 
 
 class ParamStrError(ValueError):
@@ -43,9 +47,11 @@ def parse_param_str(text):
     Accepted: a Python dict literal with or without its braces
     (``"'feat_stride': 16, 'scales': (8, 16, 32)"``), or the YAML-like
     ``key: value`` form the reference files also allow (``"feat_stride: 16"``,
-    one entry per comma or line; values are literals, ``true``/``false``, or
-    plain words taken as strings). Nothing is evaluated: literals go through
-    ``ast.literal_eval``. Raises ``ParamStrError``.
+    one entry per comma or line, a written ``\\n`` counting as a line break;
+    values are literals, ``true``/``false``, plain words taken as strings,
+    or literals after the tags ``!!python/tuple``, ``!!python/list``,
+    ``!!int``, ``!!float``, ``!!str``). Nothing is evaluated: literals go
+    through ``ast.literal_eval``. Raises ``ParamStrError``.
     """
     text = (text or "").strip()
     if not text:
@@ -93,7 +99,7 @@ def _split_top_level(text):
 
 def _parse_key_values(text):
     result = {}
-    for entry in _split_top_level(text):
+    for entry in _split_top_level(text.replace("\\n", "\n")):
         key, sep, raw = entry.partition(":")
         if not sep:
             raise ParamStrError(f"entry {entry!r} is not 'key: value'")
@@ -102,16 +108,30 @@ def _parse_key_values(text):
             key = key[1:-1]
         if not key.isidentifier():
             raise ParamStrError(f"key {key!r} is not a name")
-        if raw in _YAML_WORDS:
-            result[key] = _YAML_WORDS[raw]
-            continue
+        convert = None
+        if raw.startswith("!!"):
+            tag, _, raw = raw.partition(" ")
+            if tag not in _YAML_TAGS:
+                raise ParamStrError(f"YAML tag {tag!r} of {key!r} is not one of "
+                                    f"{', '.join(sorted(_YAML_TAGS))}")
+            convert, raw = _YAML_TAGS[tag], raw.strip()
+        value = _scalar(key, raw)
         try:
-            result[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            if not raw or any(c in raw for c in "()[]{}'\""):
-                raise ParamStrError(f"value {raw!r} of {key!r} is not a literal") from None
-            result[key] = raw
+            result[key] = convert(value) if convert else value
+        except (TypeError, ValueError) as exc:
+            raise ParamStrError(f"value {raw!r} of {key!r}: {exc}") from None
     return result
+
+
+def _scalar(key, raw):
+    if raw in _YAML_WORDS:
+        return _YAML_WORDS[raw]
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        if not raw or any(c in raw for c in "()[]{}'\""):
+            raise ParamStrError(f"value {raw!r} of {key!r} is not a literal") from None
+        return raw
 
 
 def layer_settings(layer, field_name):

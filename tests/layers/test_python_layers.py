@@ -23,6 +23,11 @@ from netdef.schema import parse_text
     ("feat_stride: 16\nscales: [4, 8]\nclass_agnostic: true", {"feat_stride": 16, "scales": [4, 8],
                                                                 "class_agnostic": True}),
     ("{feat_stride: 16, mode: fast}", {"feat_stride": 16, "mode": "fast"}),
+    # as in several py-faster-rcnn prototxts (a newline, or a written \\n)
+    ("'feat_stride': 16 \n'scales': !!python/tuple [8, 16, 32]",
+     {"feat_stride": 16, "scales": (8, 16, 32)}),
+    ("'feat_stride': 16\\n'scales': !!python/list [4, 8]", {"feat_stride": 16, "scales": [4, 8]}),
+    ("'min_size': !!float 8", {"min_size": 8.0}),
     ("", {}),
     ("   ", {}),
 ])
@@ -38,6 +43,8 @@ def test_parse_param_str(text, expected):
     ("'a': (1, 2", "unclosed"),
     ("{1: 2}", "is not a string"),
     ("x" * 20000, "characters long"),
+    ("'scales': !!python/object:os.system [1]", "YAML tag '!!python/object:os.system'"),
+    ("'scales': !!int [1, 2]", "value '\\[1, 2\\]' of 'scales'"),
 ])
 def test_parse_param_str_refuses_what_is_not_a_literal_dict(text, match):
     with pytest.raises(ParamStrError, match=match):
