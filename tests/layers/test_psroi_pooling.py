@@ -197,3 +197,32 @@ def test_parameters_must_be_positive(fields, found):
     with pytest.raises(NetDefinitionError, match=f"layer 'psroi'.*psroi_pooling_param: "
                                                  f"expected positive values, found {found}"):
         run_layer(text, [features(), ROIS])
+
+
+HEAD = """
+name: "rfcn_head"
+force_backward: true
+layer { name: "input" type: "Input" top: "rfcn_cls" top: "rois"
+  input_param { shape { dim: 2 dim: 18 dim: 6 dim: 7 } shape { dim: 20 dim: 5 } } }
+layer { name: "psroipooled_cls_rois" type: "PSROIPooling" bottom: "rfcn_cls" bottom: "rois"
+  top: "psroipooled_cls_rois"
+  psroi_pooling_param { spatial_scale: 0.125 output_dim: 2 group_size: 3 } }
+layer { name: "ave_cls_score_rois" type: "Pooling" bottom: "psroipooled_cls_rois"
+  top: "cls_score" pooling_param { pool: AVE kernel_size: 3 stride: 3 } }
+"""
+
+
+def test_in_a_net_as_py_rfcn_declares_it():
+    from netdef.device import CPU
+    from netdef.net import Net
+    net = Net(HEAD, "TRAIN", device=CPU, dtype=np.float64)
+    x = features()
+    out = net.forward(rfcn_cls=x, rois=ROIS)
+    pooled = reference(x, ROIS, 2, 3, SCALE)
+    np.testing.assert_allclose(out["cls_score"], pooled.mean(axis=(2, 3), keepdims=True),
+                               rtol=1e-12, atol=1e-12)
+    d_score = np.random.default_rng(2).standard_normal((len(ROIS), 2, 1, 1))
+    diffs = net.backward(diffs=["rfcn_cls"], cls_score=d_score)
+    expected = reference_backward(x.shape, ROIS, np.broadcast_to(d_score / 9, pooled.shape), 3, SCALE)
+    np.testing.assert_allclose(diffs["rfcn_cls"], expected, rtol=1e-12, atol=1e-12)
+    assert not net.blobs["rois"].diff.any()   # RoIs never take a gradient
