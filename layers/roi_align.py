@@ -21,7 +21,6 @@ import numpy as np
 from layers.base import register
 from layers.kernels import launch
 from layers.roi_pooling import RoILayer, _positive, roi_blocks
-from netdef.device import array_module
 from netdef.errors import ShapeError
 
 

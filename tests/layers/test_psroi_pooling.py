@@ -11,7 +11,7 @@ import pytest
 from layers import kernels
 from layers.roi_pooling import round_half_away
 from netdef.errors import DataError, NetDefinitionError, ShapeError
-from netdef.gradcheck import build_layer, check_layer, setup_layer
+from netdef.gradcheck import build_layer, check_layer
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
 from tests.layers.test_roi_pooling import ROIS, SCALE, cuda_round, run_layer
 
