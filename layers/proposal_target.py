@@ -22,8 +22,11 @@ class ProposalTargetLayer(Layer):
         image: the Proposal layer's output), gt_boxes ``(G, 5)``
         ``[x1, y1, x2, y2, class]``.
     tops (M sampled RoIs, foreground first):
-        rois ``(M, 5)``; labels ``(M,)`` (the matched gt class for
-        foreground, 0 for background);
+        rois ``(M, 5)``; labels ``(M, 1, 1, 1)`` (the matched gt class for
+        foreground, 0 for background: py-R-FCN's layout, where py-faster-rcnn
+        has ``(M,)``; the loss and accuracy layers read labels by count, and
+        SoftmaxWithLossOHEM's per-RoI loss takes this shape, which must equal
+        SmoothL1LossOHEM's ``(M, 1, 1, 1)`` in the OHEM nets' Eltwise);
         bbox_targets ``(M, C)``: for a foreground RoI, the 4 deltas
             ``(bbox_transform(roi, gt) - mean) / std`` at columns
             ``4 * slot .. 4 * slot + 3`` and 0 elsewhere, where ``slot`` is
@@ -106,7 +109,7 @@ class ProposalTargetLayer(Layer):
 
     def _resize(self, tops, count):
         tops[0].reshape((count, 5))
-        tops[1].reshape((count,))
+        tops[1].reshape((count, 1, 1, 1))
         for top in tops[2:]:
             top.reshape((count, self.width))
 
@@ -153,7 +156,7 @@ class ProposalTargetLayer(Layer):
         count = keep.size
         self._resize(tops, count)
         tops[0].data[...] = all_rois[keep_x]
-        tops[1].data[...] = xp.asarray(labels)
+        tops[1].data[...] = xp.asarray(labels).reshape(-1, 1, 1, 1)
         for top in tops[2:]:
             top.data.fill(0)
         regress = np.flatnonzero(labels[:num_fg] > 0)           # foreground rows with a class

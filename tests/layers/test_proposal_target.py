@@ -73,6 +73,8 @@ def expected_row(cand, gt, is_fg, width, agnostic, normalize=True):
 def check_against_reference(tops, rois, gt, num_fg, width, agnostic, normalize=True, **thresh):
     fg, bg = candidates(rois, gt, **thresh)
     out_rois, labels, targets, inside_w, outside_w = tops
+    assert labels.shape == (out_rois.shape[0], 1, 1, 1)
+    labels = labels.reshape(-1)
     for k, row in enumerate(out_rois):
         pool = fg if k < num_fg else bg
         match = [c for c in pool if np.array_equal(c[0], row)]
@@ -88,7 +90,7 @@ def check_against_reference(tops, rois, gt, num_fg, width, agnostic, normalize=T
 def test_keep_all_matches_reference_class_aware():
     layer, shapes, tops = run(spec("num_classes: 21 batch_size: -1"))
     fg, bg = candidates(ROIS, GT)
-    assert shapes == [(304, 5), (304,), (304, 84), (304, 84), (304, 84)]
+    assert shapes == [(304, 5), (304, 1, 1, 1), (304, 84), (304, 84), (304, 84)]
     assert tops[0].shape == (len(fg) + len(bg), 5) and tops[2].shape[1] == 84
     check_against_reference(tops, ROIS, GT, len(fg), 84, agnostic=False)
     # every candidate is there once (the gt boxes themselves included)
@@ -111,7 +113,7 @@ def test_sampling_counts_and_fg_first():
     fg, bg = candidates(ROIS, GT)
     assert len(fg) > 32 and len(bg) > 96
     assert shapes[0] == (128, 5) and tops[0].shape == (128, 5)
-    labels = tops[1]
+    labels = tops[1].reshape(-1)
     assert np.all(labels[:32] > 0) and np.all(labels[32:] == 0)
     check_against_reference(tops, ROIS, GT, 32, 84, agnostic=False)
     # few foreground candidates: all of them, background fills the batch

@@ -155,4 +155,5 @@ def test_reference_style_net_builds_and_runs():
     assert 0 < net.blobs["rpn_rois"].shape[0] <= 1080
     rois = out["rois"]
     assert rois.shape[0] <= 128 and out["bbox_targets"].shape == (rois.shape[0], 84)
+    assert out["labels"].shape == (rois.shape[0], 1, 1, 1)
     assert set(np.unique(out["labels"])) <= {0, 5, 12}
