@@ -125,7 +125,9 @@ def test_force_backward_reaches_data_but_never_labels():
 
 
 def test_propagate_down_false_stops_the_gradient():
-    text = TINY.replace('bottom: "pool1" top: "fc"', 'bottom: "pool1" top: "fc" propagate_down: false')
+    # (force_backward would override propagate_down, as in Caffe.)
+    text = TINY.replace("force_backward: true\n", "").replace(
+        'bottom: "pool1" top: "fc"', 'bottom: "pool1" top: "fc" propagate_down: false')
     net = Net(text, "TRAIN")
     fc = net._layer_names.index("fc")
     assert net.bottom_need_backward[fc] == [False]
@@ -207,10 +209,10 @@ def test_stage_and_level_rules():
     layer { name: "not_deploy" type: "ReLU" bottom: "a" top: "c" exclude { stage: "deploy" } }
     layer { name: "deep" type: "ReLU" bottom: "a" top: "d" include { min_level: 2 } }
     """
-    plain = Net(text, "TEST")
-    assert list(plain.layer_dict) == ["data", "not_deploy"]
-    staged = Net(text, "TEST", stages=["deploy"], level=3)
-    assert list(staged.layer_dict) == ["data", "deploy_only", "deep"]
+    def layers(net):
+        return [name for name, layer in net.layer_dict.items() if layer.type != "Split"]
+    assert layers(Net(text, "TEST")) == ["data", "not_deploy"]
+    assert layers(Net(text, "TEST", stages=["deploy"], level=3)) == ["data", "deploy_only", "deep"]
 
 
 def test_caffemodel_save_and_copy_from(tmp_path):
