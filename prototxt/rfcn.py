@@ -1,0 +1,432 @@
+"""Generator of R-FCN networks (Dai et al. 2016) in py-R-FCN's layout.
+
+    python -m prototxt.rfcn --depth 101 --phase TRAIN --ohem > net.prototxt
+    python -m prototxt.rfcn --depth 50 --out-dir my_nets/          # train + test
+    python -m prototxt.rfcn --regenerate                            # prototxt/rfcn_*.prototxt
+
+Every channel count is computed here from the options, never typed in:
+rfcn_cls has classes * k * k outputs (21 x 7 x 7 = 1029 for PASCAL VOC),
+rfcn_bbox 8 * k * k class-agnostic (one background and one foreground box)
+or 4 * classes * k * k class-aware, the RPN 2 * A scores and 4 * A deltas
+for A = 9 anchors. Change the options and regenerate; do not edit the
+numbers in a generated file.
+
+The network, as py-R-FCN trains it (models/pascal_voc/ResNet-101/
+rfcn_end2end/{train_agnostic, train_agnostic_ohem, test_agnostic}.prototxt,
+class-aware/{train_ohem, test}.prototxt):
+
+- ResNet trunk with Kaiming He's layer names; BatchNorm frozen
+  (use_global_stats, its and Scale's params lr_mult 0); conv1 and res2
+  frozen (lr_mult 0); res5 at stride 1 with dilation 2 (pad 2) in its 3x3
+  convolutions, so the whole net has stride 16.
+- RPN on res4's last block (res4b22 / res4f): rpn_conv/3x3 (512) + ReLU,
+  rpn_cls_score (2A), rpn_bbox_pred (4A), Softmax over the reshaped
+  (N, 2, A*H, W) scores, Proposal; in TRAIN AnchorTarget and its two losses
+  (SoftmaxWithLoss ignoring -1, SmoothL1Loss sigma 3) and ProposalTarget.
+  py-R-FCN's class-aware files put the RPN on res5c instead (``rpn_on``).
+- Head on res5c: conv_new_1 (1x1, 1024) + ReLU, rfcn_cls / rfcn_bbox (1x1),
+  PSROIPooling at 1/16 with group_size k, k x k average pooling to
+  cls_score / bbox_pred.
+- TRAIN losses: SoftmaxWithLoss on the classes, SmoothL1LossOHEM on the
+  boxes normalized by the 128 RoIs of an image (PRE_FIXED), Accuracy. OHEM:
+  per-RoI losses (SoftmaxWithLossOHEM, SmoothL1LossOHEM, summed), then
+  BoxAnnotatorOHEM keeps the 128 hardest RoIs of each image and the real
+  losses see only those (labels_ohem, bbox_loss_weights_ohem).
+- TEST: inputs data and im_info, Softmax to cls_prob, both reshaped to
+  (R, classes) and (R, 8).
+
+Two forms. ``python_layers=True`` writes py-R-FCN's own form, type "Python"
+layers naming its modules (roi_data_layer.layer.RoIDataLayer,
+rpn.anchor_target_layer, rpn.proposal_layer, rpn.proposal_target_layer);
+this engine maps those onto its native layers, so the files py-R-FCN ships
+load unchanged (their training settings live in py-R-FCN's
+experiments/cfgs/*.yml, not in the prototxt). The default writes the native
+typed layers (AnchorTarget, Proposal, ProposalTarget with their *_param
+messages) and carries those settings in the file: RPN 6000 / 300 boxes
+before / after NMS in training as in testing, class-agnostic targets, and
+for OHEM all RoIs kept (batch_size -1) with background from IoU 0.
+
+The native TRAIN net starts with an Input layer for data (1, 3, 600, 1000),
+im_info (1, 3) and gt_boxes (1, 5) until the dataset-reading data layer
+exists; the training entry point feeds those blobs.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from prototxt.resnet import STAGES, Word, layer, resnet_trunk, specs
+
+FEAT_STRIDE = 16
+SPATIAL_SCALE = 1.0 / FEAT_STRIDE
+ANCHOR_RATIOS = (0.5, 1, 2)
+ANCHOR_SCALES = (8, 16, 32)
+NUM_ANCHORS = len(ANCHOR_RATIOS) * len(ANCHOR_SCALES)
+RPN_CHANNELS = 512
+HEAD_CHANNELS = 1024
+ROIS_PER_IMAGE = 128       # OHEM keeps this many; the box loss divides by it
+RPN_PRE_NMS, RPN_POST_NMS = 6000, 300  # py-R-FCN's training values (= test)
+TRAIN_IMAGE = (600, 1000)  # shorter side 600, longer at most 1000
+TEST_IMAGE_PY = (224, 224)  # the placeholder size py-R-FCN's test files declare
+
+HERE = Path(__file__).resolve().parent
+
+
+# -- small pieces shared with prototxt.faster_rcnn ------------------------------------
+
+def gaussian(std):
+    return dict(type="gaussian", std=std)
+
+
+CONSTANT_0 = dict(type="constant", value=0.0)
+
+
+def python_layer(name, bottoms, tops, module, layer_name, param_str):
+    """A py-faster-rcnn / py-R-FCN ``type: "Python"`` layer."""
+    return layer(name, "Python", bottoms, tops,
+                 python_param=dict(module=module, layer=layer_name, param_str=param_str))
+
+
+def legacy_inputs(inputs):
+    """The old-style net header: ``input: "x"`` plus ``input_shape`` per input."""
+    lines = []
+    for name, shape in inputs:
+        lines.append(f'input: "{name}"\ninput_shape {{\n' +
+                     "".join(f"  dim: {d}\n" for d in shape) + "}\n")
+    return "".join(lines)
+
+
+def input_layer(name, blobs):
+    """An Input layer with one top per (name, shape) of ``blobs``."""
+    return layer(name, "Input", [], [b for b, _ in blobs],
+                 input_param=dict(shape=[dict(dim=list(s)) for _, s in blobs]))
+
+
+def rpn_train_data(python_layers, num_classes, image=TRAIN_IMAGE):
+    """The data layer of a net with an RPN: tops data, im_info, gt_boxes."""
+    tops = ["data", "im_info", "gt_boxes"]
+    if python_layers:
+        return python_layer("input-data", [], tops, "roi_data_layer.layer", "RoIDataLayer",
+                            f"'num_classes': {num_classes}")
+    return input_layer("input-data", [("data", (1, 3) + tuple(image)), ("im_info", (1, 3)),
+                                      ("gt_boxes", (1, 5))])
+
+
+def rpn_head(bottom, *, param_style="train", fillers=True):
+    """rpn_conv/3x3 + ReLU, rpn_cls_score (2A), rpn_bbox_pred (4A) and the
+    (N, 2, A*H, W) reshape of the scores.
+
+    ``param_style``: "train" lr_mult 1 / 2, "test" the same with decay_mult
+    1 / 0, "frozen" lr_mult 0 / decay_mult 0 (alternating stages that keep
+    the RPN fixed), None no param specs."""
+    param = {"train": specs((1, None), (2, None)), "test": specs((1, 1), (2, 0)),
+             "frozen": specs((0, 0), (0, 0)), None: []}[param_style]
+
+    def conv(name, bottom_, top, num_output, kernel, pad):
+        return layer(name, "Convolution", [bottom_], [top], param=param, convolution_param=dict(
+            num_output=num_output, kernel_size=kernel, pad=pad, stride=1,
+            weight_filler=gaussian(0.01) if fillers else None,
+            bias_filler=CONSTANT_0 if fillers else None))
+
+    return "".join([
+        conv("rpn_conv/3x3", bottom, "rpn/output", RPN_CHANNELS, 3, 1),
+        layer("rpn_relu/3x3", "ReLU", ["rpn/output"], ["rpn/output"]),
+        conv("rpn_cls_score", "rpn/output", "rpn_cls_score", 2 * NUM_ANCHORS, 1, 0),
+        conv("rpn_bbox_pred", "rpn/output", "rpn_bbox_pred", 4 * NUM_ANCHORS, 1, 0),
+    ])
+
+
+def rpn_score_reshape():
+    return layer("rpn_cls_score_reshape", "Reshape", ["rpn_cls_score"], ["rpn_cls_score_reshape"],
+                 reshape_param=dict(shape=dict(dim=[0, 2, -1, 0])))
+
+
+def rpn_losses(python_layers):
+    """AnchorTarget and the two RPN losses."""
+    bottoms = ["rpn_cls_score", "gt_boxes", "im_info", "data"]
+    tops = ["rpn_labels", "rpn_bbox_targets", "rpn_bbox_inside_weights",
+            "rpn_bbox_outside_weights"]
+    if python_layers:
+        target = python_layer("rpn-data", bottoms, tops, "rpn.anchor_target_layer",
+                              "AnchorTargetLayer", f"'feat_stride': {FEAT_STRIDE}")
+    else:
+        target = layer("rpn-data", "AnchorTarget", bottoms, tops,
+                       anchor_target_param=dict(feat_stride=FEAT_STRIDE))
+    return "".join([
+        target,
+        layer("rpn_loss_cls", "SoftmaxWithLoss", ["rpn_cls_score_reshape", "rpn_labels"],
+              ["rpn_cls_loss"], loss_weight=[1.0], propagate_down=[True, False],
+              loss_param=dict(ignore_label=-1, normalize=True)),
+        layer("rpn_loss_bbox", "SmoothL1Loss",
+              ["rpn_bbox_pred", "rpn_bbox_targets", "rpn_bbox_inside_weights",
+               "rpn_bbox_outside_weights"], ["rpn_loss_bbox"], loss_weight=[1.0],
+              smooth_l1_loss_param=dict(sigma=3.0)),
+    ])
+
+
+def rpn_proposals(python_layers, tops, proposal_param=None):
+    """Softmax over the RPN scores, reshape back to (N, 2A, H, W), Proposal.
+
+    ``proposal_param``: settings for the native layer beyond feat_stride
+    (the Python form carries only feat_stride, as the reference files do)."""
+    bottoms = ["rpn_cls_prob_reshape", "rpn_bbox_pred", "im_info"]
+    if python_layers:
+        proposal = python_layer("proposal", bottoms, tops, "rpn.proposal_layer", "ProposalLayer",
+                                f"'feat_stride': {FEAT_STRIDE}")
+    else:
+        settings = dict(feat_stride=FEAT_STRIDE)
+        settings.update(proposal_param or {})
+        if len(tops) > 1:
+            settings["output_score"] = True
+        proposal = layer("proposal", "Proposal", bottoms, tops, proposal_param=settings)
+    return "".join([
+        layer("rpn_cls_prob", "Softmax", ["rpn_cls_score_reshape"], ["rpn_cls_prob"]),
+        layer("rpn_cls_prob_reshape", "Reshape", ["rpn_cls_prob"], ["rpn_cls_prob_reshape"],
+              reshape_param=dict(shape=dict(dim=[0, 2 * NUM_ANCHORS, -1, 0]))),
+        proposal,
+    ])
+
+
+def proposal_targets(python_layers, python_num_classes, native_param):
+    """ProposalTarget: sample RoIs from rpn_rois and gt_boxes, label them and
+    compute their box targets."""
+    bottoms = ["rpn_rois", "gt_boxes"]
+    tops = ["rois", "labels", "bbox_targets", "bbox_inside_weights", "bbox_outside_weights"]
+    if python_layers:
+        return python_layer("roi-data", bottoms, tops, "rpn.proposal_target_layer",
+                            "ProposalTargetLayer", f"'num_classes': {python_num_classes}")
+    return layer("roi-data", "ProposalTarget", bottoms, tops, proposal_target_param=native_param)
+
+
+# -- R-FCN ------------------------------------------------------------------------------
+
+def rfcn_channels(classes, k, class_aware):
+    """(rfcn_cls outputs, rfcn_bbox outputs, box outputs per RoI)."""
+    box = 4 * classes if class_aware else 8
+    return classes * k * k, box * k * k, box
+
+
+def rfcn_net(depth=101, classes=21, k=7, *, ohem=False, class_aware=False, python_layers=False,
+             phase="TRAIN", rpn_on="res4", image=None):
+    """Prototxt text of an R-FCN ResNet-``depth`` net.
+
+    depth 50 or 101 (152 works too); ``classes`` includes the background;
+    ``k`` is the score map grid (group_size). ``rpn_on`` is "res4" (the
+    class-agnostic reference files) or "res5" (py-R-FCN's class-aware files).
+    ``image`` (height, width) sizes the native form's inputs (default 600 x
+    1000; the Python form's test net declares 224 x 224 as py-R-FCN's does).
+    """
+    phase = phase.upper()
+    if phase not in ("TRAIN", "TEST"):
+        raise ValueError(f"phase must be TRAIN or TEST, found {phase!r}")
+    if depth not in STAGES:
+        raise ValueError(f"depth must be one of {sorted(STAGES)}, found {depth}")
+    if classes < 2:
+        raise ValueError(f"classes counts the background too and must be >= 2, found {classes}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, found {k}")
+    if rpn_on not in ("res4", "res5"):
+        raise ValueError(f"rpn_on must be res4 or res5, found {rpn_on!r}")
+    if ohem and phase == "TEST":
+        ohem = False  # OHEM only changes the training losses
+    cls_channels, bbox_channels, box = rfcn_channels(classes, k, class_aware)
+    train = phase == "TRAIN"
+    image = tuple(image) if image else None
+
+    trunk, outputs = resnet_trunk(depth, dilate_res5=True, frozen_stages={1, 2},
+                                  conv1_bias=depth == 50)
+    rpn_bottom = outputs[4] if rpn_on == "res4" else outputs[5]
+
+    parts = []
+    if python_layers:
+        parts.append(f'name: "ResNet-{depth}"\n')
+    else:
+        parts.append(f'name: "R-FCN ResNet-{depth}{" class-aware" if class_aware else ""}'
+                     f'{" OHEM" if ohem else ""}"\n')
+    if train:
+        parts.append(rpn_train_data(python_layers, classes, image or TRAIN_IMAGE))
+    else:
+        size = image or (TEST_IMAGE_PY if python_layers else TRAIN_IMAGE)
+        parts.append(legacy_inputs([("data", (1, 3) + tuple(size)), ("im_info", (1, 3))]))
+    parts.append(trunk)
+
+    parts.append(rpn_head(rpn_bottom, param_style="train" if train else "test"))
+    parts.append(rpn_score_reshape())
+    native_proposal = dict(train_pre_nms_top_n=RPN_PRE_NMS, train_post_nms_top_n=RPN_POST_NMS)
+    if train:
+        parts.append(rpn_losses(python_layers))
+        parts.append(rpn_proposals(python_layers, ["rpn_rois"], native_proposal))
+        target = dict(num_classes=classes, batch_size=-1 if ohem else ROIS_PER_IMAGE,
+                      bg_thresh_lo=0.0 if ohem else 0.1, class_agnostic=not class_aware)
+        parts.append(proposal_targets(python_layers, classes if class_aware else 2, target))
+    else:
+        parts.append(rpn_proposals(python_layers, ["rois"], native_proposal))
+
+    def head_conv(name, bottom, num_output):
+        return layer(name, "Convolution", [bottom], [name], param=specs((1, None), (2, None)),
+                     convolution_param=dict(num_output=num_output, kernel_size=1, pad=0,
+                                            weight_filler=gaussian(0.01),
+                                            bias_filler=CONSTANT_0))
+
+    def psroi(name, bottom, output_dim):
+        return layer(name, "PSROIPooling", [bottom, "rois"], [name], psroi_pooling_param=dict(
+            spatial_scale=SPATIAL_SCALE, output_dim=output_dim, group_size=k))
+
+    def vote(name, bottom, top):
+        return layer(name, "Pooling", [bottom], [top],
+                     pooling_param=dict(pool=Word("AVE"), kernel_size=k, stride=k))
+
+    bbox_top = "bbox_pred" if train else "bbox_pred_pre"
+    parts += [
+        head_conv("conv_new_1", outputs[5], HEAD_CHANNELS),
+        layer("conv_new_1_relu", "ReLU", ["conv_new_1"], ["conv_new_1"]),
+        head_conv("rfcn_cls", "conv_new_1", cls_channels),
+        head_conv("rfcn_bbox", "conv_new_1", bbox_channels),
+        psroi("psroipooled_cls_rois", "rfcn_cls", classes),
+        vote("ave_cls_score_rois", "psroipooled_cls_rois", "cls_score"),
+        psroi("psroipooled_loc_rois", "rfcn_bbox", box),
+        vote("ave_bbox_pred_rois", "psroipooled_loc_rois", bbox_top),
+    ]
+    accuracy = "accuarcy" if python_layers else "accuracy"  # py-R-FCN's spelling
+    if train and ohem:
+        parts.append(_ohem_losses(accuracy))
+    elif train:
+        parts += [
+            layer("loss", "SoftmaxWithLoss", ["cls_score", "labels"], ["loss_cls"],
+                  loss_weight=[1.0], propagate_down=[True, False]),
+            layer(accuracy, "Accuracy", ["cls_score", "labels"], [accuracy],
+                  propagate_down=[False, False]),
+            _box_loss(["bbox_pred", "bbox_targets", "bbox_inside_weights"]),
+            layer("silence", "Silence", ["bbox_outside_weights"], []),
+        ]
+    else:
+        parts += [
+            layer("cls_prob", "Softmax", ["cls_score"], ["cls_prob_pre"]),
+            layer("cls_prob_reshape", "Reshape", ["cls_prob_pre"], ["cls_prob"],
+                  reshape_param=dict(shape=dict(dim=[-1, classes]))),
+            layer("bbox_pred_reshape", "Reshape", ["bbox_pred_pre"], ["bbox_pred"],
+                  reshape_param=dict(shape=dict(dim=[-1, box]))),
+        ]
+    return "".join(parts)
+
+
+def _box_loss(bottoms):
+    return layer("loss_bbox", "SmoothL1LossOHEM", bottoms, ["loss_bbox"], loss_weight=[1.0],
+                 propagate_down=[True, False, False],
+                 loss_param=dict(normalization=Word("PRE_FIXED"),
+                                 pre_fixed_normalizer=float(ROIS_PER_IMAGE)))
+
+
+def _ohem_losses(accuracy):
+    """Per-RoI losses (weights 0: they only rank), hard example selection,
+    then the losses on the selected RoIs."""
+    return "".join([
+        layer("per_roi_loss_cls", "SoftmaxWithLossOHEM", ["cls_score", "labels"],
+              ["temp_loss_cls", "temp_prob_cls", "per_roi_loss_cls"],
+              loss_weight=[0.0, 0.0, 0.0], propagate_down=[False, False]),
+        layer("per_roi_loss_bbox", "SmoothL1LossOHEM",
+              ["bbox_pred", "bbox_targets", "bbox_inside_weights"],
+              ["temp_loss_bbox", "per_roi_loss_bbox"], loss_weight=[0.0, 0.0],
+              propagate_down=[False, False, False]),
+        layer("per_roi_loss", "Eltwise", ["per_roi_loss_cls", "per_roi_loss_bbox"],
+              ["per_roi_loss"], propagate_down=[False, False]),
+        layer("annotator_detector", "BoxAnnotatorOHEM",
+              ["rois", "per_roi_loss", "labels", "bbox_inside_weights"],
+              ["labels_ohem", "bbox_loss_weights_ohem"], propagate_down=[False] * 4,
+              box_annotator_ohem_param=dict(roi_per_img=ROIS_PER_IMAGE, ignore_label=-1)),
+        layer("silence", "Silence",
+              ["bbox_outside_weights", "temp_loss_cls", "temp_prob_cls", "temp_loss_bbox"], []),
+        layer("loss", "SoftmaxWithLoss", ["cls_score", "labels_ohem"], ["loss_cls"],
+              loss_weight=[1.0], propagate_down=[True, False],
+              loss_param=dict(ignore_label=-1)),
+        layer(accuracy, "Accuracy", ["cls_score", "labels_ohem"], [accuracy],
+              propagate_down=[False, False], accuracy_param=dict(ignore_label=-1)),
+        _box_loss(["bbox_pred", "bbox_targets", "bbox_loss_weights_ohem"]),
+    ])
+
+
+# -- files ----------------------------------------------------------------------------
+
+def command_line(depth, classes, k, ohem, class_aware, python_layers, phase, rpn_on):
+    words = ["python -m prototxt.rfcn", f"--depth {depth}", f"--classes {classes}", f"--k {k}"]
+    words += ["--ohem"] * ohem + ["--class-aware"] * class_aware
+    words += ["--python-layers"] * python_layers
+    words += [f"--rpn-on {rpn_on}"] * (rpn_on != "res4") + [f"--phase {phase}"]
+    return " ".join(words)
+
+
+def generated_file(depth=101, classes=21, k=7, *, ohem=False, class_aware=False,
+                   python_layers=False, phase="TRAIN", rpn_on="res4"):
+    """``rfcn_net`` text with a header naming the command that wrote it."""
+    header = (f"# Generated by: {command_line(depth, classes, k, ohem, class_aware, python_layers, phase.upper(), rpn_on)}\n"
+              "# Do not edit: change the options and regenerate.\n")
+    return header + rfcn_net(depth, classes, k, ohem=ohem, class_aware=class_aware,
+                             python_layers=python_layers, phase=phase, rpn_on=rpn_on)
+
+
+def file_names(depth, class_aware=False, python_layers=False):
+    """(train, train_ohem, test) file names of one configuration."""
+    stem = f"rfcn_resnet{depth}" + ("_class_aware" if class_aware else "") + \
+        ("_python_layers" if python_layers else "")
+    return f"{stem}_train.prototxt", f"{stem}_train_ohem.prototxt", f"{stem}_test.prototxt"
+
+
+def committed_files():
+    """File name -> text of the nets kept in prototxt/ (native form, 21
+    classes, k = 7, ResNet-101 and ResNet-50)."""
+    files = {}
+    for depth in (101, 50):
+        train, train_ohem, test = file_names(depth)
+        files[train] = generated_file(depth, phase="TRAIN")
+        files[train_ohem] = generated_file(depth, ohem=True, phase="TRAIN")
+        files[test] = generated_file(depth, phase="TEST")
+    return files
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m prototxt.rfcn",
+        description="Write an R-FCN ResNet network in py-R-FCN's layout (see the module "
+                    "docstring for what each option changes).")
+    parser.add_argument("--depth", type=int, choices=sorted(STAGES), default=101)
+    parser.add_argument("--classes", type=int, default=21,
+                        help="number of classes including the background (default 21, PASCAL VOC)")
+    parser.add_argument("--k", type=int, default=7, help="position-sensitive grid size (default 7)")
+    parser.add_argument("--ohem", action="store_true", help="online hard example mining losses")
+    parser.add_argument("--class-aware", action="store_true",
+                        help="one box regressor per class (default: class-agnostic, 8 outputs)")
+    parser.add_argument("--python-layers", action="store_true",
+                        help="py-R-FCN's type: \"Python\" layers instead of the native typed ones")
+    parser.add_argument("--rpn-on", choices=("res4", "res5"), default="res4",
+                        help="stage whose output feeds the RPN (py-R-FCN's class-aware files "
+                             "use res5)")
+    parser.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN")
+    parser.add_argument("--out-dir", type=Path,
+                        help="write the train (or train_ohem with --ohem) and test nets there "
+                             "instead of printing one")
+    parser.add_argument("--regenerate", action="store_true",
+                        help="rewrite the generated nets kept in prototxt/")
+    args = parser.parse_args(argv)
+    if args.regenerate:
+        for name, text in committed_files().items():
+            (HERE / name).write_text(text)
+            print(f"wrote {HERE / name}")
+        return 0
+    options = dict(depth=args.depth, classes=args.classes, k=args.k, class_aware=args.class_aware,
+                   python_layers=args.python_layers, rpn_on=args.rpn_on)
+    try:
+        if args.out_dir:
+            train, train_ohem, test = file_names(args.depth, args.class_aware, args.python_layers)
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            for name, phase, ohem in ((train_ohem if args.ohem else train, "TRAIN", args.ohem),
+                                      (test, "TEST", False)):
+                (args.out_dir / name).write_text(generated_file(phase=phase, ohem=ohem, **options))
+                print(f"wrote {args.out_dir / name}")
+        else:
+            sys.stdout.write(generated_file(phase=args.phase, ohem=args.ohem, **options))
+    except ValueError as exc:
+        parser.error(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
