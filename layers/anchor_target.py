@@ -78,6 +78,8 @@ class AnchorTargetLayer(Layer):
     the host. IoU in float64, as the reference. No gradient flows back.
     """
 
+    random_state_attributes = ("sampler",)
+
     min_bottoms = 3
     max_bottoms = 4
     exact_tops = 4

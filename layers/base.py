@@ -38,6 +38,8 @@ def register_python(module, layer):
     """Map a py-faster-rcnn / py-R-FCN ``type: "Python"`` layer
     (``python_param { module layer }``) onto the decorated native class."""
     def decorate(cls):
+        if (module, layer) in _PYTHON_LAYERS:
+            raise RuntimeError(f"Python layer {module}.{layer} mapped twice")
         _PYTHON_LAYERS[(module, layer)] = cls
         return cls
     return decorate
@@ -58,18 +60,27 @@ def _load_all():
     import layers  # noqa: F401
 
 
-def layer_class(param):
-    """The class implementing ``param`` (a LayerParameter)."""
+def layer_class(param, allow_python_modules=()):
+    """The class implementing ``param`` (a LayerParameter).
+
+    A ``type: "Python"`` layer maps onto a native layer when its module is a
+    known py-faster-rcnn / py-R-FCN one; any other module is refused unless
+    it is listed in ``allow_python_modules``.
+    """
     _load_all()
     if param.type == "Python":
         key = (param.python_param.module, param.python_param.layer)
         if key in _PYTHON_LAYERS:
             return _PYTHON_LAYERS[key]
+        if key[0] in allow_python_modules:
+            from layers.python_layer import UserPythonLayer
+            return UserPythonLayer
         known = ", ".join(f"{m}.{l}" for m, l in sorted(_PYTHON_LAYERS)) or "none"
         raise NetDefinitionError(
-            f"layer '{param.name}': Python layer {key[0]}.{key[1]} is not a "
-            f"known native layer (known: {known}); arbitrary Python modules "
-            "are not imported")
+            f"layer '{param.name}': Python layer {key[0]}.{key[1]} is not a known native "
+            f"layer (known: {known}). Importing a module runs its code, so it is refused; "
+            f"to allow it, pass allow_python_modules=['{key[0]}'] to Net (or "
+            f"--allow-python-module {key[0]} on the command line)")
     if param.type not in _REGISTRY:
         close = difflib.get_close_matches(param.type, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -78,9 +89,11 @@ def layer_class(param):
     return _REGISTRY[param.type]
 
 
-def create_layer(param, phase="TRAIN", device=CPU, dtype=np.float32, seed=0):
+def create_layer(param, phase="TRAIN", device=CPU, dtype=np.float32, seed=0,
+                 allow_python_modules=()):
     """Instantiate the layer described by ``param`` (a LayerParameter)."""
-    return layer_class(param)(param, phase=phase, device=device, dtype=dtype, seed=seed)
+    cls = layer_class(param, allow_python_modules)
+    return cls(param, phase=phase, device=device, dtype=dtype, seed=seed)
 
 
 class Layer:
@@ -92,6 +105,10 @@ class Layer:
     """
 
     type = None
+    # Names of attributes holding the layer's random state: ints (draw
+    # counters) or numpy Generators. Snapshots save and restore them through
+    # random_state() / set_random_state(), so a resumed run draws the same.
+    random_state_attributes = ()
     exact_bottoms = None
     min_bottoms = None
     max_bottoms = None
@@ -168,6 +185,24 @@ class Layer:
     def allow_force_backward(self, bottom_index):
         """False for inputs that can never take a gradient (labels, RoIs)."""
         return True
+
+    def random_state(self):
+        """The layer's random state as JSON-serialisable data."""
+        state = {}
+        for name in self.random_state_attributes:
+            value = getattr(self, name)
+            state[name] = value.bit_generator.state if isinstance(value, np.random.Generator) \
+                else int(value)
+        return state
+
+    def set_random_state(self, state):
+        """Restore what ``random_state`` returned."""
+        for name in self.random_state_attributes:
+            value = getattr(self, name)
+            if isinstance(value, np.random.Generator):
+                value.bit_generator.state = state[name]
+            else:
+                setattr(self, name, int(state[name]))
 
     # -- helpers ------------------------------------------------------------------
     def new_param_blob(self, shape):

@@ -23,6 +23,8 @@ class DropoutLayer(Layer):
     the CPU's.
     """
 
+    random_state_attributes = ("mask_draws",)
+
     exact_bottoms = 1
     exact_tops = 1
 

@@ -79,6 +79,8 @@ class DummyDataLayer(Layer):
     the tops' device. No backward.
     """
 
+    random_state_attributes = ("generator",)
+
     exact_bottoms = 0
     min_tops = 1
 

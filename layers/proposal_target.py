@@ -58,6 +58,8 @@ class ProposalTargetLayer(Layer):
     regression) raises ``DataError``. No gradient flows back.
     """
 
+    random_state_attributes = ("sampler",)
+
     exact_bottoms = 2
     exact_tops = 5
 

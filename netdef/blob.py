@@ -41,8 +41,11 @@ class Blob:
     def num_axes(self):
         return self.data.ndim
 
-    def reshape(self, shape):
-        """Give the blob ``shape``; contents are zeroed only when it changes."""
+    def reshape(self, *shape):
+        """Give the blob ``shape`` (a tuple, or the dims as arguments as in
+        pycaffe); contents are zeroed only when it changes."""
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = shape[0]
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
             raise ValueError(f"blob shape must be non-negative, found {shape}")

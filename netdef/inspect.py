@@ -128,10 +128,13 @@ def main(argv=None):
     parser.add_argument("--run", type=int, default=0, metavar="N",
                         help="also run N forward passes on random inputs and report the time")
     parser.add_argument("--gpu", type=int, metavar="INDEX", help="build and run on this GPU")
+    parser.add_argument("--allow-python-module", action="append", default=[], metavar="MODULE",
+                        help="allow a type: \"Python\" layer from this module (imports and runs it)")
     args = parser.parse_args(argv)
     try:
         device = Device("gpu", args.gpu) if args.gpu is not None else CPU
-        net = Net(args.prototxt, args.phase, stages=args.stage, level=args.level, device=device)
+        net = Net(args.prototxt, args.phase, stages=args.stage, level=args.level, device=device,
+                  allow_python_modules=args.allow_python_module)
         shapes = parse_input_shapes(args.input)
         if shapes:
             for name, shape in shapes.items():

@@ -63,12 +63,12 @@ class Net:
     """A network built from a prototxt path or text.
 
     Net(model, phase="TRAIN", weights=None, *, device=None, dtype=float32,
-        stages=(), level=0, seed=0)
+        stages=(), level=0, seed=0, allow_python_modules=())
     Also accepts pycaffe's positional form Net(model, weights, phase).
     """
 
     def __init__(self, model, phase=TRAIN, weights=None, *, device=None, dtype=np.float32,
-                 stages=(), level=0, seed=0):
+                 stages=(), level=0, seed=0, allow_python_modules=()):
         if isinstance(phase, (str, Path)) and str(phase).upper() not in (TRAIN, TEST) \
                 and weights in (TRAIN, TEST, 0, 1):
             phase, weights = weights, phase  # pycaffe: Net(model, weights, phase)
@@ -77,6 +77,7 @@ class Net:
         self.device = device if device is not None else default_device()
         self.dtype = np.dtype(dtype)
         self.seed = int(seed)
+        self.allow_python_modules = tuple(allow_python_modules)
         self.source = model if isinstance(model, (str, Path)) and not _is_text(model) else "<string>"
         self.param = model if hasattr(model, "layer") else read_net(model)
         self.name = self.param.name
@@ -92,7 +93,7 @@ class Net:
         # Imported here: layers.base imports netdef.device, so a module-level
         # import would make `import layers` alone circular.
         from layers.base import create_layer, layer_class
-        classes = [layer_class(lp) for lp in filtered.layer]
+        classes = [layer_class(lp, self.allow_python_modules) for lp in filtered.layer]
         weights = [self._loss_weights(lp, cls) for lp, cls in zip(filtered.layer, classes)]
         net_param, weights, decisions = graph.insert_splits(filtered, weights)
         self.build_log += decisions
@@ -107,7 +108,8 @@ class Net:
         with self.device.context():
             for index, lp in enumerate(self.layer_params):
                 layer = create_layer(lp, phase=self.phase, device=self.device, dtype=self.dtype,
-                                     seed=self.seed * 100003 + index)
+                                     seed=self.seed * 100003 + index,
+                                     allow_python_modules=self.allow_python_modules)
                 bottoms = [self._bottom(lp, name) for name in lp.bottom]
                 consumed.update(lp.bottom)
                 tops = [self._top(lp, i, name) for i, name in enumerate(lp.top)]
