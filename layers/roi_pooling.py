@@ -163,6 +163,17 @@ class BinCells:
         """Cells per bin, ``(B,)``."""
         return self.rows * self.cols
 
+    def every_cell(self):
+        """Every (bin, cell) pair at once, bins in order and cells in
+        row-major order within each bin: ``(owner, cells)``, ``(S,)`` each,
+        the bin index (into B) and the in-plane cell index."""
+        area = self.area
+        owner = np.repeat(np.arange(area.size), area)
+        offset = np.arange(owner.size) - np.repeat(np.cumsum(area) - area, area)
+        cols = self.cols[owner]
+        cells = (self.top[owner] + offset // cols) * self.width + self.left[owner] + offset % cols
+        return owner, cells
+
     def groups(self, values_per_bin):
         """The non-empty bins (indices into B) in groups of about
         ``CACHE_ELEMENTS / values_per_bin``, largest bins first."""
@@ -359,9 +370,8 @@ class PSROIPoolingLayer(RoILayer):
         tops[0].reshape((bottoms[1].shape[0], self.output_dim, k, k))
 
     def _bins(self, bottoms):
-        """The bins (``BinCells`` over (RoI, ph, pw)) and, per bin, the row
-        of the cell-major table (``_cell_major``) of its image and bin at
-        cell 0, ``(B,)``: cell ``h * W + w`` is that row plus ``cell * k * k``."""
+        """The bins (``BinCells`` over (RoI, ph, pw)), and per bin its image
+        and its position ``ph * k + pw``, ``(B,)`` each."""
         x = bottoms[0].data
         rois = bottoms[1].data.astype(x.dtype, copy=False)
         _, _, height, width = x.shape
@@ -369,8 +379,8 @@ class PSROIPoolingLayer(RoILayer):
         batch = self.batch_indices(bottoms)
         h0, h1 = ps_pool_bounds(rois[:, 2], rois[:, 4], self.spatial_scale, k, height)
         w0, w1 = ps_pool_bounds(rois[:, 1], rois[:, 3], self.spatial_scale, k, width)
-        row = batch[:, None] * (height * width * k * k) + np.arange(k * k)[None, :]
-        return BinCells(h0, h1, w0, w1, width), row.reshape(-1)
+        return (BinCells(h0, h1, w0, w1, width), np.repeat(batch, k * k),
+                np.tile(np.arange(k * k), batch.size))
 
     def _cell_major(self, x):
         """``(N * H * W * k * k, D)`` view of x's channels: row
@@ -385,9 +395,11 @@ class PSROIPoolingLayer(RoILayer):
 
     def forward_cpu(self, bottoms, tops):
         x = bottoms[0].data
-        bins, row = self._bins(bottoms)
-        table = self._cell_major(x)
+        _, _, height, width = x.shape
         kk = self.group_size ** 2
+        bins, image, position = self._bins(bottoms)
+        table = self._cell_major(x)
+        row = image * (height * width * kk) + position   # the bin's row at cell 0
         total = np.zeros((row.size, self.output_dim), x.dtype)
         # Summed cell by cell in row-major order within each bin, in the
         # layer's dtype: the kernels' (and Caffe's) order of additions.
@@ -410,24 +422,22 @@ class PSROIPoolingLayer(RoILayer):
         if not propagate_down[0]:
             return
         x = bottoms[0].data
-        num, _, height, width = x.shape
+        _, channels, height, width = x.shape
         k, dim = self.group_size, self.output_dim
-        bins, row = self._bins(bottoms)
+        bins, image, position = self._bins(bottoms)
         area = bins.area.astype(x.dtype)[:, None]
-        share = np.zeros((row.size, dim), x.dtype)
+        share = np.zeros((bins.area.size, dim), x.dtype)
         top_diff = tops[0].diff.transpose(0, 2, 3, 1).reshape(share.shape)
         np.divide(top_diff, area, out=share, where=area > 0)
-        index, weight = [np.zeros(0, np.int64)], [np.zeros(0, x.dtype)]
-        for group in bins.groups(dim):
-            for _, members, cells in bins.walk(group):
-                g = group if members is None else group[members]
-                index.append(((row[g] + cells * k * k)[:, None] * dim + np.arange(dim)).reshape(-1))
-                weight.append(share[g].reshape(-1))
+        # Flat index into x of class 0's channel plane of each bin; class c's
+        # plane lies c * k * k planes further.
+        plane = (image * channels + position) * (height * width)
+        class_offset = np.arange(dim) * (k * k * height * width)
+        owner, cells = bins.every_cell()
+        index = ((plane[owner] + cells)[:, None] + class_offset).reshape(-1)
         # bincount sums what overlapping bins give one cell (in float64).
-        summed = np.bincount(np.concatenate(index), weights=np.concatenate(weight),
-                             minlength=x.size)
-        bottoms[0].diff[...] = summed.reshape(num, height, width, k * k, dim).transpose(0, 4, 3, 1, 2) \
-            .reshape(x.shape)
+        summed = np.bincount(index, weights=share[owner].reshape(-1), minlength=x.size)
+        bottoms[0].diff[...] = summed.reshape(x.shape)
 
     def _kernel_args(self, bottoms):
         x = bottoms[0].data
