@@ -194,7 +194,7 @@ class LayerCheckRow:
     note: str = ""
 
 
-def _input_values(net, rng):
+def random_inputs(net, rng):
     """Random inputs: Gaussian for blobs that take gradients, zeros for blobs
     only read as labels/indices (every consumer, seen through Split layers,
     refuses a gradient there)."""
@@ -222,14 +222,14 @@ def check_net(model, *, phase="TRAIN", inputs=None, seed=0, max_per_blob=20,
 
     model: prototxt path or text (or a NetParameter). The net is built in
     float64 on the CPU; ``inputs`` (name -> array) default to random values
-    (see ``_input_values``). Each layer is checked with the bottoms it
+    (see ``random_inputs``). Each layer is checked with the bottoms it
     received during one forward pass and the net's own parameter values.
     Returns a list of ``LayerCheckRow``.
     """
     from netdef.net import Net
     net = Net(model, phase, device=CPU, dtype=np.float64, stages=stages, level=level, seed=seed)
     rng = np.random.default_rng(seed)
-    values = inputs if inputs is not None else _input_values(net, rng)
+    values = inputs if inputs is not None else random_inputs(net, rng)
     net.set_input_arrays(**values)
     rows = []
     for i, (lp, layer) in enumerate(zip(net.layer_params, net.layers)):
