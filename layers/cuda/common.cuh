@@ -49,5 +49,20 @@ static inline T atomicAdd(T* address, T value) {
 
 #endif
 
+// A product that is never fused with a following add into an FMA (NVRTC
+// contracts a * b + c by default), so that values later floored or ceiled
+// (bin bounds, sample positions) equal the NumPy path's, which rounds the
+// product and the sum separately. The host shim builds with -std=c++14,
+// which does not contract either.
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#ifdef REAL_IS_DOUBLE
+#define MUL_RN(a, b) __dmul_rn((a), (b))
+#else
+#define MUL_RN(a, b) __fmul_rn((a), (b))
+#endif
+#else
+#define MUL_RN(a, b) ((a) * (b))
+#endif
+
 // CUDA's round() and C's round() both take halves away from zero; the NumPy
-// paths use layers.kernels-free helpers with the same rule (DESIGN.md 4).
+// paths use layers.roi_pooling.round_half_away, with the same rule.

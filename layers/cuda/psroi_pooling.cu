@@ -7,19 +7,6 @@
 // reads input channel (c * k + ph) * k + pw.
 #include "common.cuh"
 
-// A product that is never fused with a following add into an FMA (NVRTC
-// contracts a * b + c by default), so that bin bounds floor/ceil the same
-// value as the NumPy path, which rounds the product and the sum separately.
-#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
-#ifdef REAL_IS_DOUBLE
-#define MUL_RN(a, b) __dmul_rn((a), (b))
-#else
-#define MUL_RN(a, b) __fmul_rn((a), (b))
-#endif
-#else
-#define MUL_RN(a, b) ((a) * (b))
-#endif
-
 // Cell bounds [start, end) of bin p along one axis, clipped to [0, size].
 // The RoI spans round(low) * scale to (round(high) + 1) * scale, at least 0.1.
 DEVICE void psroi_bin(const real low, const real high, const real scale, const int k,

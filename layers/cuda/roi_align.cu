@@ -8,19 +8,6 @@
 // samples input channel (c * k + ph) * k + pw.
 #include "common.cuh"
 
-// A product that is never fused with a following add into an FMA (NVRTC
-// contracts a * b + c by default), so that sample positions are the values
-// the NumPy path computes with separately rounded products and sums.
-#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
-#ifdef REAL_IS_DOUBLE
-#define MUL_RN(a, b) __dmul_rn((a), (b))
-#else
-#define MUL_RN(a, b) __fmul_rn((a), (b))
-#endif
-#else
-#define MUL_RN(a, b) ((a) * (b))
-#endif
-
 // Where one RoI's bins and samples lie along one axis (in map cells).
 struct AlignAxis {
   real start;  // RoI start
