@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 from prototxt.resnet import Word, layer, specs
-from prototxt.rfcn import (CONSTANT_0, FEAT_STRIDE, SPATIAL_SCALE, TEST_IMAGE_PY, TRAIN_IMAGE,
+from prototxt.rfcn import (CONSTANT_0, SPATIAL_SCALE, TEST_IMAGE_PY, TRAIN_IMAGE,
                            gaussian, input_layer, legacy_inputs, python_layer, rpn_head,
                            rpn_losses, rpn_proposals, rpn_score_reshape, rpn_train_data,
                            proposal_targets)

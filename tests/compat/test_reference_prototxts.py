@@ -17,7 +17,7 @@ import pytest
 
 from layers.base import registered_types
 from netdef import Net
-from netdef.errors import NetDefinitionError, ShapeError
+from netdef.errors import NetDefinitionError
 from netdef.inspect import main as inspect_main
 from netdef.schema import read_net
 from tests.compat.reference_nets import (
@@ -298,7 +298,7 @@ def test_param_str_key_of_another_layer_is_refused():
         Net(with_inputs(read_net(text), input_shapes(SMALL)), "TEST")
 
 
-# -- the committed native nets, through netdef.inspect ----------------------------------------------
+# -- the committed native nets, through netdef.inspect --------------------------------------
 
 def test_inspect_prints_every_blob_of_rfcn_resnet101_train(capsys):
     path = PROTOTXT / "rfcn_resnet101_train.prototxt"
