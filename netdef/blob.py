@@ -15,8 +15,10 @@ class Blob:
     def __init__(self, shape=(), dtype=np.float32, xp=np):
         self.xp = xp
         self.dtype = np.dtype(dtype)
+        # xp.zeros, not zeros_like: fresh zero pages come from the OS lazily,
+        # so building a large net does not write every byte of every blob.
         self.data = xp.zeros(tuple(int(s) for s in shape), dtype=self.dtype)
-        self.diff = xp.zeros_like(self.data)
+        self.diff = xp.zeros(self.data.shape, dtype=self.dtype)
 
     @classmethod
     def from_array(cls, array):
@@ -26,7 +28,7 @@ class Blob:
         blob.xp = xp
         blob.dtype = array.dtype
         blob.data = array
-        blob.diff = xp.zeros_like(array)
+        blob.diff = xp.zeros(array.shape, dtype=array.dtype)
         return blob
 
     @property
@@ -51,7 +53,7 @@ class Blob:
             raise ValueError(f"blob shape must be non-negative, found {shape}")
         if shape != self.shape:
             self.data = self.xp.zeros(shape, dtype=self.dtype)
-            self.diff = self.xp.zeros_like(self.data)
+            self.diff = self.xp.zeros(shape, dtype=self.dtype)
 
     def set_data(self, array):
         """Copy ``array`` (any device) into data, reshaping to its shape."""

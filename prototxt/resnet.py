@@ -80,19 +80,14 @@ FROZEN = (0, 0)  # a statistic or frozen weight: no learning rate, no decay
 
 # -- ResNet pieces ----------------------------------------------------------------
 
-def block_names(depth, count, number_short_stages=False):
+def block_names(depth, count):
     """Block names of a stage of ``count`` blocks, as in Kaiming's release:
     ResNet-50 uses letters (a, b, c, ...); the deeper nets number their long
     stages (a, b1, b2, ...: res3, res4) and keep letters for the three-block
     ones (res2, res5: a, b, c), which is what their .caffemodel files and
     py-R-FCN's prototxts name.
-
-    ``number_short_stages`` numbers the three-block stages too (res2b1,
-    res5b2, ...): the names ``resnet_deploy`` has always written for 101 and
-    152, kept so that its committed files do not change. Those names do not
-    match Kaiming's weights for res2 and res5.
     """
-    if depth == 50 or (count <= 3 and not number_short_stages):
+    if depth == 50 or count <= 3:
         return list(string.ascii_lowercase[:count])
     return ["a"] + [f"b{i}" for i in range(1, count)]
 
@@ -131,7 +126,7 @@ def conv_bn(name, suffix, bottom, num_output, kernel, stride=1, pad=0, with_relu
 
 
 def resnet_trunk(depth, *, bottom="data", last_stage=5, dilate_res5=False, frozen_stages=None,
-                 conv1_bias=False, number_short_stages=False):
+                 conv1_bias=False):
     """The ResNet backbone from ``bottom`` through stage ``last_stage``
     (1 = conv1 + pool1, 2..5 = res2..res5).
 
@@ -148,7 +143,6 @@ def resnet_trunk(depth, *, bottom="data", last_stage=5, dilate_res5=False, froze
       on every BatchNorm and Scale (training nets).
     - ``conv1_bias``: conv1 has a bias (Kaiming's ResNet-50 does; 101 and
       152 do not).
-    - ``number_short_stages``: see ``block_names``.
     """
     if depth not in STAGES:
         raise ValueError(f"depth must be one of {sorted(STAGES)}, found {depth}")
@@ -171,7 +165,7 @@ def resnet_trunk(depth, *, bottom="data", last_stage=5, dilate_res5=False, froze
         if stage > last_stage:
             break
         dilated = dilate_res5 and stage == 5
-        for i, block in enumerate(block_names(depth, count, number_short_stages)):
+        for i, block in enumerate(block_names(depth, count)):
             tag = f"{stage}{block}"
             stride = 2 if (i == 0 and stage > 2 and not dilated) else 1
             options = dict(param=conv_specs(stage), frozen_specs=with_specs)
@@ -197,18 +191,12 @@ def resnet_trunk(depth, *, bottom="data", last_stage=5, dilate_res5=False, froze
 
 
 def resnet_deploy(depth, size=224):
-    """Prototxt text of the ResNet-``depth`` deploy net at ``size`` x ``size``.
-
-    Its layer names and conv1 differ from Kaiming's release in two places,
-    kept so that the committed deploy files stay as they are: the deeper
-    nets' res2 / res5 blocks are numbered (``block_names``), and ResNet-50's
-    conv1 has no bias (Kaiming's has one). Shapes and multiply-adds are
-    unaffected; loading Kaiming's weights by name is. ``resnet_trunk``'s
-    defaults follow the release.
-    """
+    """Prototxt text of the ResNet-``depth`` deploy net at ``size`` x ``size``,
+    with the layer names of Kaiming's release (so his .caffemodel files load
+    by name) and its conv1 (with a bias in ResNet-50 only)."""
     if depth not in STAGES:
         raise ValueError(f"depth must be one of {sorted(STAGES)}, found {depth}")
-    trunk, outputs = resnet_trunk(depth, number_short_stages=True)
+    trunk, outputs = resnet_trunk(depth, conv1_bias=(depth == 50))
     return "".join([
         f'name: "ResNet-{depth}"\ninput: "data"\ninput_dim: 1\ninput_dim: 3\n'
         f'input_dim: {size}\ninput_dim: {size}\n',
