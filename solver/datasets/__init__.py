@@ -173,3 +173,121 @@ def load_dataset(path, split="trainval", on_error="raise", **options):
         "VOC2012/...), a VOC-layout folder (Annotations/, JPEGImages/, "
         "ImageSets/Main/), or a COCO root with annotations/instances_"
         f"{split}.json")
+
+
+# ----------------------------------------------------------------------------
+# Shared by the readers: one place for the error policy and the box rules.
+
+ON_ERROR_CHOICES = ("raise", "skip")
+
+
+class Issues:
+    """The error policy of one load: raise at the first problem, or skip the
+    bad object/image with a :class:`DataWarning`.
+
+    ``messages`` keeps every warning emitted, so that a cached load can show
+    them again.
+    """
+
+    def __init__(self, on_error):
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, "
+                             f"got {on_error!r}")
+        self.on_error = on_error
+        self.messages = []
+
+    def object(self, message):
+        """A bad object: raise, or warn and let the caller drop the object."""
+        self._problem(message, "object")
+
+    def image(self, message):
+        """A bad image or annotation file: raise, or warn and drop the image."""
+        self._problem(message, "image")
+
+    def note(self, message):
+        """Not an error (e.g. an image without objects left out): always warn."""
+        self.warn(message)
+
+    def _problem(self, message, what):
+        from netdef.errors import DataError
+        if self.on_error == "raise":
+            raise DataError(message)
+        self.warn(f"skipped {what}: {message}")
+
+    def warn(self, message):
+        import warnings
+        self.messages.append(message)
+        warnings.warn(message, DataWarning, stacklevel=4)
+
+
+def box_problems(boxes, widths, heights):
+    """Why each box is invalid, or None when it is valid.
+
+    Args:
+        boxes: ``(G, 4)`` ``[x1, y1, x2, y2]``, 0-based inclusive.
+        widths, heights: image size, scalars or ``(G,)`` arrays.
+
+    Returns:
+        list of G strings or None. A box is valid when its coordinates are
+        finite, ``x1 >= 0``, ``y1 >= 0``, ``x2 < width``, ``y2 < height``,
+        ``x1 <= x2`` and ``y1 <= y2``.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    w = np.broadcast_to(np.asarray(widths, dtype=np.float64), (len(b),))
+    h = np.broadcast_to(np.asarray(heights, dtype=np.float64), (len(b),))
+    x1, y1, x2, y2 = b.T
+    with np.errstate(invalid="ignore"):
+        rules = [
+            (~np.isfinite(b).all(axis=1), "a coordinate is not a finite number"),
+            (x1 < 0, "x1 < 0"),
+            (y1 < 0, "y1 < 0"),
+            (x2 >= w, "x2 >= image width"),
+            (y2 >= h, "y2 >= image height"),
+            (x1 > x2, "x1 > x2 (empty box)"),
+            (y1 > y2, "y1 > y2 (empty box)"),
+        ]
+    bad = np.zeros(len(b), dtype=bool)
+    for mask, _ in rules:
+        bad |= mask
+    reasons = [None] * len(b)
+    for i in np.flatnonzero(bad):     # formatting only the (rare) bad boxes
+        broken = ", ".join(text for mask, text in rules if mask[i])
+        coords = ", ".join(f"{v:g}" for v in b[i])
+        reasons[i] = (f"box [x1, y1, x2, y2] = [{coords}] (0-based) is invalid "
+                      f"in a {w[i]:g}x{h[i]:g} (width x height) image: {broken}")
+    return reasons
+
+
+def read_image_size(path):
+    """``(width, height)`` from the image header via Pillow.
+
+    Raises FileNotFoundError when missing, OSError (with the reason) when
+    Pillow cannot identify or read it.
+    """
+    from PIL import Image
+    if not os.path.isfile(path):
+        raise FileNotFoundError(path)
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise
+    except Exception as exc:   # Pillow raises several types for bad files
+        raise OSError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def unknown_class_reason(name, known):
+    """The message for a class name that is not in the class list."""
+    import difflib
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    shown = ", ".join(known[:25]) + (", ..." if len(known) > 25 else "")
+    return f"unknown class {name!r} (known classes: {shown}){hint}"
+
+
+def empty_images_note(source, image_ids):
+    """The warning for images left out because they have no objects."""
+    shown = ", ".join(repr(i) for i in image_ids[:10])
+    more = f" and {len(image_ids) - 10} more" if len(image_ids) > 10 else ""
+    return (f"{source}: {len(image_ids)} image(s) without objects left out "
+            f"(keep_empty=True keeps them): {shown}{more}")
