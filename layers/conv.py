@@ -86,10 +86,9 @@ class _RowShiftPlan:
     """Stride-1 correlation of one image (C, H, W) with weights
     (O, C, kh, kw) into (O, Ho, Wo) by row-shifted GEMMs (module docstring).
 
-    Buffers (allocated here, reused by every call): the padded image, the kw
-    column-shifted copies of one chunk, the padded-width output when it
-    needs cropping, partial sums of one chunk, and the padded-width top diff
-    for the weight gradient.
+    Buffers (allocated here, reused by every call): the padded image, and
+    per chunk: the kw column-shifted copies, the padded-width output and top
+    diff (when cropping is needed), and partial sums.
     """
 
     def __init__(self, channels, height, width, outputs, kernel, pad, dilation, dtype):
@@ -112,10 +111,9 @@ class _RowShiftPlan:
             rows = _chunk_rows(kw * channels * wp, wp, self.out_height)
         else:
             rows = self.out_height  # a single GEMM on the image itself
-        self.chunk = rows * wp
+        self.rows, self.chunk = rows, rows * wp
         self.columns = (np.empty(kw * channels * (self.chunk + self.halo), dtype)
                         if copies else None)
-        self.rows = rows
         # When the padded width exceeds the output width, each chunk is
         # computed into a chunk buffer and cropped into the top while still
         # in cache; likewise the top diff is laid out on the padded width
@@ -152,24 +150,31 @@ class _RowShiftPlan:
         return [matrix[:, i * self.row_step:i * self.row_step + count]
                 for i in range(self.kernel[0])]
 
-    def _row_weights(self, weight):
-        """(kh, O, kw * C) with K ordered (j, c) as in ``_tap_rows``."""
+    def arrange(self, weight):
+        """The weights (O, C, kh, kw) as the plan uses them: (kh, O, kw * C),
+        K ordered (j, c) as in ``_tap_rows``. Done once per pass."""
         o, c, kh, kw = weight.shape
         return np.ascontiguousarray(weight.transpose(2, 0, 3, 1)).reshape(kh, o, kw * c)
 
-    def forward(self, image, weight, out, bias=None):
-        """out (O, Ho, Wo) = correlation of image (C, H, W) with weight
-        (O, C, kh, kw), plus bias (O,) if given."""
+    def arrange_flipped(self, weight):
+        """For the data-gradient plan: the forward weights (C, O, kh, kw)
+        (this plan's outputs are the forward's channels), transposed and
+        rotated 180 degrees, arranged as ``arrange`` would, in one copy."""
+        c, o, kh, kw = weight.shape
+        return np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(2, 1, 3, 0)).reshape(kh, o, kw * c)
+
+    def forward(self, image, arranged, out, bias=None):
+        """out (O, Ho, Wo) = correlation of image (C, H, W) with the
+        weights (``arranged``), plus bias (O,) if given."""
         flat = self.padder(image)
-        weights = self._row_weights(weight)
         out2 = out.reshape(self.outputs, -1)
         for y0, rows, start, count in self._chunks():
             operands = self._tap_rows(flat, start, count)
             target = self.output[:, :count] if self.cropped else out2[:, start:start + count]
-            np.matmul(weights[0], operands[0], out=target)
+            np.matmul(arranged[0], operands[0], out=target)
             for i in range(1, len(operands)):
                 partial = self.partial[:, :count]
-                np.matmul(weights[i], operands[i], out=partial)
+                np.matmul(arranged[i], operands[i], out=partial)
                 target += partial
             if self.cropped:
                 valid = self._rows_of(self.output, rows)
@@ -180,29 +185,35 @@ class _RowShiftPlan:
         if bias is not None and not self.cropped:
             out += bias[:, None, None]
 
-    def weight_gradient(self, image, top_diff, weight_diff):
-        """weight_diff (O, C, kh, kw) += d(sum(top_diff * out)) / d(weight)."""
+    def new_accumulator(self, dtype):
+        """Zeroed weight-gradient sums, in the arranged layout."""
+        kh, kw = self.kernel
+        return np.zeros((kh, self.outputs, kw * self.channels), dtype)
+
+    def weight_gradient(self, image, top_diff, accumulator):
+        """accumulator += d(sum(top_diff * out)) / d(arranged weights)."""
         flat = self.padder(image)
         diff2 = top_diff.reshape(self.outputs, -1)
-        kh, kw = self.kernel
-        total = np.zeros((kh, self.outputs, kw * self.channels), weight_diff.dtype)
         for y0, rows, start, count in self._chunks():
             if self.cropped:
                 self._rows_of(self.top_diff, rows)[...] = top_diff[:, y0:y0 + rows]
                 diff = self.top_diff[:, :count]
             else:
                 diff = diff2[:, start:start + count]
-            operands = self._tap_rows(flat, start, count)
-            for i in range(kh):
-                np.matmul(diff, operands[i].T, out=self.weight_partial)
-                total[i] += self.weight_partial
-        weight_diff += total.reshape(kh, self.outputs, kw, self.channels).transpose(1, 3, 0, 2)
+            for i, operand in enumerate(self._tap_rows(flat, start, count)):
+                np.matmul(diff, operand.T, out=self.weight_partial)
+                accumulator[i] += self.weight_partial
+
+    def add_weight_gradient(self, accumulator, weight_diff):
+        """weight_diff (O, C, kh, kw) += the accumulated sums."""
+        kh, kw = self.kernel
+        weight_diff += accumulator.reshape(kh, self.outputs, kw, self.channels).transpose(1, 3, 0, 2)
 
 
 class _ColumnPlan:
     """Correlation of one image (C, H, W) -> (O, Ho, Wo) with any stride,
     through an im2col column matrix built chunk by chunk (rows ordered
-    (i, j, c), so each kernel tap fills one contiguous block), and its
+    (c, i, j) like the weights, so they need no rearranging), and its
     adjoint col2im for the data gradient."""
 
     def __init__(self, channels, height, width, outputs, kernel, pad, stride, dilation, dtype):
@@ -235,66 +246,63 @@ class _ColumnPlan:
                 yield (i, j), image3[:, top:top + (rows - 1) * sh + 1:sh,
                                      j * dw:j * dw + (self.out_width - 1) * sw + 1:sw]
 
-    def _fill(self, image3, y0, rows):
-        kh, kw = self.kernel
-        block = self.columns[:self.taps * rows * self.out_width].reshape(
-            kh, kw, self.channels, rows, self.out_width)
-        for (i, j), view in self._tap_views(image3, y0, rows):
-            block[i, j] = view
-        return block.reshape(self.taps, rows * self.out_width)
+    def _block(self, rows):
+        """The chunk's column buffer as (C, kh, kw, rows, Wo)."""
+        return self.columns[:self.taps * rows * self.out_width].reshape(
+            self.channels, *self.kernel, rows, self.out_width)
 
-    def _weight_matrix(self, weight):
-        return np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(self.outputs, self.taps)
+    def _fill(self, image3, y0, rows):
+        block = self._block(rows)
+        for (i, j), view in self._tap_views(image3, y0, rows):
+            block[:, i, j] = view
+        return block.reshape(self.taps, rows * self.out_width)
 
     def _image3(self, image):
         return self.padder(image).reshape(self.channels, self.padder.height, self.padder.width)
 
-    def forward(self, image, weight, out, bias=None):
+    def arrange(self, weight):
+        """The weights as the (O, C * kh * kw) matrix (a view)."""
+        return weight.reshape(self.outputs, self.taps)
+
+    def forward(self, image, arranged, out, bias=None):
         image3 = self._image3(image)
-        matrix = self._weight_matrix(weight)
         out2 = out.reshape(self.outputs, -1)
         wo = self.out_width
         for y0, rows in self._chunks():
-            np.matmul(matrix, self._fill(image3, y0, rows), out=out2[:, y0 * wo:(y0 + rows) * wo])
+            np.matmul(arranged, self._fill(image3, y0, rows), out=out2[:, y0 * wo:(y0 + rows) * wo])
         if bias is not None:
             out += bias[:, None, None]
 
-    def weight_gradient(self, image, top_diff, weight_diff):
+    def new_accumulator(self, dtype):
+        return np.zeros((self.outputs, self.taps), dtype)
+
+    def weight_gradient(self, image, top_diff, accumulator):
         image3 = self._image3(image)
         diff = top_diff.reshape(self.outputs, -1)
-        total = np.zeros((self.outputs, self.taps), weight_diff.dtype)
         wo = self.out_width
         for y0, rows in self._chunks():
             columns = self._fill(image3, y0, rows)
             np.matmul(diff[:, y0 * wo:(y0 + rows) * wo], columns.T, out=self.weight_partial)
-            total += self.weight_partial
-        kh, kw = self.kernel
-        weight_diff += total.reshape(self.outputs, kh, kw, self.channels).transpose(0, 3, 1, 2)
+            accumulator += self.weight_partial
 
-    def data_gradient(self, top_diff, weight, image_diff):
+    def add_weight_gradient(self, accumulator, weight_diff):
+        weight_diff += accumulator.reshape(weight_diff.shape)
+
+    def data_gradient(self, top_diff, arranged, image_diff):
         """image_diff (C, H, W) = d(sum(top_diff * out)) / d(image)."""
-        matrix_t = np.ascontiguousarray(self._weight_matrix(weight).T)
         diff = top_diff.reshape(self.outputs, -1)
         padded = self.image_diff
         padded.fill(0)
-        kh, kw = self.kernel
         wo = self.out_width
         for y0, rows in self._chunks():
-            block = self.columns[:self.taps * rows * wo]
-            np.matmul(matrix_t, diff[:, y0 * wo:(y0 + rows) * wo],
+            block = self._block(rows)
+            np.matmul(arranged.T, diff[:, y0 * wo:(y0 + rows) * wo],
                       out=block.reshape(self.taps, rows * wo))
-            block = block.reshape(kh, kw, self.channels, rows, wo)
             # col2im: taps overlap in the image, so add tap by tap.
             for (i, j), view in self._tap_views(padded, y0, rows):
-                view += block[i, j]
+                view += block[:, i, j]
         ph, pw = self.pad
         image_diff[...] = padded[:, ph:ph + self.height, pw:pw + self.width]
-
-
-def _flipped(weight):
-    """Weights of the data-gradient correlation: (C, O, kh, kw), rotated 180
-    degrees in space."""
-    return np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
 
 
 @register("Convolution")
@@ -443,43 +451,49 @@ class ConvolutionLayer(Layer):
             self.data_plan = self.forward_plan
 
     # -- CPU ----------------------------------------------------------------------
+    def _split(self, array):
+        """Per-group slices along the first axis (contiguous views)."""
+        per = array.shape[0] // self.group
+        return [array[g * per:(g + 1) * per] for g in range(self.group)]
+
     def _groups(self, array4, n):
-        """Per-group (C/group, ...) slices of image n (contiguous views)."""
-        per = array4.shape[1] // self.group
-        return [array4[n, g * per:(g + 1) * per] for g in range(self.group)]
+        """Per-group (C / group, H, W) slices of image n."""
+        return self._split(array4[n])
 
     def forward_cpu(self, bottoms, tops):
-        weight = self.blobs[0].data
-        weights = self._groups(weight[None], 0)
-        biases = ([self.blobs[1].data[g * len(w):(g + 1) * len(w)] for g, w in enumerate(weights)]
-                  if self.bias_term else [None] * self.group)
+        plan = self.forward_plan
+        weights = [plan.arrange(w) for w in self._split(self.blobs[0].data)]
+        biases = self._split(self.blobs[1].data) if self.bias_term else [None] * self.group
         for bottom, top in zip(bottoms, tops):
             for n in range(bottom.shape[0]):
                 for x, y, w, b in zip(self._groups(bottom.data, n), self._groups(top.data, n),
                                       weights, biases):
-                    self.forward_plan.forward(x, w, y, b)
+                    plan.forward(x, w, y, b)
 
     def backward_cpu(self, tops, propagate_down, bottoms):
-        weight = self.blobs[0]
-        weights = self._groups(weight.data[None], 0)
-        weight_diffs = self._groups(weight.diff[None], 0)
-        flipped = [_flipped(w) for w in weights] if self.stride == (1, 1) else None
+        plan, data_plan = self.forward_plan, self.data_plan
+        weights = self._split(self.blobs[0].data)
+        if data_plan is plan:  # strided: col2im with the forward's weights
+            data_weights = [plan.arrange(w) for w in weights]
+        else:                  # stride 1: a correlation with flipped weights
+            data_weights = [data_plan.arrange_flipped(w) for w in weights]
+        sums = [plan.new_accumulator(self.dtype) for _ in range(self.group)]
         for k, (bottom, top) in enumerate(zip(bottoms, tops)):
             if self.bias_term:
                 self.blobs[1].diff += top.diff.sum(axis=(0, 2, 3))
             for n in range(bottom.shape[0]):
-                images = self._groups(bottom.data, n)
-                diffs = self._groups(top.diff, n)
+                images, diffs = self._groups(bottom.data, n), self._groups(top.diff, n)
                 for g in range(self.group):
-                    self.forward_plan.weight_gradient(images[g], diffs[g], weight_diffs[g])
+                    plan.weight_gradient(images[g], diffs[g], sums[g])
                 if not propagate_down[k]:
                     continue
-                image_diffs = self._groups(bottom.diff, n)
-                for g in range(self.group):
-                    if flipped is not None:
-                        self.data_plan.forward(diffs[g], flipped[g], image_diffs[g])
+                for g, image_diff in enumerate(self._groups(bottom.diff, n)):
+                    if data_plan is plan:
+                        plan.data_gradient(diffs[g], data_weights[g], image_diff)
                     else:
-                        self.data_plan.data_gradient(diffs[g], weights[g], image_diffs[g])
+                        data_plan.forward(diffs[g], data_weights[g], image_diff)
+        for total, weight_diff in zip(sums, self._split(self.blobs[0].diff)):
+            plan.add_weight_gradient(total, weight_diff)
 
     # -- GPU (Caffe's im2col + GEMM; also host-run by the tests) ---------------------
     def _kernel_args(self, shape):
@@ -497,51 +511,41 @@ class ConvolutionLayer(Layer):
                + (self.column_buffer,))
         return self.column_buffer
 
-    def _group_rows(self, matrix, g):
-        per = matrix.shape[0] // self.group
-        return matrix[g * per:(g + 1) * per]
-
     def forward_gpu(self, bottoms, tops):
         xp = array_module(bottoms[0].data)
-        weight = self.blobs[0].data.reshape(self.num_output, -1)
+        weights = self._split(self.blobs[0].data.reshape(self.num_output, -1))
         for bottom, top in zip(bottoms, tops):
             for n in range(bottom.shape[0]):
                 columns = self._columns(bottom.data[n], xp)
                 out = top.data[n].reshape(self.num_output, -1)
-                for g in range(self.group):
-                    xp.matmul(self._group_rows(weight, g), self._group_rows(columns, g),
-                              out=self._group_rows(out, g))
+                for w, c, o in zip(weights, self._split(columns), self._split(out)):
+                    xp.matmul(w, c, out=o)
             if self.bias_term:
                 top.data += self.blobs[1].data[None, :, None, None]
 
     def backward_gpu(self, tops, propagate_down, bottoms):
         xp = array_module(bottoms[0].data)
-        weight = self.blobs[0].data.reshape(self.num_output, -1)
-        weight_diff = self.blobs[0].diff.reshape(self.num_output, -1)
+        weights = self._split(self.blobs[0].data.reshape(self.num_output, -1))
+        weight_diffs = self._split(self.blobs[0].diff.reshape(self.num_output, -1))
         for k, (bottom, top) in enumerate(zip(bottoms, tops)):
             if self.bias_term:
                 self.blobs[1].diff += top.diff.sum(axis=(0, 2, 3))
             for n in range(bottom.shape[0]):
-                diff = top.diff[n].reshape(self.num_output, -1)
+                diffs = self._split(top.diff[n].reshape(self.num_output, -1))
                 columns = self._columns(bottom.data[n], xp)
-                for g in range(self.group):
-                    self._group_rows(weight_diff, g)[...] += xp.matmul(
-                        self._group_rows(diff, g), self._group_rows(columns, g).T)
+                for wd, d, c in zip(weight_diffs, diffs, self._split(columns)):
+                    wd += xp.matmul(d, c.T)
                 if not propagate_down[k]:
                     continue
-                if self.is_pointwise:
-                    image_diff = bottom.diff[n].reshape(bottom.shape[1], -1)
-                    for g in range(self.group):
-                        xp.matmul(self._group_rows(weight, g).T, self._group_rows(diff, g),
-                                  out=self._group_rows(image_diff, g))
-                    continue
-                # The column matrix is no longer needed: reuse it for the
-                # column gradient, then fold it back with col2im.
-                columns = self.column_buffer
-                for g in range(self.group):
-                    xp.matmul(self._group_rows(weight, g).T, self._group_rows(diff, g),
-                              out=self._group_rows(columns, g))
                 image_diff = bottom.diff[n]
-                launch("im2col.cu", "col2im", image_diff.dtype, image_diff.size,
-                       (np.int64(image_diff.size), columns) + self._kernel_args((1,) + image_diff.shape)
-                       + (image_diff,))
+                # The column gradient W^T dy; for a pointwise convolution it
+                # is the image gradient itself, otherwise it goes into the
+                # column buffer (no longer needed) and col2im folds it back.
+                target = (image_diff.reshape(image_diff.shape[0], -1) if self.is_pointwise
+                          else self.column_buffer)
+                for w, d, t in zip(weights, diffs, self._split(target)):
+                    xp.matmul(w.T, d, out=t)
+                if not self.is_pointwise:
+                    launch("im2col.cu", "col2im", image_diff.dtype, image_diff.size,
+                           (np.int64(image_diff.size), target)
+                           + self._kernel_args((1,) + image_diff.shape) + (image_diff,))
