@@ -28,7 +28,7 @@ import numpy as np
 from netdef.errors import DataError
 
 from . import (DetectionDataset, ImageRecord, Issues, box_problems,
-               empty_images_note, read_image_size, unknown_class_reason)
+               empty_images_note, read_image_size)
 from . import cache as _cache
 
 __all__ = ["load_coco", "find_coco_json", "default_image_root"]

@@ -47,7 +47,7 @@ import numpy as np
 from netdef.errors import DataError
 
 __all__ = ["CLASSES", "SyntheticConfig", "generate", "ensure_dataset",
-           "default_dataset_root", "render_image"]
+           "default_dataset_root", "render_image", "place_objects"]
 
 VERSION = 1
 
@@ -215,14 +215,14 @@ def _rim(mask):
     return mask & ~inner
 
 
-def render_image(rng, height, width, config):
-    """One image: ``(uint8 (H, W, 3) RGB, [(class name, x1, y1, x2, y2)])``
-    with 0-based inclusive boxes of the visible pixels."""
-    img = _background(rng, height, width)
+def place_objects(rng, height, width, config):
+    """Choose classes, sizes and places: ``(names, masks, visible)``, lists of
+    class names, full boolean ``(H, W)`` masks and the visible part of each
+    once the later ones are drawn over it (each keeps at least
+    ``1 - max_occlusion`` of its pixels)."""
     limit = int(0.6 * min(height, width))
     n_wanted = int(rng.integers(1, config.max_objects + 1))
-    masks, names = [], []        # full masks, drawn order
-    visible = []
+    names, masks, visible = [], [], []
     for _ in range(n_wanted):
         name = CLASSES[int(rng.integers(len(CLASSES)))]
         for _try in range(30):
@@ -240,6 +240,14 @@ def render_image(rng, height, width, config):
                 masks.append(mask)
                 names.append(name)
                 break
+    return names, masks, visible
+
+
+def render_image(rng, height, width, config):
+    """One image: ``(uint8 (H, W, 3) RGB, [(class name, x1, y1, x2, y2)])``
+    with 0-based inclusive boxes of the visible pixels."""
+    img = _background(rng, height, width)
+    names, masks, visible = place_objects(rng, height, width, config)
     for name, mask in zip(names, masks):
         colour = _class_colour(rng, name)
         # A light shading ramp across the object, a darker rim around it.
@@ -249,8 +257,7 @@ def render_image(rng, height, width, config):
         proj = (proj - proj.min()) / max(np.ptp(proj), 1.0)
         shade = 1.0 + rng.uniform(0.05, 0.2) * (proj - 0.5)
         img[ys, xs] = colour * shade[:, None]
-        rim = _rim(mask)
-        img[rim] = colour * rng.uniform(0.35, 0.6)
+        img[_rim(mask)] = colour * rng.uniform(0.35, 0.6)
     img += rng.normal(0.0, rng.uniform(2.0, 8.0), size=img.shape)
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     objects = []
