@@ -31,7 +31,8 @@ class DataWarning(UserWarning):
     without objects was left out; the message names file, object and reason."""
 
 
-@dataclasses.dataclass
+# eq=False: field-wise == on arrays has no single truth value.
+@dataclasses.dataclass(eq=False)
 class ImageRecord:
     """One image and its ground truth.
 
