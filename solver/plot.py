@@ -185,6 +185,17 @@ def _font(size):
         return ImageFont.load_default()
 
 
+def _put_text(draw, xy, text, fill, font, anchor):
+    """Text placed by a two-letter anchor (horizontal l/m/r, vertical t/m/b)
+    measured from its bounding box, so bitmap fonts (Pillow before 10.1)
+    place it the same way."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x, y = xy
+    x -= {"l": left, "m": (left + right) / 2, "r": right}[anchor[0]]
+    y -= {"t": top, "m": (top + bottom) / 2, "b": bottom}[anchor[1]]
+    draw.text((round(x), round(y)), text, fill=fill, font=font)
+
+
 def _text_height(font):
     box = font.getbbox("Ag")
     return box[3] - box[1]
@@ -250,18 +261,18 @@ class _Panel:
             d.line([(self.left, v), (self.right, v)], fill=GRID)
             d.line([(self.left - 5, v), (self.left, v)], fill=AXIS)
             text = f"1e{int(t)}" if self.log_y else _label(t)
-            d.text((self.left - 8, v), text, fill=TEXT, font=self.font, anchor="rm")
+            _put_text(d, (self.left - 8, v), text, fill=TEXT, font=self.font, anchor="rm")
         for t in x_ticks:
             u, _ = self.px([t], [np.nan])
             u = float(u[0])
             d.line([(u, self.top), (u, self.bottom)], fill=GRID)
             d.line([(u, self.bottom), (u, self.bottom + 5)], fill=AXIS)
-            d.text((u, self.bottom + 8), _label(t), fill=TEXT, font=self.font, anchor="mt")
+            _put_text(d, (u, self.bottom + 8), _label(t), fill=TEXT, font=self.font, anchor="mt")
         d.rectangle([self.left, self.top, self.right, self.bottom], outline=AXIS)
-        d.text((self.left, self.top - 6), y_title, fill=TEXT, font=self.font, anchor="lb")
+        _put_text(d, (self.left, self.top - 6), y_title, fill=TEXT, font=self.font, anchor="lb")
         if x_title:
-            d.text(((self.left + self.right) / 2, self.bottom + 28), x_title, fill=TEXT,
-                   font=self.font, anchor="mt")
+            _put_text(d, ((self.left + self.right) / 2, self.bottom + 28), x_title, fill=TEXT,
+                      font=self.font, anchor="mt")
 
     def curve(self, x, y, colour, width):
         """A polyline, broken where values are missing or off the scale."""
@@ -293,7 +304,7 @@ class _Panel:
         for i, (name, colour, w) in enumerate(entries):
             cy = y + pad + line_h * i + line_h // 2
             d.line([(x + pad, cy), (x + pad + sample, cy)], fill=colour, width=max(w, 2))
-            d.text((x + pad * 2 + sample, cy), name, fill=TEXT, font=self.font, anchor="lm")
+            _put_text(d, (x + pad * 2 + sample, cy), name, fill=TEXT, font=self.font, anchor="lm")
 
 
 def plot_log(log, out_path=None, size=(1000, 700), smooth=20, log_y=False, title=None):
@@ -321,7 +332,7 @@ def plot_log(log, out_path=None, size=(1000, 700), smooth=20, log_y=False, title
     font = _font(max(11, min(width, height) // 50))
     title_font = _font(max(13, min(width, height) // 40))
     title = os.path.basename(log.path) if title is None else title
-    draw.text((width / 2, 10), title, fill=TEXT, font=title_font, anchor="mt")
+    _put_text(draw, (width / 2, 10), title, fill=TEXT, font=title_font, anchor="mt")
 
     x = log.iters.astype(np.float64)
     x_ticks, x0, x1 = nice_ticks(float(x.min()), float(x.max()), count=8)
