@@ -359,14 +359,18 @@ class SGDSolver:
             self.snapshot()
         if self.test_nets and p.test_interval and self.iter % p.test_interval == 0:
             self._test_all()
+        self.progress.event("info", f"optimization done at iteration {self.iter}",
+                            iter=self.iter)
         return self.last_snapshot
 
     def step(self, iters):
         """Run ``iters`` iterations (see the module docstring for one).
 
-        Raises NumericalError (nothing written) when a loss or gradient turns
-        NaN/Inf, and KeyboardInterrupt after writing a snapshot of the last
-        completed iteration on Ctrl-C (its path in ``interrupt_snapshot``).
+        Raises NumericalError when a loss or gradient turns NaN/Inf: nothing
+        is written and the solver is left at the start of the failing
+        iteration (weights, momentum and random state). Raises
+        KeyboardInterrupt on Ctrl-C after writing a snapshot of the last
+        completed iteration (its path in ``interrupt_snapshot``).
         """
         iters = int(iters)
         if iters < 0:
@@ -407,6 +411,13 @@ class SGDSolver:
             self._apply_update(lr)
             self.iter += 1
             self._phase = None
+        except NumericalError:
+            # The weights are those of the iteration's start; rewind the
+            # random draws and data position too, so the solver is left
+            # consistent (e.g. to lower the learning rate and step again).
+            self._phase = None
+            self._set_state(start_state)
+            raise
         except KeyboardInterrupt:
             phase, self._phase = self._phase, None
             if phase == "iteration":
@@ -420,6 +431,8 @@ class SGDSolver:
                     f"being applied: the weights are partly updated, so no snapshot was "
                     f"written; {self._last_good()}", iter=self.iter)
             raise
+        finally:
+            self._phase = None
         if p.snapshot and self.iter % p.snapshot == 0:
             try:
                 self.snapshot()
@@ -579,8 +592,8 @@ class SGDSolver:
             result = self.test(i)
             scalars = {k: v for k, v in result.items() if isinstance(v, float)}
             text = ", ".join(f"{k} = {v:.4g}" for k, v in scalars.items())
-            self.progress.message(f"test net #{i} at iter {self.iter}: {text or 'no scalar outputs'}"
-                                  f" (loss {result.loss:.4g})")
+            self.progress.message(f"test net #{i} at iter {self.iter}: "
+                                  f"{text or 'no scalar outputs'} (loss {result.loss:.4g})")
             self.progress.record("test", iter=self.iter, net=i, loss=result.loss,
                                  outputs={k: (v if isinstance(v, float) else v.tolist())
                                           for k, v in result.items()

@@ -88,7 +88,8 @@ class SolverState:
             try:
                 json.dumps(value)
             except (TypeError, ValueError) as exc:
-                raise TypeError(f"snapshot field '{name}' is not JSON-serialisable: {exc}") from None
+                raise TypeError(
+                    f"snapshot field '{name}' is not JSON-serialisable: {exc}") from None
             meta[name] = value
         return meta
 

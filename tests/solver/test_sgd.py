@@ -8,6 +8,7 @@ import signal
 import numpy as np
 import pytest
 
+from netdef.device import Device, to_numpy
 from netdef.errors import NetDefinitionError, NumericalError
 from netdef.net import Net
 from solver.progress import Progress, format_duration
@@ -69,8 +70,8 @@ def make_solver(path, **kwargs):
 
 
 def weights(solver):
-    return {f"{name}/{i}": blob.data.copy() for name, layer in solver.net.layer_dict.items()
-            for i, blob in enumerate(layer.blobs)}
+    return {f"{name}/{i}": to_numpy(blob.data).copy()
+            for name, layer in solver.net.layer_dict.items() for i, blob in enumerate(layer.blobs)}
 
 
 def assert_same_state(a, b):
@@ -80,7 +81,7 @@ def assert_same_state(a, b):
         assert np.array_equal(wa[key], wb[key]), key
     assert a.history.keys() == b.history.keys()
     for key in a.history:
-        assert np.array_equal(a.history[key], b.history[key]), key
+        assert np.array_equal(to_numpy(a.history[key]), to_numpy(b.history[key])), key
     assert a.iter == b.iter
     assert list(a.loss_window) == list(b.loss_window)
 
@@ -104,8 +105,8 @@ layer { name: "loss" type: "SmoothL1Loss" bottom: "pred" bottom: "target" top: "
 """
 
 
-def regressor_solver(extra, iter_size=2, regularization="L2"):
-    net = Net(REGRESSOR, "TRAIN", dtype=np.float64, seed=3)
+def regressor_solver(extra, iter_size=2, regularization="L2", device=None):
+    net = Net(REGRESSOR, "TRAIN", dtype=np.float64, seed=3, device=device or Device("cpu"))
     rng = np.random.default_rng(0)
     net.blobs["data"].data[...] = rng.uniform(-0.5, 0.5, (3, 4))
     net.blobs["target"].data[...] = rng.uniform(-0.5, 0.5, (3, 2))
@@ -314,6 +315,32 @@ def test_nan_guard_finds_a_gradient_made_in_backward(tmp_path, monkeypatch):
     assert ("non-finite values (nan) in the gradient of blob 'pred', computed by the "
             "backward of layer 'loss' (type SmoothL1Loss)") in str(info.value)
     assert solver.iter == 0
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered:RuntimeWarning")
+def test_after_the_guard_fires_the_solver_is_at_the_failing_iterations_start(
+        tmp_path, monkeypatch):
+    path = write_classifier(tmp_path)
+    straight = make_solver(path, seed=6)
+    straight.step(4)
+    solver = make_solver(path, seed=6)
+    layer = solver.net.layer_dict["loss"]
+    original, calls = layer.backward_cpu, [0]
+
+    def broken_backward(tops, propagate_down, bottoms):
+        original(tops, propagate_down, bottoms)
+        calls[0] += 1
+        if calls[0] == 4:  # iteration 1, second pass
+            bottoms[0].diff[...] = np.inf
+
+    monkeypatch.setattr(layer, "backward_cpu", broken_backward)
+    with pytest.raises(NumericalError, match="iteration 1: non-finite values \\(inf\\) in the "
+                       "gradient of blob 'ip2', computed by the backward of layer 'loss'"):
+        solver.step(4)
+    monkeypatch.undo()
+    assert solver.iter == 1
+    solver.step(3)
+    assert_same_state(straight, solver)
 
 
 @pytest.mark.filterwarnings("ignore:.*encountered:RuntimeWarning")
@@ -544,3 +571,33 @@ def test_given_nets_are_used(tmp_path):
         make_solver(path, net=test_net)
     with pytest.raises(NetDefinitionError, match="2 test net"):
         make_solver(path, net=net, test_nets=[test_net, test_net])
+
+
+# ---------------------------------------------------------------------------
+# GPU
+
+@pytest.mark.gpu
+def test_gpu_update_matches_cpu():
+    cpu = regressor_solver("clip_gradients: 0.05")
+    gpu = regressor_solver("clip_gradients: 0.05", device=Device("gpu"))
+    cpu.step(4)
+    gpu.step(4)
+    for key, array in weights(cpu).items():
+        np.testing.assert_allclose(weights(gpu)[key], array, rtol=1e-10, atol=1e-13)
+    for key in cpu.history:
+        np.testing.assert_allclose(to_numpy(gpu.history[key]), cpu.history[key],
+                                   rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.gpu
+def test_gpu_resume_is_exact(tmp_path):
+    path = write_classifier(tmp_path)
+    straight = make_solver(path, seed=11, device=Device("gpu"), dtype=np.float32)
+    straight.step(6)
+    first = make_solver(path, seed=11, device=Device("gpu"), dtype=np.float32)
+    first.step(3)
+    snapshot = first.snapshot()
+    resumed = make_solver(path, device=Device("gpu"), dtype=np.float32)
+    resumed.restore(snapshot)
+    resumed.step(3)
+    assert_same_state(straight, resumed)
