@@ -19,7 +19,7 @@ setup(
     install_requires=[
         "numpy>=1.22",
         "protobuf>=7.35.1,<8",
-        "pillow>=9",
+        "pillow>=10.1",
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13"],
