@@ -817,6 +817,9 @@ class SGDSolver:
                 else:
                     history.fill(0)
                     notes.append(f"no momentum history for '{key}' (starts at 0)")
+            unused = sorted(set(state.history) - set(self.history))
+            if unused:
+                notes.append(f"momentum history of {', '.join(unused)} not used (lr_mult 0 here)")
         self.iter = int(state.iter)
         self.seed = int(state.seed)
         self.loss_window.clear()
