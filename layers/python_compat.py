@@ -9,24 +9,25 @@ Their prototxts declare layers such as::
 
 ``layers.base.register_python`` maps each (module, layer) pair onto a native
 class (the decorators sit on the classes in layers/anchor_target.py,
-layers/proposal.py, layers/proposal_target.py). The native layer then reads
-its settings with ``layer_settings``: from its typed parameter message
-(``anchor_target_param`` ...) when the type is its own, or, for type
-"Python", from ``param_str``, which is parsed as a literal and never
-evaluated (``parse_param_str``). The keys of ``param_str`` are the field
-names of the typed message (``feat_stride``, ``scales``, ``num_classes``,
-and also every other field, e.g. ``'batch_size': -1``); an unknown key is an
-error that lists the accepted ones.
+layers/proposal.py, layers/proposal_target.py, layers/roi_data.py). The
+native layer then reads its settings with ``layer_settings``: from its
+typed parameter message (``anchor_target_param`` ...) when the type is its
+own, or, for type "Python", from ``param_str``, which is parsed as a
+literal and never evaluated (``parse_param_str``). The keys of
+``param_str`` are the field names of the typed message (``feat_stride``,
+``scales``, ``num_classes``, and also every other field, e.g.
+``'batch_size': -1``); an unknown key is an error that lists the accepted
+ones.
 
-The reference data layer ``roi_data_layer.layer.RoIDataLayer`` is mapped
-too, onto ``RoIDataLayerNeedsDataset``: it reads images and annotations from
-a dataset that a prototxt cannot name, so building it raises a
-``NetDefinitionError`` that says to train with ``python -m solver.train``.
-That is the whole of that class: a tested, explicit error, not a stand-in.
+The reference data layer ``roi_data_layer.layer.RoIDataLayer`` maps onto
+the native ``RoIData`` layer (layers/roi_data.py), reading
+``'num_classes'`` (and any other ``roi_data_param`` key) from
+``param_str``. Its images come from a dataset that a prototxt cannot name:
+the net builds with the reference top shapes, the trainer
+(``python -m solver.train``) hands the layer its dataset, and a forward
+without one raises a ``NetDefinitionError`` that says so.
 """
 import ast
-
-from layers.base import Layer, register_python
 
 MAX_PARAM_STR = 10000
 _YAML_WORDS = {"true": True, "false": False, "null": None, "~": None,
@@ -175,25 +176,3 @@ def field_or_default(message, name, default):
     """``message.<name>`` for a repeated field, or ``default`` when empty."""
     values = tuple(getattr(message, name))
     return values if values else tuple(default)
-
-
-@register_python("roi_data_layer.layer", "RoIDataLayer")
-class RoIDataLayerNeedsDataset(Layer):
-    """py-faster-rcnn's data layer (tops: data, im_info, gt_boxes).
-
-    It cannot be built from a prototxt alone: the images and boxes come from
-    a dataset chosen on the command line. ``setup`` raises a
-    ``NetDefinitionError`` saying so; the training entry point replaces this
-    layer with its own data feeding.
-    """
-
-    type = "Python"
-
-    def setup(self, bottoms, tops):
-        raise self.definition_error(
-            "roi_data_layer.layer.RoIDataLayer needs a dataset, which a prototxt "
-            "cannot name: use python -m solver.train <solver or net prototxt> "
-            "with a dataset, which feeds data, im_info and gt_boxes itself")
-
-    def reshape(self, bottoms, tops):
-        raise self.definition_error("not set up (see setup)")

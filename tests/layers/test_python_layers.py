@@ -7,7 +7,8 @@ from layers.anchor_target import AnchorTargetLayer
 from layers.base import layer_class, python_layer_table
 from layers.proposal import ProposalLayer
 from layers.proposal_target import ProposalTargetLayer
-from layers.python_compat import ParamStrError, RoIDataLayerNeedsDataset, parse_param_str
+from layers.python_compat import ParamStrError, parse_param_str
+from layers.roi_data import RoIDataLayer
 from netdef import caffe_pb2
 from netdef.errors import NetDefinitionError
 from netdef.gradcheck import build_layer, setup_layer
@@ -64,7 +65,7 @@ def python_layer(module, layer, param_str="", name="py"):
     ("rpn.anchor_target_layer", "AnchorTargetLayer", AnchorTargetLayer),
     ("rpn.proposal_layer", "ProposalLayer", ProposalLayer),
     ("rpn.proposal_target_layer", "ProposalTargetLayer", ProposalTargetLayer),
-    ("roi_data_layer.layer", "RoIDataLayer", RoIDataLayerNeedsDataset),
+    ("roi_data_layer.layer", "RoIDataLayer", RoIDataLayer),
 ])
 def test_reference_modules_map_to_native_layers(module, layer, cls):
     assert layer_class(python_layer(module, layer)) is cls
@@ -78,14 +79,45 @@ def test_unknown_python_module_is_refused_by_name():
         layer_class(python_layer("my_project.layers", "Mine"))
 
 
-def test_roi_data_layer_explains_that_it_needs_a_dataset():
-    text = ('name: "input-data" type: "Python" top: "data" top: "im_info" top: "gt_boxes" '
+ROI_DATA_E2E = ('name: "input-data" type: "Python" top: "data" top: "im_info" top: "gt_boxes" '
+                'python_param { module: "roi_data_layer.layer" layer: "RoIDataLayer" '
+                "param_str: \"'num_classes': 21\" }")
+
+
+def test_roi_data_layer_reads_num_classes_and_sizes_reference_tops():
+    layer = build_layer(ROI_DATA_E2E)
+    _, tops = setup_layer(layer, [])
+    assert isinstance(layer, RoIDataLayer) and layer.num_classes == 21 and layer.has_rpn
+    assert [t.shape for t in tops] == [(1, 3, 600, 1000), (1, 3), (1, 5)]
+
+
+def test_roi_data_layer_precomputed_form_from_its_tops():
+    """py-faster-rcnn's Fast R-CNN stages carry no flag: six tops mean
+    precomputed RoIs; other param_str keys are roi_data_param fields."""
+    text = ('name: "data" type: "Python" top: "data" top: "rois" top: "labels" '
+            'top: "bbox_targets" top: "bbox_inside_weights" top: "bbox_outside_weights" '
             'python_param { module: "roi_data_layer.layer" layer: "RoIDataLayer" '
-            "param_str: \"'num_classes': 21\" }")
+            "param_str: \"'num_classes': 5, 'ims_per_batch': 2, 'scales': (500, 600)\" }")
     layer = build_layer(text)
+    _, tops = setup_layer(layer, [])
+    assert not layer.has_rpn and layer.num_classes == 5 and layer.scales == (500, 600)
+    assert [t.shape for t in tops] == [(2, 3, 600, 1000), (128, 5), (128,), (128, 20),
+                                       (128, 20), (128, 20)]
+
+
+def test_roi_data_layer_explains_that_it_needs_a_dataset():
+    layer = build_layer(ROI_DATA_E2E)
+    bottoms, tops = setup_layer(layer, [])
     with pytest.raises(NetDefinitionError,
-                       match=r"layer 'input-data'.*needs a dataset.*python -m solver\.train"):
-        setup_layer(layer, [])
+                       match=r"layer 'input-data'.*RoIDataLayer needs a dataset.*"
+                             r"python -m solver\.train"):
+        layer.forward(bottoms, tops)
+
+
+def test_roi_data_layer_without_num_classes_is_refused():
+    text = ROI_DATA_E2E.replace("'num_classes': 21", "'max_size': 800")
+    with pytest.raises(NetDefinitionError, match=r"layer 'input-data'.*needs num_classes >= 2"):
+        setup_layer(build_layer(text), [])
 
 
 def test_unknown_param_str_key_lists_the_accepted_ones():
