@@ -410,3 +410,35 @@ def test_net_with_the_python_data_layer(dataset):
         assert net.blobs["conv"].shape == (1, 2) + data.shape[2:]
         assert net.blobs["im_info"].data[0, :2].tolist() == list(data.shape[2:])
     layer.close()
+
+
+# -- devices -------------------------------------------------------------------------------------
+
+def test_gpu_path_is_the_host_code():
+    """The minibatch is built on the host on either device; forward_gpu only
+    differs in where Blob.set_data copies it."""
+    assert RoIDataLayer.forward_gpu is RoIDataLayer.forward_cpu
+
+
+@pytest.mark.gpu
+def test_gpu_tops_equal_cpu_tops(dataset):
+    import cupy
+    from netdef.device import CPU, Device
+    results = []
+    for device in (CPU, Device("gpu", 0)):
+        layer = build_layer(roi_spec(), device=device, dtype=np.float32)
+        _, tops = setup_layer(layer, [])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            layer.set_dataset(dataset, make_proposals(dataset))
+        out = []
+        for _ in range(3):
+            layer.forward([], tops)
+            out.append([cupy.asnumpy(t.data) if device.is_gpu else t.data.copy() for t in tops])
+            if device.is_gpu:
+                assert all(isinstance(t.data, cupy.ndarray) for t in tops)
+        results.append(out)
+        layer.close()
+    for cpu, gpu in zip(*results):
+        for a, b in zip(cpu, gpu):
+            np.testing.assert_array_equal(a, b)
