@@ -62,11 +62,11 @@ class RoIDataLayer(Layer):
     py-faster-rcnn's filter_roidb. Difficult objects are dropped unless
     use_difficult.
 
-    State: ``epoch`` and ``cursor`` (where the next minibatch starts) and
-    ``order_seed`` are the layer's random state (``random_state()``, plus the
-    number of training examples as a check), so a snapshot resumes with the
-    same minibatches; each minibatch's random choices come from a seed
-    derived from its position.
+    State: ``epoch`` and ``cursor`` (where the next minibatch starts),
+    ``order_seed`` and, as a check, ``examples`` (the number of training
+    examples) are the layer's random state (``random_state()``, JSON ints),
+    so a snapshot resumes with the same minibatches; each minibatch's
+    random choices come from a seed derived from its position.
 
     Loading runs ahead in a background thread (solver/prefetch.py) with
     ``prefetch``; the batches are the same either way. forward_gpu is the
@@ -74,7 +74,7 @@ class RoIDataLayer(Layer):
     into the tops (``Blob.set_data``). No backward.
     """
 
-    random_state_attributes = ("epoch", "cursor", "order_seed")
+    random_state_attributes = ("epoch", "cursor", "order_seed", "examples")
 
     exact_bottoms = 0
     min_tops = 3
@@ -93,7 +93,8 @@ class RoIDataLayer(Layer):
         if min(self.scales) < 1 or self.max_size < 1 or self.ims_per_batch < 1:
             raise self.definition_error(
                 "scales, max_size and ims_per_batch must be positive, found scales "
-                f"{list(self.scales)}, max_size {self.max_size}, ims_per_batch {self.ims_per_batch}")
+                f"{list(self.scales)}, max_size {self.max_size}, "
+                f"ims_per_batch {self.ims_per_batch}")
         self.training = self.phase == "TRAIN"
         self.use_flipped = bool(p.use_flipped) and self.training
         self.aspect_grouping = bool(p.aspect_grouping)
@@ -248,19 +249,30 @@ class RoIDataLayer(Layer):
         return checked
 
     # -- state -----------------------------------------------------------------------------
-    def random_state(self):
-        """epoch, cursor, order_seed and the number of training examples."""
-        state = super().random_state()
-        state["examples"] = len(self._entries) if self._entries is not None else None
-        return state
+    @property
+    def examples(self):
+        """Training examples (flips included) of the dataset; -1 without one."""
+        return len(self._entries) if self._entries is not None else -1
 
     def set_random_state(self, state):
         """Continue from a saved position: the next forward gives the
-        minibatch that followed the one consumed when it was saved."""
-        super().set_random_state(state)
-        self._expected_examples = state.get("examples")
-        self._stop_pipeline()
+        minibatch that followed the one consumed when ``random_state()``
+        was taken. ``examples`` is checked against the dataset."""
+        position = (int(state["epoch"]), int(state["cursor"]), int(state["order_seed"]))
+        expected = state.get("examples", -1)
+        self._expected_examples = None if expected in (None, -1) else int(expected)
+        if position != (self.epoch, self.cursor, self.order_seed):
+            # Batches prepared ahead belong to the old position.
+            self._stop_pipeline()
+            self.epoch, self.cursor, self.order_seed = position
         self._check_resume()
+
+    # The same, under the names SGDSolver's state providers use.
+    def get_state(self):
+        return self.random_state()
+
+    def set_state(self, state):
+        self.set_random_state(state)
 
     def _check_resume(self):
         if self._entries is None or self._expected_examples is None:

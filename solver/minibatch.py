@@ -85,7 +85,8 @@ def select_entries(records, *, has_rpn=True, proposals=None, use_flipped=True,
     boxes, labels, keep, skipped = [], [], [], []
     bg_without_gt = bg_thresh_lo <= 0 < bg_thresh_hi
     for i, record in enumerate(records):
-        chosen = np.ones(len(record.labels), bool) if use_difficult else ~np.asarray(record.difficult)
+        chosen = np.ones(len(record.labels), bool) if use_difficult \
+            else ~np.asarray(record.difficult)
         boxes.append(np.asarray(record.boxes, np.float32)[chosen].reshape(-1, 4))
         labels.append(np.asarray(record.labels, np.int32)[chosen])
         if has_rpn:
@@ -310,8 +311,8 @@ class MinibatchBuilder:
             per_image.append(extra)
         batch = {"data": images_to_blob(images)}
         if self.proposals is None:
-            batch["im_info"] = np.array([[b.shape[2], b.shape[3], s] for b, s in zip(images, scales)],
-                                        dtype=np.float64)
+            batch["im_info"] = np.array(
+                [[b.shape[2], b.shape[3], s] for b, s in zip(images, scales)], dtype=np.float64)
             batch["gt_boxes"] = np.concatenate(per_image, axis=0)
         else:
             for k, name in enumerate(ROI_TOPS[1:]):

@@ -139,7 +139,8 @@ def test_forward_without_a_dataset_says_how_to_train():
      r"precomputed-RoI form \(has_rpn false\) has 6 tops .* or the first 3 .* found 4"),
     (e2e_spec(tops=("data", "im_info", "gt_boxes", "x")),
      r"end-to-end form \(has_rpn\) has 3 tops"),
-    (e2e_spec(scales=0), r"scales, max_size and ims_per_batch must be positive, found scales \[0\]"),
+    (e2e_spec(scales=0),
+     r"scales, max_size and ims_per_batch must be positive, found scales \[0\]"),
     (roi_spec(batch_size=15), r"ims_per_batch \(2\) must divide batch_size \(15\)"),
     (roi_spec(batch_size=-3), r"batch_size must be positive or -1"),
     (roi_spec(fg_fraction=2), r"fg_fraction must lie in \[0, 1\]"),
@@ -278,6 +279,27 @@ def test_resume_from_the_state_continues_the_order(dataset, prefetch):
     # and the original layer rewound mid-prefetch gives them again
     layer.set_random_state(state)
     assert same(run(layer, tops, 9), expected)
+
+
+def test_state_keys_are_the_random_state_attributes(dataset):
+    """SGDSolver restores a layer's state only when its keys are the
+    layer's random_state_attributes."""
+    layer, tops = make(e2e_spec(), dataset)
+    assert set(layer.random_state()) == set(layer.random_state_attributes)
+    fresh, _ = make(e2e_spec())
+    assert fresh.random_state() == {"epoch": 0, "cursor": 0, "order_seed": 5, "examples": -1}
+    assert layer.get_state() == layer.random_state()
+
+
+def test_restoring_the_current_position_keeps_the_prefetched_batches(dataset):
+    layer, tops = make(e2e_spec(), dataset)
+    run(layer, tops, 2)
+    pipeline = layer._pipeline
+    layer.set_random_state(layer.random_state())      # e.g. SGDSolver's rewind after a NaN
+    assert layer._pipeline is pipeline
+    expected = run(*make(e2e_spec(), dataset), 4)[2:]
+    assert same(run(layer, tops, 2), expected)
+    layer.close()
 
 
 def test_resume_with_another_dataset_is_refused(dataset):
