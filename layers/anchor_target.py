@@ -119,6 +119,10 @@ class AnchorTargetLayer(Layer):
         height, width = score[2], score[3]
         update_anchors(self, bottoms[0].data, height, width)
         a = self.num_anchors
+        if score[1] != 2 * a:
+            # The anchors configured here must be the ones the RPN scores.
+            raise self.shape_error(0, f"rpn_cls_score (1, {2 * a}, H, W): 2 x {a} anchors "
+                                   "(ratios x scales of this layer)", score)
         tops[0].reshape((1, 1, a * height, width))
         for top in tops[1:]:
             top.reshape((1, 4 * a, height, width))

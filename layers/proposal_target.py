@@ -135,6 +135,13 @@ class ProposalTargetLayer(Layer):
     def _forward(self, bottoms, tops):
         rois, gt = bottoms[0].data, bottoms[1].data
         xp = array_module(rois)
+        # One image per batch, as the reference (its gt boxes are image 0's).
+        if rois.shape[0] and bool((rois[:, 0] != 0).any()):
+            r = int(xp.argmax(rois[:, 0] != 0))
+            raise DataError(
+                f"{self.where}: bottom '{self.bottom_name(0)}' RoI {r} has batch index "
+                f"{float(rois[r, 0]):g}: expected 0 (one image per batch, as py-faster-rcnn "
+                "and py-R-FCN)")
         num_gt = gt.shape[0]
         gt_rois = xp.concatenate([xp.zeros((num_gt, 1), dtype=rois.dtype),
                                   gt[:, :4].astype(rois.dtype)], axis=1)

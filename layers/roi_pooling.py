@@ -72,9 +72,16 @@ class RoILayer(Layer):
         if len(rois) != 2 or rois[1] != 5:
             raise self.shape_error(1, "RoIs of shape (R, 5) as [batch_index, x1, y1, x2, y2]", rois)
 
+    # Map coordinates (RoI x spatial_scale) are cast to int in the kernels;
+    # beyond this magnitude the cast would overflow, and an RoI that far
+    # outside any map is a caller's bug, not a box.
+    MAX_MAP_COORDINATE = 2.0 ** 30
+
     def check_rois(self, bottoms):
         """Raise DataError unless every RoI's batch index lies in [0, N) and
-        its coordinates are finite. One reduction (one device sync on the GPU)."""
+        its coordinates are finite and, scaled to the map, below
+        MAX_MAP_COORDINATE in magnitude. One reduction (one device sync on
+        the GPU)."""
         rois = bottoms[1].data
         if rois.shape[0] == 0:
             return
@@ -82,14 +89,17 @@ class RoILayer(Layer):
         num_images = bottoms[0].shape[0]
         batch = rois[:, 0]
         # Written so that NaN fails every comparison and lands in `bad`.
-        bad = ~((batch >= 0) & (batch < num_images)) | ~xp.isfinite(rois[:, 1:]).all(axis=1)
+        limit = self.MAX_MAP_COORDINATE / max(abs(self.spatial_scale), 1e-30)
+        bad = ~((batch >= 0) & (batch < num_images)) | \
+            ~(xp.abs(rois[:, 1:]) < limit).all(axis=1)
         if bool(bad.any()):
             r = int(xp.argmax(bad))
             roi = to_numpy(rois[r]).tolist()
             raise DataError(
                 f"{self.where}: bottom '{self.bottom_name(1)}' RoI {r} is {roi}: expected a "
                 f"batch index in [0, {num_images}) (the images of bottom "
-                f"'{self.bottom_name(0)}') and finite coordinates")
+                f"'{self.bottom_name(0)}') and finite coordinates of magnitude below "
+                f"{limit:.3g} (2^30 map cells at spatial_scale {self.spatial_scale:g})")
 
     def batch_indices(self, bottoms):
         """Checked batch index of each RoI, ``(R,)`` int64 (truncated as the

@@ -11,8 +11,8 @@
 // The RoI spans round(low) * scale to (round(high) + 1) * scale, at least 0.1.
 DEVICE void psroi_bin(const real low, const real high, const real scale, const int k,
                       const int p, const int size, int& start, int& end) {
-  const real first = round(low) * scale;
-  const real last = (round(high) + (real)1) * scale;
+  const real first = MUL_RN(round(low), scale);
+  const real last = MUL_RN(round(high) + (real)1, scale);
   const real bin = max(last - first, (real)0.1) / (real)k;
   start = (int)min(max(floor(MUL_RN((real)p, bin) + first), (real)0), (real)size);
   end = (int)min(max(ceil(MUL_RN((real)(p + 1), bin) + first), (real)0), (real)size);

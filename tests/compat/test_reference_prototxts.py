@@ -275,9 +275,12 @@ def test_forward_backward_on_random_data(reference):
 # -- errors ---------------------------------------------------------------------------------------
 
 def test_roi_data_layer_needs_a_dataset():
-    """Built as shipped, the data layer refuses with its explicit message."""
-    with pytest.raises(NetDefinitionError, match="RoIDataLayer needs a dataset") as error:
-        Net(RFCN_NETS[0].text(), "TRAIN")
+    """Built as shipped, the net builds (the data layer sizes its tops at the
+    reference shapes) and its first forward refuses with the explicit message."""
+    net = Net(RFCN_NETS[0].text(), "TRAIN")
+    assert net.blobs["data"].shape[:2] == (1, 3) and net.blobs["gt_boxes"].shape[1] == 5
+    with pytest.raises(NetDefinitionError, match="needs a dataset") as error:
+        net.forward()
     assert "input-data" in str(error.value) and "solver.train" in str(error.value)
 
 

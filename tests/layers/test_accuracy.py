@@ -5,7 +5,7 @@ import pytest
 
 from netdef.errors import DataError, NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
-from tests.kernel_harness import compare_devices, run_gpu_path_on_host
+from tests.kernel_harness import compare_devices
 
 
 def ref_accuracy(scores, labels, top_k=1, axis=1, ignore=None):
@@ -111,15 +111,6 @@ def test_accuracy_has_no_gradient():
     bottoms[0].diff[...] = 1.0
     layer.backward(tops, [True, False], bottoms)
     assert not bottoms[0].diff.any()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_accuracy_gpu_path_on_host(dtype):
-    rng = np.random.default_rng(3)
-    scores = rng.standard_normal((3, 5, 2, 2))
-    labels = np.where(rng.random((3, 2, 2)) < 0.2, -1, rng.integers(0, 5, (3, 2, 2)))
-    run_gpu_path_on_host('type: "Accuracy" accuracy_param { top_k: 2 ignore_label: -1 }',
-                         [scores, labels], dtype=dtype, num_tops=2, backward=False)
 
 
 @pytest.mark.gpu

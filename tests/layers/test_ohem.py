@@ -7,7 +7,7 @@ import pytest
 
 from netdef.errors import NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
-from tests.kernel_harness import compare_devices, run_gpu_path_on_host
+from tests.kernel_harness import compare_devices
 
 SPEC = """
    name: "annotator_detector"
@@ -136,12 +136,6 @@ def test_ohem_has_no_gradient():
         b.diff[...] = 3.0
     layer.backward(tops, [True, False, False, False], bottoms)
     assert not bottoms[0].diff.any() and np.all(bottoms[1].diff == 3.0)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_ohem_gpu_path_on_host(dtype):
-    rng = np.random.default_rng(4)
-    run_gpu_path_on_host(spec(3), list(make_inputs(rng)), dtype=dtype)
 
 
 @pytest.mark.gpu

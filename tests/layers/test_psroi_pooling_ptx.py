@@ -1,20 +1,10 @@
-"""Review finding: PSROIPooling's GPU bin bounds can differ from the NumPy
-path because two products in ``psroi_bin`` (layers/cuda/psroi_pooling.cu)
-are left contractible.
-
-``first = round(low) * scale`` and ``last = (round(high) + 1) * scale`` are
-plain products; NVRTC emits them as ``mul.f32`` / ``mul.f64`` without a
-rounding modifier, and they feed ``last - first`` and
-``MUL_RN(p, bin) + first``. The PTX ISA lets ptxas fuse such mul/add pairs
-into one FMA (one rounding where NumPy rounds twice), which moves bin bounds
-for spatial scales that are not powers of two (with 1/16 the products are
-exact). Compiled for sm_90 with NVRTC, the kernel has 2 more FFMA and 2 fewer
-FMUL/FADD than the same file with those two products written ``MUL_RN``: ptxas
-does fuse them. Emulating that fusion, e.g. y1 = 2, y2 = 8, scale 1/3, k = 7:
-the last bin ends at cell 4 instead of 3 (about 6 % of RoIs at scale 1/3).
-
-The GPU parity test uses scale 1/8, where nothing can differ, so it cannot
-catch this. Fix: ``MUL_RN`` for both products, as roi_align.cu does.
+"""PSROIPooling's bin geometry on the GPU equals the NumPy path's: every
+product that is later floored or ceiled must be ``MUL_RN`` (mul.rn in PTX),
+which ptxas never fuses into an FMA. A plain product can be fused (one
+rounding where NumPy rounds twice) and then moves bin bounds for spatial
+scales that are not powers of two (e.g. y1 = 2, y2 = 8, scale 1/3, k = 7: the
+last bin would end at cell 4 instead of 3). Checked on NVRTC's PTX, so it
+runs without a GPU.
 """
 import re
 
