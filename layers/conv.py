@@ -8,9 +8,11 @@ likewise Wo. Parameters: weight (num_output, C / group, kernel_h, kernel_w)
 and, with ``bias_term``, bias (num_output,).
 
 CPU: NumPy with every multiply-add inside a GEMM (``numpy.matmul``, i.e.
-OpenBLAS). Two column strategies, chosen by stride:
+OpenBLAS). Two column strategies, chosen by stride and size (measured with
+``python -m bench.conv``):
 
-- stride 1 (every 3x3 and 1x1 of ResNet): ``_RowShiftPlan``. In the
+- stride 1 (every 3x3 and 1x1 of ResNet) on all but small maps:
+  ``_RowShiftPlan``. In the
   zero-padded image flattened to (C, Hp * Wp), the input of output pixel
   (y, x) under kernel tap (i, j) sits at ``y * Wp + x + i * dh * Wp + j * dw``.
   Computing the output on the padded width (Ho rows of Wp, the last
@@ -24,8 +26,9 @@ OpenBLAS). Two column strategies, chosen by stride:
   stay in cache. The data gradient of a stride-1 correlation is a stride-1
   "full" correlation of the top diff with the flipped, transposed weights
   (pad' = dilation * (k - 1) - pad), so backward reuses the same plan.
-- stride > 1: ``_ColumnPlan``, Caffe's im2col, chunked over output rows,
-  with the data gradient by col2im (one strided add per kernel tap).
+- stride > 1, and small maps: ``_ColumnPlan``, Caffe's im2col, chunked
+  over output rows, with the data gradient by col2im (one strided add per
+  kernel tap).
 
 GPU: Caffe's algorithm: ``im2col`` / ``col2im`` kernels of
 ``layers/cuda/im2col.cu`` per image and cuBLAS GEMMs through
@@ -45,6 +48,12 @@ from netdef.fillers import fill
 # enough to run near full speed. Measured by ``python -m bench.conv``.
 CHUNK_ELEMENTS = 1 << 20
 MIN_CHUNK_COLUMNS = 1024
+# A stride-1 convolution whose whole column matrix is at most this many
+# elements (a small map, e.g. 14x14 or 7x7 at ImageNet size) takes the
+# im2col plan: its one in-cache copy costs less than the row-shift plan's
+# weight rearrangement and its wasted padded-width columns (7 of 9 used on
+# a padded 7x7 map).
+SMALL_COLUMNS = CHUNK_ELEMENTS
 
 
 def _chunk_rows(row_elements, row_columns, rows):
@@ -436,7 +445,10 @@ class ConvolutionLayer(Layer):
         self.forward_plan = self.data_plan = None
         if self.device.is_gpu:
             return
-        if self.stride == (1, 1):
+        columns = cg * self.kernel[0] * self.kernel[1] * out_shape[2] * out_shape[3]
+        # A pointwise convolution takes the row-shift plan at any size: it
+        # is then one GEMM on the image itself.
+        if self.is_pointwise or (self.stride == (1, 1) and columns > SMALL_COLUMNS):
             self.forward_plan = _RowShiftPlan(cg, h, w, og, self.kernel, self.pad,
                                               self.dilation, self.dtype)
             # Data gradient: a stride-1 correlation of the top diff

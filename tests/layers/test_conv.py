@@ -81,11 +81,14 @@ def reference_for(layer, x):
                           layer.dilation, layer.group)
 
 
-@pytest.fixture(params=["one_chunk", "row_chunks"])
+@pytest.fixture(params=["default", "row_shift", "row_shift_row_chunks", "im2col_row_chunks"])
 def chunking(request, monkeypatch):
-    """Run with the default chunk size (one chunk at these sizes) and with
-    one output row per chunk, so the chunk boundaries are exercised."""
-    if request.param == "row_chunks":
+    """Run every CPU strategy at these small sizes: the default (im2col for
+    small maps and strides), the row-shift plan for every stride-1 case,
+    each with one output row per chunk so chunk boundaries are exercised."""
+    if request.param.startswith("row_shift"):
+        monkeypatch.setattr(conv, "SMALL_COLUMNS", 0)
+    if request.param.endswith("row_chunks"):
         monkeypatch.setattr(conv, "CHUNK_ELEMENTS", 1)
         monkeypatch.setattr(conv, "MIN_CHUNK_COLUMNS", 1)
     return request.param
