@@ -2,6 +2,7 @@
 
     python -m prototxt.rfcn --depth 101 --phase TRAIN --ohem > net.prototxt
     python -m prototxt.rfcn --depth 50 --out-dir my_nets/          # train + test
+    python -m prototxt.rfcn --tiny --classes 5 --phase BOTH > my_net.prototxt
     python -m prototxt.rfcn --regenerate                            # prototxt/rfcn_*.prototxt
 
 Every channel count is computed here from the options, never typed in:
@@ -46,15 +47,29 @@ messages) and carries those settings in the file: RPN 6000 / 300 boxes
 before / after NMS in training as in testing, class-agnostic targets, and
 for OHEM all RoIs kept (batch_size -1) with background from IoU 0.
 
-The native TRAIN net starts with an Input layer for data (1, 3, 600, 1000),
-im_info (1, 3) and gt_boxes (1, 5) until the dataset-reading data layer
-exists; the training entry point feeds those blobs.
+The native TRAIN net starts with the RoIData layer (layers/roi_data.py:
+scales / max_size from ``image``), which ``python -m solver.train`` gives
+the dataset; ``data="input"`` writes an Input placeholder instead.
+
+``--phase BOTH`` (``rfcn_net_both``) writes the TRAIN and TEST nets into
+one file: the layers both phases share once, the others with
+``include { phase: ... }``; that is the form kept in prototxt/
+(rfcn_resnet101.prototxt, rfcn_resnet101_ohem.prototxt, the ResNet-50 pair
+and rfcn_tiny.prototxt) and the one ``python -m solver.train`` trains and
+``solver.test`` tests.
+
+The tiny net (``depth="tiny"``, ``--tiny``): the same R-FCN head (RPN,
+PSROIPooling with k = 3, class-agnostic boxes) on five BatchNorm-free 3x3
+convolutions with three max poolings (stride 8, 16-64 channels, the last
+one dilated), anchors of 24, 48 and 96 pixels, images at their own 192 x 256,
+for the built-in synthetic dataset (7 classes with the background); its
+solver is rfcn_tiny_solver.prototxt (``TINY_SOLVER``).
 """
 import argparse
 import sys
 from pathlib import Path
 
-from prototxt.resnet import STAGES, Word, layer, resnet_trunk, specs
+from prototxt.resnet import STAGES, Word, layer, message_lines, resnet_trunk, specs
 
 FEAT_STRIDE = 16
 SPATIAL_SCALE = 1.0 / FEAT_STRIDE
@@ -101,25 +116,52 @@ def input_layer(name, blobs):
                  input_param=dict(shape=[dict(dim=list(s)) for _, s in blobs]))
 
 
-def rpn_train_data(python_layers, num_classes, image=TRAIN_IMAGE):
-    """The data layer of a net with an RPN: tops data, im_info, gt_boxes."""
+def rpn_train_data(python_layers, num_classes, image=TRAIN_IMAGE, data="roidata"):
+    """The data layer of a net with an RPN: tops data, im_info, gt_boxes.
+
+    Native form: the RoIData layer (layers/roi_data.py) with ``image``
+    (shorter side, longer side cap) as its scales / max_size; the trainer
+    hands it the dataset. ``data="input"`` writes an Input placeholder of
+    those shapes instead (for feeding blobs by hand, e.g. benchmarks)."""
     tops = ["data", "im_info", "gt_boxes"]
     if python_layers:
         return python_layer("input-data", [], tops, "roi_data_layer.layer", "RoIDataLayer",
                             f"'num_classes': {num_classes}")
-    return input_layer("input-data", [("data", (1, 3) + tuple(image)), ("im_info", (1, 3)),
-                                      ("gt_boxes", (1, 5))])
+    if data == "input":
+        return input_layer("input-data", [("data", (1, 3) + tuple(image)), ("im_info", (1, 3)),
+                                          ("gt_boxes", (1, 5))])
+    if data != "roidata":
+        raise ValueError(f"data must be 'roidata' or 'input', found {data!r}")
+    return layer("input-data", "RoIData", [], tops, roi_data_param=dict(
+        num_classes=num_classes, scales=[min(image)], max_size=max(image)))
 
 
-def rpn_head(bottom, *, param_style="train", fillers=True):
+def anchor_settings(anchors=None):
+    """The AnchorTarget / Proposal fields of an anchor set: ``anchors`` is
+    None (the reference: feat_stride 16, base size 16, scales 8, 16, 32,
+    ratios 0.5, 1, 2) or a dict with feat_stride and optionally base_size,
+    scales, ratios."""
+    settings = dict(feat_stride=FEAT_STRIDE)
+    settings.update(anchors or {})
+    return settings
+
+
+def num_anchors(anchors=None):
+    settings = anchor_settings(anchors)
+    return len(settings.get("scales", ANCHOR_SCALES)) * len(settings.get("ratios", ANCHOR_RATIOS))
+
+
+def rpn_head(bottom, *, param_style="train", fillers=True, channels=RPN_CHANNELS, anchors=None):
     """rpn_conv/3x3 + ReLU, rpn_cls_score (2A), rpn_bbox_pred (4A) and the
     (N, 2, A*H, W) reshape of the scores.
 
     ``param_style``: "train" lr_mult 1 / 2, "test" the same with decay_mult
     1 / 0, "frozen" lr_mult 0 / decay_mult 0 (alternating stages that keep
-    the RPN fixed), None no param specs."""
+    the RPN fixed), None no param specs. ``channels``: rpn_conv/3x3's
+    outputs; ``anchors``: see ``anchor_settings`` (A anchors per position)."""
     param = {"train": specs((1, None), (2, None)), "test": specs((1, 1), (2, 0)),
              "frozen": specs((0, 0), (0, 0)), None: []}[param_style]
+    count = num_anchors(anchors)
 
     def conv(name, bottom_, top, num_output, kernel, pad):
         return layer(name, "Convolution", [bottom_], [top], param=param, convolution_param=dict(
@@ -128,10 +170,10 @@ def rpn_head(bottom, *, param_style="train", fillers=True):
             bias_filler=CONSTANT_0 if fillers else None))
 
     return "".join([
-        conv("rpn_conv/3x3", bottom, "rpn/output", RPN_CHANNELS, 3, 1),
+        conv("rpn_conv/3x3", bottom, "rpn/output", channels, 3, 1),
         layer("rpn_relu/3x3", "ReLU", ["rpn/output"], ["rpn/output"]),
-        conv("rpn_cls_score", "rpn/output", "rpn_cls_score", 2 * NUM_ANCHORS, 1, 0),
-        conv("rpn_bbox_pred", "rpn/output", "rpn_bbox_pred", 4 * NUM_ANCHORS, 1, 0),
+        conv("rpn_cls_score", "rpn/output", "rpn_cls_score", 2 * count, 1, 0),
+        conv("rpn_bbox_pred", "rpn/output", "rpn_bbox_pred", 4 * count, 1, 0),
     ])
 
 
@@ -140,17 +182,17 @@ def rpn_score_reshape():
                  reshape_param=dict(shape=dict(dim=[0, 2, -1, 0])))
 
 
-def rpn_losses(python_layers):
+def rpn_losses(python_layers, anchors=None):
     """AnchorTarget and the two RPN losses."""
     bottoms = ["rpn_cls_score", "gt_boxes", "im_info", "data"]
     tops = ["rpn_labels", "rpn_bbox_targets", "rpn_bbox_inside_weights",
             "rpn_bbox_outside_weights"]
     if python_layers:
         target = python_layer("rpn-data", bottoms, tops, "rpn.anchor_target_layer",
-                              "AnchorTargetLayer", f"'feat_stride': {FEAT_STRIDE}")
+                              "AnchorTargetLayer", _python_anchor_str(anchors))
     else:
         target = layer("rpn-data", "AnchorTarget", bottoms, tops,
-                       anchor_target_param=dict(feat_stride=FEAT_STRIDE))
+                       anchor_target_param=anchor_settings(anchors))
     return "".join([
         target,
         layer("rpn_loss_cls", "SoftmaxWithLoss", ["rpn_cls_score_reshape", "rpn_labels"],
@@ -163,17 +205,27 @@ def rpn_losses(python_layers):
     ])
 
 
-def rpn_proposals(python_layers, tops, proposal_param=None):
+def _python_anchor_str(anchors):
+    """param_str of the Python-form anchor layers: feat_stride (and scales
+    when not the reference's), as py-faster-rcnn's files write them."""
+    settings = anchor_settings(anchors)
+    text = f"'feat_stride': {settings['feat_stride']}"
+    if "scales" in settings:
+        text += f", 'scales': {tuple(settings['scales'])}"
+    return text
+
+
+def rpn_proposals(python_layers, tops, proposal_param=None, anchors=None):
     """Softmax over the RPN scores, reshape back to (N, 2A, H, W), Proposal.
 
-    ``proposal_param``: settings for the native layer beyond feat_stride
+    ``proposal_param``: settings for the native layer beyond the anchors
     (the Python form carries only feat_stride, as the reference files do)."""
     bottoms = ["rpn_cls_prob_reshape", "rpn_bbox_pred", "im_info"]
     if python_layers:
         proposal = python_layer("proposal", bottoms, tops, "rpn.proposal_layer", "ProposalLayer",
-                                f"'feat_stride': {FEAT_STRIDE}")
+                                _python_anchor_str(anchors))
     else:
-        settings = dict(feat_stride=FEAT_STRIDE)
+        settings = anchor_settings(anchors)
         settings.update(proposal_param or {})
         if len(tops) > 1:
             settings["output_score"] = True
@@ -181,7 +233,7 @@ def rpn_proposals(python_layers, tops, proposal_param=None):
     return "".join([
         layer("rpn_cls_prob", "Softmax", ["rpn_cls_score_reshape"], ["rpn_cls_prob"]),
         layer("rpn_cls_prob_reshape", "Reshape", ["rpn_cls_prob"], ["rpn_cls_prob_reshape"],
-              reshape_param=dict(shape=dict(dim=[0, 2 * NUM_ANCHORS, -1, 0]))),
+              reshape_param=dict(shape=dict(dim=[0, 2 * num_anchors(anchors), -1, 0]))),
         proposal,
     ])
 
@@ -205,21 +257,71 @@ def rfcn_channels(classes, k, class_aware):
     return classes * k * k, box * k * k, box
 
 
-def rfcn_net(depth=101, classes=21, k=7, *, ohem=False, class_aware=False, python_layers=False,
-             phase="TRAIN", rpn_on="res4", image=None):
-    """Prototxt text of an R-FCN ResNet-``depth`` net.
+# The tiny R-FCN: the same detection head on a small BatchNorm-free trunk,
+# sized for the built-in synthetic dataset (192 x 256 images, objects 24-96
+# pixels) and for training on two CPU cores in minutes.
+TINY_IMAGE = (192, 256)    # shorter side 192, longer at most 256: the images' own size
+TINY_CLASSES = 7           # the synthetic dataset's 6 shapes + background
+TINY_K = 3
+# (name, output channels, dilation, max pooling 2x2/2 after it): stride 8.
+TINY_TRUNK = (("conv1", 16, 1, True), ("conv2", 32, 1, True), ("conv3", 64, 1, True),
+              ("conv4", 64, 1, False), ("conv5", 64, 2, False))
+TINY_STRIDE = 8
+# Anchors 24, 48 and 96 pixels on a side (base 8 x scales), ratios 0.5, 1, 2.
+TINY_ANCHORS = dict(feat_stride=TINY_STRIDE, base_size=8, scales=[3.0, 6.0, 12.0])
+TINY_RPN_CHANNELS = 64
+TINY_HEAD_CHANNELS = 128
 
-    depth 50 or 101 (152 works too); ``classes`` includes the background;
-    ``k`` is the score map grid (group_size). ``rpn_on`` is "res4" (the
-    class-agnostic reference files) or "res5" (py-R-FCN's class-aware files).
-    ``image`` (height, width) sizes the native form's inputs (default 600 x
-    1000; the Python form's test net declares 224 x 224 as py-R-FCN's does).
+
+def tiny_trunk(bottom="data"):
+    """The tiny net's trunk: 3x3 convolutions with ReLU (MSRA init, no
+    BatchNorm), max pooling after the first three; returns (text, top)."""
+    parts = []
+    for name, channels, dilation, pool in TINY_TRUNK:
+        parts.append(layer(name, "Convolution", [bottom], [name], param=specs((1, None), (2, 0)),
+                           convolution_param=dict(
+                               num_output=channels, kernel_size=3, pad=dilation,
+                               dilation=dilation if dilation != 1 else None,
+                               weight_filler=dict(type="msra"), bias_filler=CONSTANT_0)))
+        parts.append(layer(f"{name}_relu", "ReLU", [name], [name]))
+        bottom = name
+        if pool:
+            top = "pool" + name[len("conv"):]
+            parts.append(layer(top, "Pooling", [bottom], [top],
+                               pooling_param=dict(pool=Word("MAX"), kernel_size=2, stride=2)))
+            bottom = top
+    return "".join(parts), bottom
+
+
+def _depth_name(depth):
+    return "tiny" if depth == "tiny" else f"ResNet-{depth}"
+
+
+def rfcn_net(depth=101, classes=21, k=7, *, ohem=False, class_aware=False, python_layers=False,
+             phase="TRAIN", rpn_on="res4", image=None, data="roidata", test_input="legacy"):
+    """Prototxt text of an R-FCN net for one phase.
+
+    ``depth``: 50 or 101 (152 works too) for the ResNet trunk, or "tiny" for
+    the small trunk of ``TINY_TRUNK`` (stride 8, native form only);
+    ``classes`` includes the background; ``k`` is the score map grid
+    (group_size). ``rpn_on`` is "res4" (the class-agnostic reference files)
+    or "res5" (py-R-FCN's class-aware files). ``image`` (height, width)
+    sizes the native form's inputs and the data layer's scale (default
+    600 x 1000, tiny 192 x 256; the Python form's test net declares
+    224 x 224 as py-R-FCN's does). ``data``: "roidata" (the RoIData layer)
+    or "input" (an Input placeholder) for the native TRAIN net.
+    ``test_input``: "legacy" (``input:`` fields, as py-R-FCN's test files)
+    or "layer" (an Input layer, which an include rule can select).
     """
     phase = phase.upper()
     if phase not in ("TRAIN", "TEST"):
         raise ValueError(f"phase must be TRAIN or TEST, found {phase!r}")
-    if depth not in STAGES:
-        raise ValueError(f"depth must be one of {sorted(STAGES)}, found {depth}")
+    tiny = depth == "tiny"
+    if not tiny and depth not in STAGES:
+        raise ValueError(f"depth must be one of {sorted(STAGES)} or 'tiny', found {depth}")
+    if tiny and python_layers:
+        raise ValueError("the tiny net is written in the native form only (its anchors and "
+                         "scales have no place in py-R-FCN's Python-layer files)")
     if classes < 2:
         raise ValueError(f"classes counts the background too and must be >= 2, found {classes}")
     if k < 1:
@@ -230,36 +332,51 @@ def rfcn_net(depth=101, classes=21, k=7, *, ohem=False, class_aware=False, pytho
         ohem = False  # OHEM only changes the training losses
     cls_channels, bbox_channels, box = rfcn_channels(classes, k, class_aware)
     train = phase == "TRAIN"
-    image = tuple(image) if image else None
+    image = tuple(image) if image else (TINY_IMAGE if tiny else None)
 
-    trunk, outputs = resnet_trunk(depth, dilate_res5=True, frozen_stages={1, 2},
-                                  conv1_bias=depth == 50)
-    rpn_bottom = outputs[4] if rpn_on == "res4" else outputs[5]
+    if tiny:
+        trunk, head_bottom = tiny_trunk()
+        rpn_bottom = head_bottom
+        anchors, stride = TINY_ANCHORS, TINY_STRIDE
+        rpn_channels, head_channels = TINY_RPN_CHANNELS, TINY_HEAD_CHANNELS
+    else:
+        trunk, outputs = resnet_trunk(depth, dilate_res5=True, frozen_stages={1, 2},
+                                      conv1_bias=depth == 50)
+        rpn_bottom = outputs[4] if rpn_on == "res4" else outputs[5]
+        head_bottom = outputs[5]
+        anchors, stride = None, FEAT_STRIDE
+        rpn_channels, head_channels = RPN_CHANNELS, HEAD_CHANNELS
 
     parts = []
     if python_layers:
         parts.append(f'name: "ResNet-{depth}"\n')
     else:
-        parts.append(f'name: "R-FCN ResNet-{depth}{" class-aware" if class_aware else ""}'
+        parts.append(f'name: "R-FCN {_depth_name(depth)}{" class-aware" if class_aware else ""}'
                      f'{" OHEM" if ohem else ""}"\n')
     if train:
-        parts.append(rpn_train_data(python_layers, classes, image or TRAIN_IMAGE))
+        parts.append(rpn_train_data(python_layers, classes, image or TRAIN_IMAGE, data))
     else:
         size = image or (TEST_IMAGE_PY if python_layers else TRAIN_IMAGE)
-        parts.append(legacy_inputs([("data", (1, 3) + tuple(size)), ("im_info", (1, 3))]))
+        inputs = [("data", (1, 3) + tuple(size)), ("im_info", (1, 3))]
+        parts.append(input_layer("input-data", inputs) if test_input == "layer"
+                     else legacy_inputs(inputs))
     parts.append(trunk)
 
-    parts.append(rpn_head(rpn_bottom, param_style="train" if train else "test"))
+    # A test net written to share one file with its train net uses the
+    # train net's param specs, so that the common layers are one text.
+    test_style = "train" if test_input == "layer" else "test"
+    parts.append(rpn_head(rpn_bottom, param_style="train" if train else test_style,
+                          channels=rpn_channels, anchors=anchors))
     parts.append(rpn_score_reshape())
     native_proposal = dict(train_pre_nms_top_n=RPN_PRE_NMS, train_post_nms_top_n=RPN_POST_NMS)
     if train:
-        parts.append(rpn_losses(python_layers))
-        parts.append(rpn_proposals(python_layers, ["rpn_rois"], native_proposal))
+        parts.append(rpn_losses(python_layers, anchors))
+        parts.append(rpn_proposals(python_layers, ["rpn_rois"], native_proposal, anchors))
         target = dict(num_classes=classes, batch_size=-1 if ohem else ROIS_PER_IMAGE,
                       bg_thresh_lo=0.0 if ohem else 0.1, class_agnostic=not class_aware)
         parts.append(proposal_targets(python_layers, classes if class_aware else 2, target))
     else:
-        parts.append(rpn_proposals(python_layers, ["rois"], native_proposal))
+        parts.append(rpn_proposals(python_layers, ["rois"], native_proposal, anchors))
 
     def head_conv(name, bottom, num_output):
         return layer(name, "Convolution", [bottom], [name], param=specs((1, None), (2, None)),
@@ -269,7 +386,7 @@ def rfcn_net(depth=101, classes=21, k=7, *, ohem=False, class_aware=False, pytho
 
     def psroi(name, bottom, output_dim):
         return layer(name, "PSROIPooling", [bottom, "rois"], [name], psroi_pooling_param=dict(
-            spatial_scale=SPATIAL_SCALE, output_dim=output_dim, group_size=k))
+            spatial_scale=1.0 / stride, output_dim=output_dim, group_size=k))
 
     def vote(name, bottom, top):
         return layer(name, "Pooling", [bottom], [top],
@@ -277,7 +394,7 @@ def rfcn_net(depth=101, classes=21, k=7, *, ohem=False, class_aware=False, pytho
 
     bbox_top = "bbox_pred" if train else "bbox_pred_pre"
     parts += [
-        head_conv("conv_new_1", outputs[5], HEAD_CHANNELS),
+        head_conv("conv_new_1", head_bottom, head_channels),
         layer("conv_new_1_relu", "ReLU", ["conv_new_1"], ["conv_new_1"]),
         head_conv("rfcn_cls", "conv_new_1", cls_channels),
         head_conv("rfcn_bbox", "conv_new_1", bbox_channels),
@@ -307,6 +424,51 @@ def rfcn_net(depth=101, classes=21, k=7, *, ohem=False, class_aware=False, pytho
                   reshape_param=dict(shape=dict(dim=[-1, box]))),
         ]
     return "".join(parts)
+
+
+def rfcn_net_both(depth=101, classes=21, k=7, *, ohem=False, class_aware=False, image=None):
+    """One native file with the TRAIN net and the TEST net: the layers both
+    phases share are written once, the others carry ``include { phase: ... }``
+    (what ``python -m solver.train`` trains and ``solver.test`` tests)."""
+    options = dict(class_aware=class_aware, image=image, test_input="layer")
+    return merge_phases(rfcn_net(depth, classes, k, ohem=ohem, phase="TRAIN", **options),
+                        rfcn_net(depth, classes, k, phase="TEST", **options))
+
+
+def _layer_blocks(text):
+    """(header, [layer block text, ...]) of text written by ``layer``."""
+    start = text.index("layer {\n")
+    blocks = ["layer {\n" + b for b in text[start + len("layer {\n"):].split("\nlayer {\n")]
+    blocks = [b if b.endswith("\n") else b + "\n" for b in blocks]
+    return text[:start], blocks
+
+
+def _with_phase(block, phase):
+    """``block`` with ``include { phase: ... }`` after its name, type,
+    bottoms and tops."""
+    lines = block.split("\n")
+    at = 1
+    while at < len(lines) and lines[at].startswith(("  name:", "  type:", "  bottom:", "  top:")):
+        at += 1
+    return "\n".join(lines[:at] + ["  include {", f"    phase: {phase}", "  }"] + lines[at:])
+
+
+def merge_phases(train_text, test_text):
+    """A net text whose TRAIN-phase layers are exactly ``train_text``'s and
+    TEST-phase layers ``test_text``'s, in order: common runs of identical
+    layers once, the rest with include rules (the header is the train net's)."""
+    import difflib
+    header, train = _layer_blocks(train_text)
+    _, test = _layer_blocks(test_text)
+    out = [header]
+    matcher = difflib.SequenceMatcher(None, train, test, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            out += train[i1:i2]
+            continue
+        out += [_with_phase(b, "TRAIN") for b in train[i1:i2]]
+        out += [_with_phase(b, "TEST") for b in test[j1:j2]]
+    return "".join(out)
 
 
 def _box_loss(bottoms):
@@ -346,6 +508,14 @@ def _ohem_losses(accuracy):
 
 # -- files ----------------------------------------------------------------------------
 
+# The tiny net's solver: plain SGD from random initialization, one image per
+# iteration; written beside rfcn_tiny.prototxt, where solver.train finds it.
+TINY_SOLVER = dict(
+    net="rfcn_tiny.prototxt", base_lr=0.01, lr_policy="multistep", gamma=0.1,
+    stepvalue=[3000], max_iter=4000, momentum=0.9, weight_decay=0.0005, iter_size=1,
+    display=50, average_loss=50, snapshot=0, random_seed=0)
+
+
 def command_line(depth, classes, k, ohem, class_aware, python_layers, phase, rpn_on):
     words = ["python -m prototxt.rfcn", f"--depth {depth}", f"--classes {classes}", f"--k {k}"]
     words += ["--ohem"] * ohem + ["--class-aware"] * class_aware
@@ -354,44 +524,79 @@ def command_line(depth, classes, k, ohem, class_aware, python_layers, phase, rpn
     return " ".join(words)
 
 
+def _header(command):
+    return f"# Generated by: {command}\n# Do not edit: change the options and regenerate.\n"
+
+
 def generated_file(depth=101, classes=21, k=7, *, ohem=False, class_aware=False,
                    python_layers=False, phase="TRAIN", rpn_on="res4"):
-    """``rfcn_net`` text with a header naming the command that wrote it."""
-    command = command_line(depth, classes, k, ohem, class_aware, python_layers, phase.upper(),
-                           rpn_on)
-    header = f"# Generated by: {command}\n# Do not edit: change the options and regenerate.\n"
-    return header + rfcn_net(depth, classes, k, ohem=ohem, class_aware=class_aware,
-                             python_layers=python_layers, phase=phase, rpn_on=rpn_on)
+    """``rfcn_net`` text (``rfcn_net_both`` for phase "BOTH") with a header
+    naming the command that wrote it."""
+    phase = phase.upper()
+    command = command_line(depth, classes, k, ohem, class_aware, python_layers, phase, rpn_on)
+    if phase == "BOTH":
+        if python_layers:
+            raise ValueError("--phase BOTH writes the native form only (py-R-FCN keeps "
+                             "separate train and test files)")
+        if rpn_on != "res4":
+            raise ValueError("--phase BOTH puts the RPN on res4")
+        return _header(command) + rfcn_net_both(depth, classes, k, ohem=ohem,
+                                                class_aware=class_aware)
+    return _header(command) + rfcn_net(depth, classes, k, ohem=ohem, class_aware=class_aware,
+                                       python_layers=python_layers, phase=phase, rpn_on=rpn_on)
+
+
+def solver_file(fields, command):
+    """A solver prototxt of ``fields`` with a header naming ``command``."""
+    return _header(command) + "\n".join(message_lines(fields, indent=0)) + "\n"
 
 
 def file_names(depth, class_aware=False, python_layers=False):
     """(train, train_ohem, test) file names of one configuration."""
-    stem = f"rfcn_resnet{depth}" + ("_class_aware" if class_aware else "") + \
-        ("_python_layers" if python_layers else "")
+    stem = _stem(depth, class_aware, python_layers)
     return f"{stem}_train.prototxt", f"{stem}_train_ohem.prototxt", f"{stem}_test.prototxt"
 
 
+def _stem(depth, class_aware=False, python_layers=False):
+    return ("rfcn_tiny" if depth == "tiny" else f"rfcn_resnet{depth}") + \
+        ("_class_aware" if class_aware else "") + ("_python_layers" if python_layers else "")
+
+
+def both_file_name(depth, class_aware=False, ohem=False):
+    """The file name of a TRAIN + TEST net: rfcn_resnet101.prototxt ..."""
+    return _stem(depth, class_aware) + ("_ohem" if ohem else "") + ".prototxt"
+
+
 def committed_files():
-    """File name -> text of the nets kept in prototxt/ (native form, 21
-    classes, k = 7, ResNet-101 and ResNet-50)."""
+    """File name -> text of the files kept in prototxt/: native-form nets
+    holding both phases (21 classes, k = 7, ResNet-101 and ResNet-50, with
+    and without OHEM), the tiny net for the built-in dataset (7 classes,
+    k = 3) and its solver."""
     files = {}
     for depth in (101, 50):
-        train, train_ohem, test = file_names(depth)
-        files[train] = generated_file(depth, phase="TRAIN")
-        files[train_ohem] = generated_file(depth, ohem=True, phase="TRAIN")
-        files[test] = generated_file(depth, phase="TEST")
+        for ohem in (False, True):
+            files[both_file_name(depth, ohem=ohem)] = generated_file(depth, ohem=ohem,
+                                                                     phase="BOTH")
+    files[both_file_name("tiny")] = generated_file("tiny", TINY_CLASSES, TINY_K, phase="BOTH")
+    files["rfcn_tiny_solver.prototxt"] = solver_file(
+        TINY_SOLVER, "python -m prototxt.rfcn --regenerate (prototxt/rfcn.py TINY_SOLVER)")
     return files
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m prototxt.rfcn",
-        description="Write an R-FCN ResNet network in py-R-FCN's layout (see the module "
-                    "docstring for what each option changes).")
-    parser.add_argument("--depth", type=int, choices=sorted(STAGES), default=101)
-    parser.add_argument("--classes", type=int, default=21,
-                        help="number of classes including the background (default 21, PASCAL VOC)")
-    parser.add_argument("--k", type=int, default=7, help="position-sensitive grid size (default 7)")
+        description="Write an R-FCN network in py-R-FCN's layout (see the module docstring for "
+                    "what each option changes).")
+    parser.add_argument("--depth", choices=[str(d) for d in sorted(STAGES)] + ["tiny"],
+                        default="101", help="ResNet depth, or 'tiny' for the small net of the "
+                                            "built-in dataset (default 101)")
+    parser.add_argument("--tiny", action="store_true", help="the same as --depth tiny")
+    parser.add_argument("--classes", type=int,
+                        help="number of classes including the background (default 21, PASCAL "
+                             f"VOC; tiny: {TINY_CLASSES}, the built-in dataset)")
+    parser.add_argument("--k", type=int,
+                        help=f"position-sensitive grid size (default 7; tiny: {TINY_K})")
     parser.add_argument("--ohem", action="store_true", help="online hard example mining losses")
     parser.add_argument("--class-aware", action="store_true",
                         help="one box regressor per class (default: class-agnostic, 8 outputs)")
@@ -400,23 +605,35 @@ def main(argv=None):
     parser.add_argument("--rpn-on", choices=("res4", "res5"), default="res4",
                         help="stage whose output feeds the RPN (py-R-FCN's class-aware files "
                              "use res5)")
-    parser.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN")
+    parser.add_argument("--phase", choices=("TRAIN", "TEST", "BOTH"), default="TRAIN",
+                        type=str.upper,
+                        help="the net of one phase, or BOTH in one file (include rules), which "
+                             "is what python -m solver.train takes (default TRAIN)")
     parser.add_argument("--out-dir", type=Path,
                         help="write the train (or train_ohem with --ohem) and test nets there "
-                             "instead of printing one")
+                             "(with --phase BOTH one file) instead of printing one")
     parser.add_argument("--regenerate", action="store_true",
-                        help="rewrite the generated nets kept in prototxt/")
+                        help="rewrite the generated files kept in prototxt/")
     args = parser.parse_args(argv)
     if args.regenerate:
         for name, text in committed_files().items():
             (HERE / name).write_text(text)
             print(f"wrote {HERE / name}")
         return 0
-    options = dict(depth=args.depth, classes=args.classes, k=args.k, class_aware=args.class_aware,
+    depth = "tiny" if args.tiny or args.depth == "tiny" else int(args.depth)
+    tiny = depth == "tiny"
+    classes = args.classes if args.classes is not None else (TINY_CLASSES if tiny else 21)
+    k = args.k if args.k is not None else (TINY_K if tiny else 7)
+    options = dict(depth=depth, classes=classes, k=k, class_aware=args.class_aware,
                    python_layers=args.python_layers, rpn_on=args.rpn_on)
     try:
-        if args.out_dir:
-            train, train_ohem, test = file_names(args.depth, args.class_aware, args.python_layers)
+        if args.out_dir and args.phase == "BOTH":
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            path = args.out_dir / both_file_name(depth, args.class_aware, args.ohem)
+            path.write_text(generated_file(phase="BOTH", ohem=args.ohem, **options))
+            print(f"wrote {path}")
+        elif args.out_dir:
+            train, train_ohem, test = file_names(depth, args.class_aware, args.python_layers)
             args.out_dir.mkdir(parents=True, exist_ok=True)
             for name, phase, ohem in ((train_ohem if args.ohem else train, "TRAIN", args.ohem),
                                       (test, "TEST", False)):

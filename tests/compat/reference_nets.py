@@ -102,23 +102,33 @@ def is_roi_data_layer(layer):
             and layer.python_param.layer == "RoIDataLayer")
 
 
+def is_data_layer(layer):
+    return is_roi_data_layer(layer) or layer.type in ("RoIData", "Input")
+
+
 def with_inputs(net_param, shapes):
-    """A copy of ``net_param`` whose first layer, the RoIDataLayer Python
-    layer or a test net's Input layer, is an Input layer with the same name
-    and tops, shaped by ``shapes`` (top name -> shape). Other layers are
-    untouched."""
+    """A copy of ``net_param`` whose data layers (the RoIDataLayer Python
+    layer, the native RoIData layer, a test net's Input layer; in a file with
+    both phases, each one with its include rules) are Input layers with the
+    same name, tops and rules, shaped by ``shapes`` (top name -> shape).
+    Other layers are untouched."""
     first = net_param.layer[0]
-    if not (is_roi_data_layer(first) or first.type == "Input"):
+    if not is_data_layer(first):
         raise ValueError(f"first layer '{first.name}' ({first.type}) is not a data or input layer")
     replaced = caffe_pb2.NetParameter()
     replaced.CopyFrom(net_param)
-    data = replaced.layer[0]
-    tops = list(data.top)
-    data.Clear()
-    data.name, data.type = first.name, "Input"
-    data.top.extend(tops)
-    for top in tops:
-        data.input_param.shape.add().dim.extend(shapes[top])
+    for data in replaced.layer:
+        if not is_data_layer(data):
+            continue
+        name, tops = data.name, list(data.top)
+        include, exclude = list(data.include), list(data.exclude)
+        data.Clear()
+        data.name, data.type = name, "Input"
+        data.top.extend(tops)
+        data.include.extend(include)
+        data.exclude.extend(exclude)
+        for top in tops:
+            data.input_param.shape.add().dim.extend(shapes[top])
     return replaced
 
 

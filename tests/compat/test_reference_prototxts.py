@@ -20,6 +20,7 @@ from netdef import Net
 from netdef.errors import NetDefinitionError
 from netdef.inspect import main as inspect_main
 from netdef.schema import read_net
+from prototxt.rfcn import committed_files
 from tests.compat.reference_nets import (
     CLASSES, FASTER_RCNN_NETS, GT_BOXES, REFERENCE_NETS, RFCN_NETS, ROIS, input_shapes,
     is_roi_data_layer, net_param, random_inputs, randomize_params, with_inputs)
@@ -304,7 +305,7 @@ def test_param_str_key_of_another_layer_is_refused():
 # -- the committed native nets, through netdef.inspect --------------------------------------
 
 def test_inspect_prints_every_blob_of_rfcn_resnet101_train(capsys):
-    path = PROTOTXT / "rfcn_resnet101_train.prototxt"
+    path = PROTOTXT / "rfcn_resnet101.prototxt"
     assert inspect_main([str(path), "--phase", "TRAIN"]) == 0
     out = capsys.readouterr().out
     for text in ("data 1x3x600x1000", "im_info 1x3", "gt_boxes 1x5",
@@ -317,23 +318,26 @@ def test_inspect_prints_every_blob_of_rfcn_resnet101_train(capsys):
                  "loss_bbox scalar", "accuracy scalar"):
         assert text in out, text
     net = read_net(str(path))
-    # Every top of every layer appears in the report with its shape.
+    # Every top of every TRAIN-phase layer appears in the report with its shape.
     for layer in net.layer:
+        if any(rule.phase == 1 for rule in layer.include):  # TEST only
+            continue
         for top in layer.top:
             assert f" {top} " in out, top
 
 
 # -- the committed native nets build and run too --------------------------------------------------
 
-NATIVE = sorted(p.name for p in PROTOTXT.glob("rfcn_resnet*.prototxt"))
+# The ResNet nets prototxt.rfcn keeps in prototxt/, each holding both phases.
+NATIVE = sorted(name for name in committed_files() if name.startswith("rfcn_resnet"))
 
 
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
 @pytest.mark.parametrize("name", NATIVE)
-def test_committed_native_nets_build_and_run(name):
+def test_committed_native_nets_build_and_run(name, phase):
     """Native typed layers, R-FCN's own settings: 300 proposals in TRAIN as in
     TEST, 128 sampled RoIs (all of them with OHEM). The ResNet-50 nets also
     run forward (and backward in TRAIN) on random data."""
-    phase = "TEST" if name.endswith("_test.prototxt") else "TRAIN"
     net = Net(with_inputs(read_net(str(PROTOTXT / name)), input_shapes(SMALL)), phase)
     h, w = (resnet_map(s) for s in SMALL)
     assert net.blobs["rpn_cls_score"].shape == (1, 18, h, w)
