@@ -1,0 +1,477 @@
+"""Inference shared by training, ``solver.test`` and ``solver.detect``.
+
+    net, info = load_test_net("prototxt/rfcn_tiny.prototxt", "out/rfcn_tiny/rfcn_tiny_iter_4000.caffemodel")
+    detector = Detector(net, scale=info.scale, max_size=info.max_size,
+                        bbox_normalization=info.bbox_normalization)
+    per_class = detector.detect(load_image_bgr("street.jpg"))   # [c] -> (N, 5)
+    all_boxes = detector.detect_dataset(dataset)               # all_boxes[c][i]
+
+One image, as py-faster-rcnn's / py-R-FCN's ``im_detect`` and ``test_net``:
+
+1. scale the image (shorter side ``scale``, longer at most ``max_size``),
+   subtract the pixel means, forward ``data`` and ``im_info``;
+2. read ``rois`` ``(R, 5)``, ``cls_prob`` ``(R, C)`` and ``bbox_pred``
+   ``(R, 4C)`` (class-aware) or ``(R, 8)`` (class-agnostic: background box,
+   then the one foreground box every class uses);
+3. weights trained with normalized box targets predict
+   ``(t - mean) / std``: when they are still in that form (a native
+   snapshot, or the weights of a net being trained) the deltas are first
+   mapped back, ``t = d * std + mean``; a ``.caffemodel`` written by the
+   solver has this folded into its weights already (see
+   ``bbox_export_transform``), as py-faster-rcnn's snapshots do;
+4. decode the RoIs (divided by the image scale) with the deltas and clip
+   them to the image;
+5. per foreground class: the boxes scoring above ``score_thresh``, greedy
+   NMS at ``nms_thresh`` (layers.nms); then at most ``max_per_image``
+   detections over all classes (the highest scores).
+
+Which test net: a file holding both phases (include rules, as
+``python -m prototxt.rfcn --phase BOTH`` writes) gives its TEST phase; a
+training file (one with a RoIData data layer and no TEST-phase layers) is
+paired with its test file beside it by name: the last "train" in the file
+name becomes "test" (py-R-FCN's train_agnostic.prototxt ->
+test_agnostic.prototxt), then the same without "_ohem"
+(train_agnostic_ohem.prototxt -> test_agnostic.prototxt); any other file
+is a test net itself.
+"""
+import dataclasses
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from netdef.device import to_numpy
+from netdef.errors import DataError, NetDefinitionError, WeightsError
+
+__all__ = ["Detector", "im_detect", "postprocess", "BoxNormalization", "TestNetInfo",
+           "resolve_test_net", "load_test_net", "load_weights", "find_data_layer_scale",
+           "bbox_param_layer", "bbox_export_transform", "read_class_names", "generic_classes",
+           "DEFAULT_SCORE_THRESH", "DEFAULT_NMS_THRESH", "DEFAULT_MAX_PER_IMAGE"]
+
+DEFAULT_SCORE_THRESH = 0.05   # py-faster-rcnn's test_net
+DEFAULT_NMS_THRESH = 0.3      # cfg.TEST.NMS
+DEFAULT_MAX_PER_IMAGE = 100
+DEFAULT_SCALE, DEFAULT_MAX_SIZE = 600, 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxNormalization:
+    """Box-target normalization ``(t - means) / stds`` (4 values each)."""
+    means: tuple = (0.0, 0.0, 0.0, 0.0)
+    stds: tuple = (0.1, 0.1, 0.2, 0.2)
+
+    def as_dict(self):
+        return {"means": [float(v) for v in self.means], "stds": [float(v) for v in self.stds]}
+
+    @classmethod
+    def from_dict(cls, value):
+        if not value:
+            return None
+        return cls(tuple(float(v) for v in value["means"]), tuple(float(v) for v in value["stds"]))
+
+    def unnormalize(self, deltas):
+        """``deltas`` ``(R, 4K)`` mapped back: ``d * std + mean`` per column."""
+        reps = deltas.shape[1] // 4
+        stds = np.tile(np.asarray(self.stds, deltas.dtype), reps)
+        means = np.tile(np.asarray(self.means, deltas.dtype), reps)
+        return deltas * stds + means
+
+
+# -- one image ---------------------------------------------------------------------------
+
+def _blob(net, name):
+    if name not in net.blobs:
+        raise NetDefinitionError(
+            f"{net.source}: the test net has no blob '{name}' (a detection test net gives "
+            f"'rois', 'cls_prob' and 'bbox_pred'; blobs: {', '.join(net.blobs)})")
+    return to_numpy(net.blobs[name].data)
+
+
+def im_detect(net, image_bgr, scale=DEFAULT_SCALE, max_size=DEFAULT_MAX_SIZE,
+              bbox_normalization=None):
+    """Scores and boxes of every RoI of one image.
+
+    Args:
+        net: a TEST-phase detection Net (inputs ``data``, ``im_info``).
+        image_bgr: ``(H, W, 3)`` BGR pixels (``solver.preprocess.load_image_bgr``).
+        scale, max_size: the image scaling rule (shorter side, longer cap).
+        bbox_normalization: a ``BoxNormalization`` when the net predicts
+            normalized deltas, else None.
+
+    Returns ``(scores (R, C), boxes (R, 4C))`` float32: class probabilities
+    and, per class, the decoded box ``[x1, y1, x2, y2]`` in the image's
+    pixels, clipped to it (class-agnostic nets: the foreground box for every
+    class, column block 0 the background box).
+    """
+    from layers.boxes import bbox_transform_inv, clip_boxes
+    from solver.preprocess import prepare_image
+    height, width = image_bgr.shape[:2]
+    blob, im_scale = prepare_image(image_bgr, scale, max_size)
+    im_info = np.array([[blob.shape[2], blob.shape[3], im_scale]], dtype=np.float32)
+    net.forward(data=blob, im_info=im_info)
+    rois = _blob(net, "rois").reshape(-1, 5)
+    scores = _blob(net, "cls_prob").reshape(rois.shape[0], -1).astype(np.float32)
+    deltas = _blob(net, "bbox_pred").reshape(rois.shape[0], -1).astype(np.float32)
+    classes = scores.shape[1]
+    if deltas.shape[1] not in (8, 4 * classes):
+        raise NetDefinitionError(
+            f"{net.source}: bbox_pred has {deltas.shape[1]} values per RoI; expected 8 "
+            f"(class-agnostic) or 4 x {classes} classes = {4 * classes}")
+    if bbox_normalization is not None:
+        deltas = bbox_normalization.unnormalize(deltas)
+    boxes = rois[:, 1:5].astype(np.float32) / np.float32(im_scale)
+    boxes = clip_boxes(bbox_transform_inv(boxes, deltas), height, width)
+    if deltas.shape[1] == 8 and classes != 2:
+        boxes = np.concatenate([boxes[:, :4]] + [boxes[:, 4:8]] * (classes - 1), axis=1)
+    return scores, boxes
+
+
+def postprocess(scores, boxes, score_thresh=DEFAULT_SCORE_THRESH, nms_thresh=DEFAULT_NMS_THRESH,
+                max_per_image=DEFAULT_MAX_PER_IMAGE):
+    """Detections of one image from ``im_detect``'s output: a list indexed
+    by class (entry 0 empty) of ``(N, 5)`` float32 ``[x1, y1, x2, y2,
+    score]``, highest score first."""
+    from layers.nms import nms
+    classes = scores.shape[1]
+    out = [np.zeros((0, 5), np.float32)]
+    # One NMS per class: a loop over the (few) classes, each step vectorized.
+    for c in range(1, classes):
+        keep = np.flatnonzero(scores[:, c] > score_thresh)
+        dets = np.concatenate([boxes[keep, 4 * c:4 * c + 4], scores[keep, c:c + 1]], axis=1)
+        kept = nms(dets[:, :4], dets[:, 4], nms_thresh)
+        out.append(np.ascontiguousarray(dets[kept], dtype=np.float32))
+    if max_per_image and max_per_image > 0:
+        all_scores = np.concatenate([d[:, 4] for d in out[1:]])
+        if all_scores.size > max_per_image:
+            cut = np.sort(all_scores)[-max_per_image]
+            out = [out[0]] + [d[d[:, 4] >= cut] for d in out[1:]]
+    return out
+
+
+class Detector:
+    """``im_detect`` + ``postprocess`` with fixed settings (see the module
+    docstring); ``detect_dataset`` runs a whole dataset, loading the next
+    image in a background thread while the net works."""
+
+    def __init__(self, net, *, scale=DEFAULT_SCALE, max_size=DEFAULT_MAX_SIZE,
+                 bbox_normalization=None, score_thresh=DEFAULT_SCORE_THRESH,
+                 nms_thresh=DEFAULT_NMS_THRESH, max_per_image=DEFAULT_MAX_PER_IMAGE):
+        self.net = net
+        self.scale, self.max_size = int(scale), int(max_size)
+        self.bbox_normalization = bbox_normalization
+        self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
+        self.max_per_image = int(max_per_image)
+
+    def im_detect(self, image_bgr):
+        return im_detect(self.net, image_bgr, self.scale, self.max_size, self.bbox_normalization)
+
+    def detect(self, image_bgr):
+        """``postprocess`` of one image: ``[c] -> (N, 5)``."""
+        scores, boxes = self.im_detect(image_bgr)
+        return postprocess(scores, boxes, self.score_thresh, self.nms_thresh, self.max_per_image)
+
+    def detect_dataset(self, dataset, progress=None):
+        """``all_boxes[c][i]`` for every record of ``dataset``;
+        ``progress(done, total)`` is called after each image."""
+        from concurrent.futures import ThreadPoolExecutor
+        from solver.preprocess import load_image_bgr
+        records = list(dataset.records)
+        classes = len(dataset.classes)
+        all_boxes = [[None] * len(records) for _ in range(classes)]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(load_image_bgr, records[0].path) if records else None
+            for i, record in enumerate(records):
+                image = pending.result()
+                if i + 1 < len(records):
+                    pending = pool.submit(load_image_bgr, records[i + 1].path)
+                dets = self.detect(image)
+                if len(dets) != classes:
+                    raise DataError(
+                        f"{self.net.source}: the net scores {len(dets)} classes (background "
+                        f"included), dataset '{dataset.name}' has {classes}")
+                for c in range(classes):
+                    all_boxes[c][i] = dets[c]
+                if progress is not None:
+                    progress(i + 1, len(records))
+        return all_boxes
+
+
+# -- box-target normalization in exported weights ------------------------------------------
+
+def bbox_param_layer(net, blob="bbox_pred"):
+    """``(layer name, repeat)`` of the layer whose parameters produce the
+    box deltas of ``net``: the producer of ``blob`` when it has parameters
+    (Faster R-CNN's bbox_pred InnerProduct, repeat 1), else followed back
+    through parameter-free layers (R-FCN: bbox_pred <- voting Pooling <-
+    PSROIPooling <- the rfcn_bbox convolution, whose ``repeat`` = k*k
+    consecutive channels hold each box value, as PSROIPooling's channel
+    layout ``(c * k + ph) * k + pw`` has it). None when there is no such
+    blob or layer."""
+    if blob not in net.blobs:
+        return None
+    width = int(np.prod(net.blobs[blob].shape[1:]))
+    producers = {}
+    for lp in net.layer_params:
+        for top in lp.top:
+            producers[top] = lp          # the last writer (in-place layers write again)
+    seen = set()
+    name = blob
+    while name in producers and name not in seen:
+        seen.add(name)
+        lp = producers[name]
+        layer = net.layer_dict[lp.name]
+        if layer.blobs:
+            outputs = layer.blobs[0].shape[0]
+            if outputs % width:
+                return None
+            return lp.name, outputs // width
+        if not lp.bottom:
+            return None
+        name = lp.bottom[0]
+    return None
+
+
+def bbox_export_transform(layer_name, repeat, normalization):
+    """An ``export_transform`` for SGDSolver: the weights of ``layer_name``
+    (output channel ``o`` predicts box value ``(o // repeat) % 4``) are
+    un-normalized, ``W *= std`` and ``b = b * std + mean``, so the exported
+    net predicts plain deltas (py-faster-rcnn's / py-R-FCN's snapshot)."""
+    stds_4 = np.asarray(normalization.stds, np.float64)
+    means_4 = np.asarray(normalization.means, np.float64)
+
+    def transform(name, arrays):
+        if name != layer_name:
+            return arrays
+        weight = arrays[0]
+        index = (np.arange(weight.shape[0]) // repeat) % 4
+        stds, means = stds_4[index], means_4[index]
+        out = [(weight * stds.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(weight.dtype)]
+        if len(arrays) > 1:
+            bias = arrays[1]
+            out.append((bias * stds.reshape(bias.shape) + means.reshape(bias.shape))
+                       .astype(bias.dtype))
+        return out + list(arrays[2:])
+
+    return transform
+
+
+# -- weights and metadata --------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoadedWeights:
+    """What ``load_weights`` read: the WeightsReport, the training metadata
+    (from the snapshot, or from the solver state beside a ``.caffemodel``),
+    and whether the box deltas are still normalized."""
+    report: object
+    metadata: dict
+    normalized: bool
+    kind: str            # "solverstate", "native" or "caffemodel"
+
+
+def _meta_only(path):
+    """The JSON metadata of a native archive, without reading its arrays."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "__meta__" not in archive.files:
+                return {}
+            header = json.loads(bytes(archive["__meta__"]).decode("utf-8"))
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise WeightsError(f"{path}: cannot read: {exc}") from None
+    # save_arrays wraps the caller's metadata: {"format", "version", "meta"}.
+    meta = header.get("meta", {}) if isinstance(header, dict) else {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _copy_arrays(net, stored, path):
+    """Copy ``stored`` ("<layer>/<i>" -> array) into ``net`` by layer name."""
+    from netdef.caffemodel import conform_blob
+    from netdef.weights import WeightsReport
+    report = WeightsReport(str(path))
+    layers = {}
+    for key, array in stored.items():
+        name, index = key.rsplit("/", 1)
+        layers.setdefault(name, {})[int(index)] = array
+    for name, layer in net.layer_dict.items():
+        if not layer.blobs:
+            continue
+        if name not in layers:
+            report.missing.append(name)
+            continue
+        arrays = layers[name]
+        if sorted(arrays) != list(range(len(layer.blobs))):
+            raise WeightsError(f"{path}: layer '{name}': the file has {len(arrays)} blob(s), "
+                               f"the net has {len(layer.blobs)}")
+        for i, blob in enumerate(layer.blobs):
+            value = conform_blob(arrays[i], blob.shape, f"layer '{name}' param {i}")
+            blob.data[...] = net.device.asarray(value, dtype=blob.dtype)
+        report.loaded.append(name)
+    report.unused = [name for name in layers if name not in net.layer_dict]
+    return report
+
+
+def load_weights(net, path):
+    """Load ``path`` into ``net`` by layer name: a solver snapshot
+    (``.solverstate.npz``), a native weights file (``Net.save_weights``) or
+    a ``.caffemodel``. Returns ``LoadedWeights``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path}: no such weights file")
+    if zipfile.is_zipfile(path):
+        meta = _meta_only(path)
+        if meta.get("kind") == "solverstate":
+            from solver.snapshot import SolverState
+            state = SolverState.load(path)
+            report = _copy_arrays(net, state.weights, path)
+            metadata = dict(state.metadata or {})
+            return LoadedWeights(report, metadata, bool(metadata.get("bbox_normalization")),
+                                 "solverstate")
+        report = net.copy_from(path)
+        # Net.save_weights(path, meta) stores the caller's keys beside net / phase.
+        metadata = dict(meta.get("metadata") or {k: v for k, v in meta.items()
+                                                  if k not in ("net", "phase")})
+        normalized = bool(metadata.get("bbox_normalization")) and not meta.get("unnormalized")
+        return LoadedWeights(report, metadata, normalized, "native")
+    report = net.copy_from(path)
+    metadata = {}
+    stem = path[:-len(".caffemodel")] if path.endswith(".caffemodel") else None
+    if stem and os.path.isfile(stem + ".solverstate.npz"):
+        metadata = dict(_meta_only(stem + ".solverstate.npz").get("metadata") or {})
+    return LoadedWeights(report, metadata, False, "caffemodel")
+
+
+# -- which test net, at which scale ------------------------------------------------------------
+
+def _is_data_layer(lp):
+    return lp.type == "RoIData" or (
+        lp.type == "Python" and lp.python_param.module == "roi_data_layer.layer")
+
+
+def _phases(lp):
+    """Phases named by ``lp``'s include rules ("TRAIN"/"TEST"), and those
+    excluded."""
+    from netdef import caffe_pb2
+    names = {caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}
+    include = {names[r.phase] for r in lp.include if r.HasField("phase")}
+    exclude = {names[r.phase] for r in lp.exclude if r.HasField("phase")}
+    return include, exclude
+
+
+def resolve_test_net(path):
+    """The prototxt holding the test net for ``path`` (see the module
+    docstring): ``(test path, phase-split)`` where phase-split says the
+    file holds both phases. Raises NetDefinitionError when a training file
+    has no test file beside it."""
+    from netdef.schema import read_net
+    path = os.fspath(path)
+    param = read_net(path)
+    has_test_layers = False
+    has_data_layer = False
+    for lp in param.layer:
+        include, exclude = _phases(lp)
+        if "TEST" in include or "TRAIN" in exclude:
+            has_test_layers = True
+        if _is_data_layer(lp) and "TEST" not in include:
+            has_data_layer = True
+    if has_test_layers or not has_data_layer:
+        return path, has_test_layers
+    folder, name = os.path.split(path)
+    candidates = []
+    at = name.rfind("train")
+    if at >= 0:
+        renamed = name[:at] + "test" + name[at + len("train"):]
+        candidates.append(renamed)
+        if "_ohem" in renamed:
+            candidates.append(renamed.replace("_ohem", ""))
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(folder, candidate)):
+            return os.path.join(folder, candidate), False
+    tried = ", ".join(os.path.join(folder, c) for c in candidates) or "(no 'train' in the name)"
+    raise NetDefinitionError(
+        f"{path}: a training net without a TEST phase, and no test net beside it (looked for "
+        f"{tried}); give one with --test-net, or write both phases in one file "
+        f"(python -m prototxt.rfcn ... --phase BOTH)")
+
+
+def find_data_layer_scale(*paths):
+    """``(scale, max_size)`` from the first RoIData / roi_data_layer layer
+    found in ``paths`` (its first scale), else (600, 1000)."""
+    from layers.python_compat import parse_param_str
+    from netdef.schema import read_net
+    for path in paths:
+        if path is None:
+            continue
+        for lp in read_net(path).layer:
+            if not _is_data_layer(lp):
+                continue
+            if lp.type == "RoIData":
+                p = lp.roi_data_param
+                scales = list(p.scales) or [DEFAULT_SCALE]
+                return int(scales[0]), int(p.max_size)
+            values = parse_param_str(lp.python_param.param_str)
+            scales = values.get("scales") or [DEFAULT_SCALE]
+            scales = [scales] if np.isscalar(scales) else list(scales)
+            return int(scales[0]), int(values.get("max_size", DEFAULT_MAX_SIZE))
+    return DEFAULT_SCALE, DEFAULT_MAX_SIZE
+
+
+@dataclasses.dataclass
+class TestNetInfo:
+    """How to run a test net: its file, image scale, box normalization,
+    class names (None when unknown) and the weights' metadata."""
+    path: str
+    scale: int
+    max_size: int
+    bbox_normalization: object
+    classes: tuple
+    metadata: dict
+    weights: object
+
+
+def load_test_net(net_path, weights, *, device=None, test_net=None, scale=None, max_size=None,
+                  classes=None, stream=None):
+    """Build the TEST net of ``net_path`` (``test_net`` overrides which
+    file) and load ``weights``. The scale comes from ``scale`` / ``max_size``,
+    else the training metadata, else the net file's data layer, else
+    600 / 1000. Class names: ``classes``, else the metadata's. The weights
+    report goes to ``stream``. Returns ``(net, TestNetInfo)``."""
+    from netdef import Net
+    test_path = os.fspath(test_net) if test_net else resolve_test_net(net_path)[0]
+    net = Net(test_path, "TEST", device=device)
+    loaded = load_weights(net, weights)
+    if stream is not None:
+        print(loaded.report.summary(), file=stream)
+    meta = loaded.metadata
+    if scale is None or max_size is None:
+        stored = meta.get("test_scale")
+        found = tuple(stored) if stored else find_data_layer_scale(net_path, test_path)
+        scale = found[0] if scale is None else scale
+        max_size = found[1] if max_size is None else max_size
+    normalization = None
+    if loaded.normalized:
+        normalization = BoxNormalization.from_dict(meta["bbox_normalization"])
+    names = tuple(classes) if classes else (tuple(meta["classes"]) if meta.get("classes")
+                                            else None)
+    return net, TestNetInfo(test_path, int(scale), int(max_size), normalization, names, meta,
+                            loaded)
+
+
+def read_class_names(path):
+    """Class names from a text file, one per line (blank lines and ``#``
+    comments skipped); ``__background__`` is put first when missing."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            names = [line.strip() for line in handle]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the class list: {exc.strerror or exc}") from None
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise DataError(f"{path}: the class list is empty")
+    if names[0] != "__background__":
+        names.insert(0, "__background__")
+    return tuple(names)
+
+
+def generic_classes(count):
+    """``("__background__", "class1", ...)`` for ``count`` classes."""
+    return ("__background__",) + tuple(f"class{i}" for i in range(1, count))

@@ -1,0 +1,222 @@
+"""Evaluate a trained detector on a dataset's test split.
+
+    python -m solver.test NET --weights W [--data DIR] [--split test] [--dump FILE]
+                          [--gpu N | --cpu] [--classes FILE] [--test-net FILE]
+
+NET is the net file given to ``solver.train`` (its TEST phase, or the test
+file beside a training file: see solver.detector) or a test net. W is a
+solver snapshot (``.solverstate.npz``: its box deltas are mapped back with
+the stored normalization) or a ``.caffemodel`` (normalization folded into
+the weights, as the solver exports them; py-R-FCN's own models too).
+
+Without ``--data`` the built-in synthetic dataset is used. PASCAL VOC-layout
+data gets VOC AP at IoU 0.5 under both metrics (VOC07 11-point and area),
+difficult objects excluded, with a per-class table; COCO JSON data gets
+COCO-style AP (IoU 0.50:0.95, AP50, AP75, AR at 100 detections).
+``--dump FILE`` writes every detection (image id, class, score, box in
+0-based pixels) as JSON. Results also go to ``FILE.json`` with ``--results``.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from netdef.errors import DataError, DeviceError, EngineError
+
+__all__ = ["main", "select_device", "open_dataset", "builtin_dataset", "is_coco_path",
+           "evaluate_detections", "add_device_arguments"]
+
+
+# -- helpers shared by the entry points ----------------------------------------------------
+
+def add_device_arguments(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--gpu", type=int, metavar="N",
+                       help="run on GPU N through CuPy (an error when CuPy sees no GPU)")
+    group.add_argument("--cpu", action="store_true", help="run on the CPU (the default)")
+
+
+def select_device(gpu):
+    """The CPU for ``gpu`` None, else GPU ``gpu``; DeviceError, saying so,
+    when CuPy sees no GPU."""
+    from netdef.device import CPU, Device, gpu_available
+    if gpu is None:
+        return CPU
+    if not gpu_available():
+        raise DeviceError(
+            f"--gpu {gpu}: no CUDA GPU is visible to CuPy on this machine (CuPy not installed, "
+            "no NVIDIA driver, or no device); install the GPU extra (pip install -e '.[gpu]') "
+            "on a machine with a GPU, or run on the CPU (--cpu, the default)")
+    return Device("gpu", gpu)
+
+
+def builtin_dataset(say=print):
+    """The root of the built-in synthetic dataset (generated on first use),
+    announced through ``say``."""
+    from solver.datasets.synthetic import default_dataset_root, ensure_dataset
+    root = default_dataset_root()
+    fresh = not os.path.isfile(os.path.join(root, "synthetic.json"))
+    started = time.perf_counter()
+    if fresh:
+        say(f"no --data: generating the built-in synthetic dataset (6 shape classes, 1000 "
+            f"trainval + 200 test images of 192x256) in {root} ...")
+    root = ensure_dataset()
+    if fresh:
+        say(f"generated in {time.perf_counter() - started:.1f}s")
+    else:
+        say(f"no --data: using the built-in synthetic dataset (6 shape classes, 1000 trainval "
+            f"+ 200 test images of 192x256) in {root}")
+    return root
+
+
+def is_coco_path(path):
+    """True for a COCO instances JSON or a COCO root folder."""
+    from solver.datasets.voc import find_voc_years, is_voc_layout
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path.lower().endswith(".json")
+    return os.path.isdir(path) and not (is_voc_layout(path) or find_voc_years(path))
+
+
+def open_dataset(root, split, *, on_error="raise", for_testing=False):
+    """``load_dataset`` with the options an entry point wants: a test split
+    keeps images without objects (they can still get false positives)."""
+    from solver.datasets import load_dataset
+    options = {"keep_empty": True} if for_testing else {}
+    return load_dataset(root, split, on_error=on_error, **options)
+
+
+def evaluate_detections(dataset, all_boxes, coco=False):
+    """``(result, table text, summary dict)`` of VOC or COCO evaluation."""
+    from solver.evaluation import evaluate_coco, evaluate_voc, format_table
+    if coco:
+        result = evaluate_coco(dataset, all_boxes)
+        summary = {"metric": "coco", "ap": result.ap, "ap50": result.ap50, "ap75": result.ap75,
+                   "ar": result.ar}
+    else:
+        result = evaluate_voc(dataset, all_boxes, use_07_metric=True)
+        summary = {"metric": "voc", "map_07": result.mean_ap_07,
+                   "map_area": result.mean_ap_area}
+    return result, format_table(result, dataset.classes), summary
+
+
+def summary_line(summary):
+    if summary["metric"] == "coco":
+        return (f"COCO AP {summary['ap']:.4f} (AP50 {summary['ap50']:.4f}, AP75 "
+                f"{summary['ap75']:.4f}, AR {summary['ar']:.4f})")
+    return (f"mAP {summary['map_07']:.4f} (VOC07 11-point), {summary['map_area']:.4f} "
+            f"(area), IoU > 0.5, difficult objects excluded")
+
+
+def detection_progress(stream, every=50):
+    """A progress callback printing every ``every`` images."""
+    started = time.perf_counter()
+
+    def report(done, total):
+        if done == total or done % every == 0:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            print(f"  detected {done}/{total} images ({rate:.1f} images/s)", file=stream,
+                  flush=True)
+    return report
+
+
+# -- the entry point -------------------------------------------------------------------------
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m solver.test",
+        description="Evaluate a detector: VOC mAP (VOC07 11-point and area) per class, or "
+                    "COCO-style AP for COCO data.",
+        epilog="Example: python -m solver.test prototxt/rfcn_tiny.prototxt "
+               "--weights out/rfcn_tiny/rfcn_tiny_iter_4000.caffemodel")
+    parser.add_argument("net", help="the net file (training file with both phases, or a "
+                                    "test net)")
+    parser.add_argument("--weights", required=True,
+                        help="a snapshot (.solverstate.npz) or a .caffemodel")
+    parser.add_argument("--data", help="dataset: a VOC-layout folder, a VOCdevkit, or a COCO "
+                                       "JSON file (default: the built-in synthetic dataset)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    parser.add_argument("--dump", metavar="FILE", help="write every detection as JSON")
+    parser.add_argument("--results", metavar="FILE", help="write the metrics as JSON")
+    parser.add_argument("--classes", metavar="FILE",
+                        help="class names, one per line (default: the snapshot's, else the "
+                             "dataset's)")
+    parser.add_argument("--test-net", metavar="FILE",
+                        help="the test net, when it is not found from NET")
+    parser.add_argument("--scale", type=int, help="shorter image side (default: the "
+                                                  "training scale)")
+    parser.add_argument("--max-size", type=int, help="cap of the longer side")
+    parser.add_argument("--score-threshold", type=float, default=0.05,
+                        help="detections scoring at most this are dropped (default 0.05)")
+    parser.add_argument("--nms", type=float, default=0.3, help="per-class NMS IoU (default 0.3)")
+    parser.add_argument("--max-per-image", type=int, default=100,
+                        help="detections kept per image (default 100)")
+    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                        help="bad annotations: stop, or skip them with a warning")
+    add_device_arguments(parser)
+    return parser
+
+
+def main(argv=None, stream=None):
+    args = build_parser().parse_args(argv)
+    stream = sys.stdout if stream is None else stream
+    try:
+        return _run(args, stream)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args, stream):
+    from solver.detector import Detector, load_test_net, read_class_names
+
+    def say(text):
+        print(text, file=stream, flush=True)
+
+    device = select_device(args.gpu)
+    root = args.data if args.data else builtin_dataset(say)
+    dataset = open_dataset(root, args.split, on_error=args.on_error, for_testing=True)
+    classes = read_class_names(args.classes) if args.classes else None
+    net, info = load_test_net(args.net, args.weights, device=device, test_net=args.test_net,
+                              scale=args.scale, max_size=args.max_size, classes=classes,
+                              stream=stream)
+    names = info.classes
+    if names is not None and tuple(names) != tuple(dataset.classes):
+        if len(names) != len(dataset.classes):
+            raise DataError(
+                f"{args.weights}: the detector knows {len(names)} classes "
+                f"({', '.join(names[1:])}), dataset '{dataset.name}' has "
+                f"{len(dataset.classes)} ({', '.join(dataset.classes[1:])})")
+        say(f"note: class names differ between the weights ({', '.join(names[1:])}) and the "
+            f"dataset ({', '.join(dataset.classes[1:])}); evaluating by class index")
+    say(f"testing {info.path} (TEST phase) on {len(dataset)} images of '{dataset.name}' split "
+        f"'{args.split}', scale {info.scale} (max {info.max_size}), on {device}"
+        + (", box deltas un-normalized with the snapshot's stds/means"
+           if info.bbox_normalization else ""))
+    detector = Detector(net, scale=info.scale, max_size=info.max_size,
+                        bbox_normalization=info.bbox_normalization,
+                        score_thresh=args.score_threshold, nms_thresh=args.nms,
+                        max_per_image=args.max_per_image)
+    started = time.perf_counter()
+    all_boxes = detector.detect_dataset(dataset, detection_progress(stream))
+    elapsed = time.perf_counter() - started
+    _, table, summary = evaluate_detections(dataset, all_boxes, coco=is_coco_path(root))
+    say(table)
+    say(summary_line(summary))
+    say(f"{len(dataset)} images in {elapsed:.1f}s")
+    if args.dump:
+        from solver.evaluation import dump_detections
+        count = dump_detections(args.dump, dataset, all_boxes)
+        say(f"wrote {count} detections to {args.dump}")
+    if args.results:
+        from netdef.snapshot_format import atomic_writer
+        with atomic_writer(args.results) as handle:
+            handle.write(json.dumps(dict(summary, weights=os.fspath(args.weights),
+                                         images=len(dataset)), indent=1).encode("utf-8"))
+        say(f"wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
