@@ -23,7 +23,7 @@ import sys
 
 from netdef.errors import EngineError
 
-__all__ = ["main", "detections_json"]
+__all__ = ["main", "detections_json", "dumps"]
 
 
 def detections_json(path, image_shape, per_class, classes, threshold):
@@ -38,6 +38,16 @@ def detections_json(path, image_shape, per_class, classes, threshold):
     found.sort(key=lambda d: -d["score"])
     return {"image": os.fspath(path), "width": int(width), "height": int(height),
             "detections": found}
+
+
+def dumps(results):
+    """The JSON text of ``results``, one detection per line."""
+    images = []
+    for entry in results:
+        head = json.dumps({k: v for k, v in entry.items() if k != "detections"})[:-1]
+        dets = ",\n".join("  " + json.dumps(d) for d in entry["detections"])
+        images.append(f'{head}, "detections": [' + (f"\n{dets}\n" if dets else "") + "]}")
+    return "[\n" + ",\n".join(images) + "\n]"
 
 
 def build_parser():
@@ -130,7 +140,7 @@ def _run(args, stream, messages):
             draw_detections(path, [(d["class"], d["score"], d["box"])
                                     for d in entry["detections"]], target, classes=names)
             say(f"  drawn: {target}")
-    text = json.dumps(results, indent=1)
+    text = dumps(results)
     if args.json:
         from netdef.snapshot_format import atomic_writer
         with atomic_writer(args.json) as handle:

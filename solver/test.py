@@ -137,6 +137,8 @@ def build_parser():
     parser.add_argument("--data", help="dataset: a VOC-layout folder, a VOCdevkit, or a COCO "
                                        "JSON file (default: the built-in synthetic dataset)")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    parser.add_argument("--images", type=int, metavar="N",
+                        help="evaluate the first N images of the split only (a quick check)")
     parser.add_argument("--dump", metavar="FILE", help="write every detection as JSON")
     parser.add_argument("--results", metavar="FILE", help="write the metrics as JSON")
     parser.add_argument("--classes", metavar="FILE",
@@ -177,10 +179,20 @@ def _run(args, stream):
     device = select_device(args.gpu)
     root = args.data if args.data else builtin_dataset(say)
     dataset = open_dataset(root, args.split, on_error=args.on_error, for_testing=True)
+    if args.images is not None:
+        from solver.datasets import DetectionDataset
+        dataset = DetectionDataset(dataset.name, dataset.classes,
+                                   dataset.records[:max(args.images, 0)])
     classes = read_class_names(args.classes) if args.classes else None
     net, info = load_test_net(args.net, args.weights, device=device, test_net=args.test_net,
                               scale=args.scale, max_size=args.max_size, classes=classes,
                               stream=stream)
+    scored = net.blobs["cls_prob"].shape[-1] if "cls_prob" in net.blobs else None
+    if not args.data and scored is not None and dataset.num_classes < scored:
+        from solver.train import pad_classes
+        say(f"note: the net scores {scored - 1} classes, the built-in dataset has "
+            f"{dataset.num_classes - 1}: the others have no test objects")
+        dataset = pad_classes(dataset, scored)
     names = info.classes
     if names is not None and tuple(names) != tuple(dataset.classes):
         if len(names) != len(dataset.classes):

@@ -172,6 +172,16 @@ def class_mismatch_hint(net_path, num_classes):
     return f"{command} > {stem}_{num_classes}classes.prototxt"
 
 
+def pad_classes(dataset, num_classes):
+    """``dataset`` with placeholder classes ``unused<k>`` appended up to
+    ``num_classes`` (records unchanged): the built-in dataset's 6 shapes
+    fill the first classes of a net built for more (e.g. VOC's 20), whose
+    other classes then see no examples (and no evaluation)."""
+    from solver.datasets import DetectionDataset
+    extra = tuple(f"unused{k}" for k in range(dataset.num_classes, num_classes))
+    return DetectionDataset(dataset.name, tuple(dataset.classes) + extra, dataset.records)
+
+
 def _check_classes(dataset, data_layer, net_path, what):
     if dataset.num_classes == data_layer.num_classes:
         return
@@ -221,6 +231,8 @@ def build_parser():
     parser.add_argument("--eval-interval", type=int,
                         help="evaluate the mAP every N iterations too (default: the solver's "
                              "test_interval, else only at the end)")
+    parser.add_argument("--test-images", type=int, metavar="N",
+                        help="evaluate on the first N test images only (a quick check)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="bad annotations: stop, or skip them with a warning")
@@ -387,13 +399,24 @@ class Training:
         else:
             root = builtin_dataset(self.say)
         train_set = open_dataset(root, args.train_split, on_error=args.on_error)
+        padded = not args.data and train_set.num_classes < data_layer.num_classes
+        if padded:
+            self.say(f"note: the net is built for {data_layer.num_classes - 1} classes, the "
+                     f"built-in dataset has {train_set.num_classes - 1}: they train as the first "
+                     f"{train_set.num_classes - 1}, the others get no examples (a net for this "
+                     f"dataset: {class_mismatch_hint(net_path, train_set.num_classes)})")
+            train_set = pad_classes(train_set, data_layer.num_classes)
         what = f"{data_layer.name}'s num_classes"
         _check_classes(train_set, data_layer, net_path, what)
         data_layer.set_dataset(train_set)
-        self.say(f"training on {len(train_set)} images of '{train_set.name}' "
-                 f"({train_set.num_classes - 1} classes: {', '.join(train_set.classes[1:])}), "
-                 f"{len(data_layer._entries)} examples with flips, scale {data_layer.scales} "
-                 f"max {data_layer.max_size}")
+        left_out = f" ({len(data_layer.skipped)} without objects left out)" \
+            if data_layer.skipped else ""
+        self.say(f"training on {len(train_set) - len(data_layer.skipped)} images of "
+                 f"'{train_set.name}'{left_out} ({train_set.num_classes - 1} classes: "
+                 f"{', '.join(train_set.classes[1:])}), "
+                 f"{'with' if data_layer.use_flipped else 'without'} flips, shorter side "
+                 f"{'/'.join(str(v) for v in data_layer.scales)}, longer at most "
+                 f"{data_layer.max_size}")
         test_set = None
         if not args.no_eval:
             try:
@@ -401,6 +424,12 @@ class Training:
                                         for_testing=True)
             except DataError as exc:
                 self.say(f"no evaluation: cannot read the test split: {exc}")
+            if test_set is not None and padded:
+                test_set = pad_classes(test_set, data_layer.num_classes)
+            if test_set is not None and args.test_images is not None:
+                from solver.datasets import DetectionDataset
+                test_set = DetectionDataset(test_set.name, test_set.classes,
+                                            test_set.records[:max(args.test_images, 0)])
         self.coco = is_coco_path(root)
 
         # Initial weights.

@@ -187,3 +187,12 @@ def test_committed_nets_start_with_the_roidata_layer_in_train():
         assert first.type == "RoIData" and [r.phase for r in first.include] == [caffe_pb2.TRAIN]
         assert net.layer[1].type == "Input" and \
             [r.phase for r in net.layer[1].include] == [caffe_pb2.TEST]
+
+
+def test_pad_classes_lets_a_larger_net_train_on_the_builtin_classes(data):
+    from solver.datasets import load_dataset
+    dataset = load_dataset(data, "trainval")
+    padded = train.pad_classes(dataset, 10)
+    assert padded.classes[:7] == dataset.classes
+    assert padded.classes[7:] == ("unused7", "unused8", "unused9")
+    assert padded.records == dataset.records and padded.num_classes == 10
