@@ -1,0 +1,266 @@
+"""Proposals of a trained RPN over a dataset, in a pickle-free file keyed by
+its content (what py-faster-rcnn's ``rpn_generate`` writes as a pickle
+between the stages of its alternating optimization).
+
+    net = Net("prototxt/rfcn_tiny_staged_rpn_test.prototxt", "TEST", weights=rpn_weights)
+    proposals = generate_proposals(net, dataset.records, scale=192, max_size=256)
+    proposals.save("stage1_proposals.npz")
+    boxes = Proposals.load("stage1_proposals.npz").for_dataset(dataset, "stage1_proposals.npz")
+    data_layer.set_dataset(dataset, proposals=boxes)
+
+One image, as py-faster-rcnn's ``im_proposals``: the image is scaled
+(shorter side ``scale``, longer side at most ``max_size``) and
+mean-subtracted, ``data`` and ``im_info`` go forward, and the ``rois`` blob
+``(R, 5)`` ``[0, x1, y1, x2, y2]`` divided by the image scale gives the
+image's proposals ``(R, 4)`` in its own pixels (highest score first, as the
+Proposal layer orders them); the ``scores`` blob ``(R, 1)`` is kept when the
+net has one. Flipped training images use the same proposals, mirrored by the
+data layer (py-faster-rcnn does the same).
+
+The file (``netdef.snapshot_format``: an ``.npz`` of arrays plus JSON, no
+pickle) holds ``boxes`` ``(N, 4)`` float32, the proposals of all images
+concatenated, ``counts`` ``(I,)`` int64 per image, ``scores`` ``(N,)``
+float32 when present, and in its metadata the image ids (in file order),
+the dataset name, the cache ``key`` and what produced it.
+
+``proposals_key`` hashes everything the proposals depend on: the RPN net
+(its text after any overrides), the bytes of the weights file, the image
+scaling, the blob names and dtype, and for every image its id, path, size
+and the size, mtime and inode of its file (the rule of the dataset
+annotation cache: a replaced image changes at least one of them). A file
+whose key matches can be reused as it is; ``load_or_generate`` does that.
+"""
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+from netdef.errors import DataError, NetDefinitionError, WeightsError
+
+__all__ = ["Proposals", "generate_proposals", "proposals_key", "load_or_generate",
+           "cache_path", "KIND", "VERSION"]
+
+KIND = "rpn-proposals"
+VERSION = 1
+
+
+@dataclasses.dataclass(eq=False)
+class Proposals:
+    """Proposals per image.
+
+    Attributes:
+        image_ids: list of str, one per image.
+        boxes: list of ``(R_i, 4)`` float32 ``[x1, y1, x2, y2]`` in the
+            image's pixels (0-based, inclusive).
+        scores: list of ``(R_i,)`` float32 objectness scores, or None.
+        meta: JSON-serialisable dict (key, dataset, how they were made).
+    """
+    image_ids: list
+    boxes: list
+    scores: list = None
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.image_ids = [str(i) for i in self.image_ids]
+        self.boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in self.boxes]
+        if len(self.boxes) != len(self.image_ids):
+            raise ValueError(f"{len(self.boxes)} box arrays for {len(self.image_ids)} images")
+        if self.scores is not None:
+            self.scores = [np.asarray(s, np.float32).reshape(-1) for s in self.scores]
+            if [len(s) for s in self.scores] != [len(b) for b in self.boxes]:
+                raise ValueError("scores and boxes differ in count for some image")
+
+    def __len__(self):
+        return len(self.image_ids)
+
+    @property
+    def total(self):
+        """The number of proposals over all images."""
+        return int(sum(len(b) for b in self.boxes))
+
+    def save(self, path):
+        """Write to ``path`` atomically (see the module docstring)."""
+        from netdef.snapshot_format import save_arrays
+        counts = np.array([len(b) for b in self.boxes], np.int64)
+        arrays = {"boxes": np.concatenate(self.boxes) if self.boxes
+                  else np.zeros((0, 4), np.float32), "counts": counts}
+        if self.scores is not None:
+            arrays["scores"] = np.concatenate(self.scores) if self.scores \
+                else np.zeros((0,), np.float32)
+        meta = dict(self.meta, kind=KIND, version=VERSION, image_ids=self.image_ids)
+        save_arrays(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by ``save``; a foreign, damaged or
+        inconsistent file raises DataError naming it."""
+        from netdef.snapshot_format import load_arrays
+        path = os.fspath(path)
+        try:
+            arrays, meta = load_arrays(path)
+        except WeightsError as exc:
+            raise DataError(f"proposals file {exc}") from None
+        if meta.get("kind") != KIND:
+            raise DataError(f"{path}: not a proposals file (kind {meta.get('kind')!r})")
+        if meta.get("version") != VERSION:
+            raise DataError(f"{path}: proposals file version {meta.get('version')} is not "
+                            f"supported (this reader: {VERSION})")
+        ids = meta.get("image_ids")
+        boxes, counts = arrays.get("boxes"), arrays.get("counts")
+        if not isinstance(ids, list) or boxes is None or counts is None:
+            raise DataError(f"{path}: proposals file without image_ids, boxes or counts")
+        if counts.ndim != 1 or len(counts) != len(ids) or (counts < 0).any() \
+                or int(counts.sum()) != len(boxes) or boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise DataError(f"{path}: inconsistent proposals file ({len(ids)} image ids, "
+                            f"{counts.shape} counts summing to {int(counts.sum())}, boxes "
+                            f"{boxes.shape})")
+        splits = np.cumsum(counts)[:-1]
+        scores = arrays.get("scores")
+        if scores is not None and scores.shape != (len(boxes),):
+            raise DataError(f"{path}: {scores.shape} scores for {len(boxes)} boxes")
+        meta = {k: v for k, v in meta.items() if k not in ("kind", "version", "image_ids")}
+        return cls(ids, np.split(boxes, splits),
+                   None if scores is None else np.split(scores, splits), meta)
+
+    def for_dataset(self, dataset, source="proposals"):
+        """The boxes in the order of ``dataset.records`` (matched by image
+        id), as ``RoIDataLayer.set_dataset(dataset, proposals=...)`` takes
+        them. DataError, naming ``source``, when an image has none."""
+        index = {image_id: i for i, image_id in enumerate(self.image_ids)}
+        missing = [r.image_id for r in dataset.records if r.image_id not in index]
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise DataError(
+                f"{source}: no proposals for {len(missing)} of the {len(dataset.records)} images "
+                f"of dataset '{getattr(dataset, 'name', 'dataset')}' ({shown}); they were "
+                f"generated for {len(self.image_ids)} images"
+                + (f" of '{self.meta['dataset']}'" if self.meta.get("dataset") else ""))
+        return [self.boxes[index[r.image_id]] for r in dataset.records]
+
+
+def _blob_array(net, name, what):
+    from netdef.device import to_numpy
+    if name not in net.blobs:
+        raise NetDefinitionError(
+            f"{net.source}: the RPN net has no blob '{name}' ({what}); its blobs: "
+            f"{', '.join(net.blobs)}")
+    return to_numpy(net.blobs[name].data)
+
+
+def generate_proposals(net, records, *, scale=600, max_size=1000, rois_blob="rois",
+                       scores_blob="scores", progress=None, meta=None):
+    """Proposals of ``net`` (a TEST-phase RPN Net with inputs ``data`` and
+    ``im_info``) for every record of ``records`` (ImageRecord list), in
+    order. ``progress(done, total)`` is called after each image. The next
+    image is read in a background thread while the net runs. Returns
+    ``Proposals`` (scores kept when the net has ``scores_blob``)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from solver.preprocess import load_image_bgr, prepare_image
+    for name in ("data", "im_info"):
+        if name not in net.blobs:
+            raise NetDefinitionError(
+                f"{net.source}: the RPN net needs the inputs data and im_info; it has no blob "
+                f"'{name}' (inputs: {', '.join(net.inputs) or 'none'})")
+    with_scores = scores_blob in net.blobs
+    records = list(records)
+    boxes, scores = [], []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load_image_bgr, records[0].path) if records else None
+        for i, record in enumerate(records):
+            image = pending.result()
+            if i + 1 < len(records):
+                pending = pool.submit(load_image_bgr, records[i + 1].path)
+            blob, im_scale = prepare_image(image, scale, max_size)
+            im_info = np.array([[blob.shape[2], blob.shape[3], im_scale]], np.float32)
+            net.forward(data=blob, im_info=im_info)
+            rois = _blob_array(net, rois_blob, "the proposals, (R, 5)")
+            if rois.ndim != 2 or rois.shape[1] != 5:
+                raise NetDefinitionError(
+                    f"{net.source}: blob '{rois_blob}' should hold proposals (R, 5) "
+                    f"[batch, x1, y1, x2, y2], found shape {rois.shape}")
+            # Back to the image's own pixels (py-faster-rcnn's im_proposals).
+            boxes.append((rois[:, 1:5].astype(np.float64) / im_scale).astype(np.float32))
+            if with_scores:
+                scores.append(_blob_array(net, scores_blob, "scores").reshape(-1)
+                              .astype(np.float32))
+            if progress is not None:
+                progress(i + 1, len(records))
+    return Proposals([r.image_id for r in records], boxes, scores if with_scores else None,
+                     dict(meta or {}))
+
+
+def _file_digest(path, chunk=1 << 22):
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while True:
+                block = handle.read(chunk)
+                if not block:
+                    break
+                digest.update(block)
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read the weights: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+def _image_identity(record):
+    try:
+        st = os.stat(record.path)
+        stat = [st.st_size, st.st_mtime_ns, st.st_ino]
+    except OSError as exc:
+        stat = ["missing", type(exc).__name__]
+    return [record.image_id, os.path.abspath(record.path), int(record.width),
+            int(record.height), stat]
+
+
+def proposals_key(net_text, weights_path, records, *, scale, max_size, rois_blob="rois",
+                  scores_blob="scores", dtype="float32"):
+    """The cache key (hex) of the proposals of the RPN net ``net_text``
+    (its prototxt text, overrides applied) with the weights file
+    ``weights_path`` over ``records``, at this image scaling."""
+    digest = hashlib.sha256()
+
+    def add(label, value):
+        digest.update(json.dumps([label, value], sort_keys=True).encode("utf-8"))
+        digest.update(b"\0")
+
+    add("kind", [KIND, VERSION])
+    add("net", net_text)
+    add("weights", _file_digest(weights_path))
+    add("scaling", [int(scale), int(max_size)])
+    add("blobs", [rois_blob, scores_blob])
+    add("dtype", str(np.dtype(dtype)))
+    add("images", [_image_identity(r) for r in records])
+    return digest.hexdigest()
+
+
+def cache_path(folder, stem, key):
+    """``<folder>/<stem>_<first 16 hex digits of key>.npz``."""
+    return os.path.join(os.fspath(folder), f"{stem}_{key[:16]}.npz")
+
+
+def load_or_generate(path, key, make, say=None):
+    """The proposals in ``path`` when it exists and holds key ``key``;
+    otherwise ``make()``'s (a ``Proposals``), stamped with the key and
+    saved to ``path``. Returns ``(proposals, reused)``."""
+    if os.path.isfile(path):
+        try:
+            cached = Proposals.load(path)
+        except DataError as exc:
+            if say:
+                say(f"ignoring the unreadable proposals cache {path} ({exc})")
+        else:
+            if cached.meta.get("key") == key:
+                return cached, True
+            if say:
+                say(f"{path} holds proposals of other inputs (key mismatch): generating again")
+    started = time.perf_counter()
+    proposals = make()
+    proposals.meta = dict(proposals.meta, key=key,
+                          seconds=round(time.perf_counter() - started, 3))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    proposals.save(path)
+    return proposals, False
