@@ -58,6 +58,8 @@ import secrets
 import sys
 import time
 
+import numpy as np
+
 from netdef.errors import DataError, EngineError, NetDefinitionError, NumericalError
 
 __all__ = ["main", "classify_file", "is_schedule", "run_schedule", "apply_reference_config",
@@ -145,6 +147,53 @@ def apply_reference_config(net_param):
             lp.python_param.param_str = (stripped + ", " if stripped else "") + added
         applied += [(lp.name, k, v) for k, v in extra.items()]
     return applied
+
+
+# -- BLAS threads ------------------------------------------------------------------------
+
+#: Nets below this many multiply-adds per forward pass run their matrix
+#: products on one BLAS thread: their products are small, a second thread
+#: gains nothing, and when the cores are shared with other work OpenBLAS's
+#: threads wait on each other (measured: the tiny R-FCN at 20 iterations/s on
+#: one thread, 2/s on two beside one other busy process on 2 cores).
+SMALL_NET_MACS = 2e9
+
+
+def multiply_adds(net):
+    """Multiply-adds of one forward pass through the convolutions and inner
+    products of ``net`` at its current blob shapes."""
+    total = 0
+    for lp, layer, tops in zip(net.layer_params, net.layers, net.top_blobs):
+        if lp.type in ("Convolution", "InnerProduct") and layer.blobs and tops:
+            weight = layer.blobs[0].shape
+            total += int(tops[0].count) * int(np.prod(weight[1:]))
+    return total
+
+
+def set_blas_threads(count):
+    """Set the thread count of the OpenBLAS that NumPy uses (its bundled
+    scipy-openblas or a system one), through its C API; returns True when
+    it did. Elsewhere (other BLAS libraries, no /proc) nothing happens."""
+    import ctypes
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as handle:
+            paths = sorted({line.split()[-1] for line in handle
+                            if "openblas" in line.lower() and ".so" in line.split()[-1]})
+    except OSError:
+        return False
+    names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+             "openblas_set_num_threads64_", "openblas_set_num_threads")
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            function = getattr(library, name, None)
+            if function is not None:
+                function(int(count))
+                return True
+    return False
 
 
 # -- class count ------------------------------------------------------------------------------
@@ -236,6 +285,9 @@ def build_parser():
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="bad annotations: stop, or skip them with a warning")
+    parser.add_argument("--blas-threads", type=int, metavar="N",
+                        help="BLAS threads (default: the library's, or 1 for nets under "
+                             f"{SMALL_NET_MACS / 1e9:g} G multiply-adds per pass on the CPU)")
     return parser
 
 
@@ -391,6 +443,7 @@ class Training:
                 f"py-R-FCN's Python roi_data_layer.layer.RoIDataLayer) for solver.train to feed "
                 f"the dataset through; found {len(data_layers)}")
         data_layer = data_layers[0]
+        self._choose_blas_threads(train_net, device)
 
         # Data.
         if args.data:
@@ -514,7 +567,12 @@ class Training:
         finally:
             data_layer.close()
         training_s = time.perf_counter() - started
-        summary = self.evaluate() if self.test_net is not None else None
+        try:
+            summary = self.evaluate() if self.test_net is not None else None
+        except KeyboardInterrupt:
+            print(f"interrupted during the evaluation; the weights are in {state_path}",
+                  file=self.stream)
+            return 130
         self._plot()
         model_path = state_path[:-len(".solverstate.npz")] + ".caffemodel"
         lines = [f"done: {solver.iter} iterations in {_duration(training_s)} (total "
@@ -529,6 +587,18 @@ class Training:
         for line in lines:
             self.say(line)
         return 0
+
+    def _choose_blas_threads(self, net, device):
+        threads, why = self.args.blas_threads, "--blas-threads"
+        if threads is None:
+            if device.is_gpu or "OPENBLAS_NUM_THREADS" in os.environ:
+                return
+            macs = multiply_adds(net)
+            if macs >= SMALL_NET_MACS:
+                return
+            threads, why = 1, f"a small net: {macs / 1e9:.2f} G multiply-adds per pass"
+        if set_blas_threads(threads):
+            self.say(f"BLAS on {threads} thread(s) ({why})")
 
     def _final_snapshot(self):
         from solver.snapshot import snapshot_paths
