@@ -5,6 +5,8 @@ benchmarks: ``gemm_gflops(xp)`` times a square float32 matmul with NumPy
     python -m bench.gemm [--gpu] [--size 2048] [--repeat 5]
 """
 import argparse
+import os
+import resource
 import time
 
 import numpy as np
@@ -30,6 +32,45 @@ def best_time(function, xp=np, repeat=5, warmup=1):
         synchronize(xp)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _system_busy_seconds():
+    """CPU seconds all processes have spent busy since boot (Linux), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: all but idle, iowait
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class OtherLoad:
+    """Context manager: how much CPU other processes used while the block
+    ran, as ``fraction`` (cores' worth: 0.5 = half a core on average).
+
+    On a shared machine other processes slow GEMM and convolution alike, in
+    bursts; benchmarks use this to tell a quiet measurement from a disturbed
+    one. The clock ticks are coarse (10 ms), so time blocks of a second or
+    more. Where /proc/stat does not exist, ``fraction`` is 0.
+    """
+
+    def __enter__(self):
+        self._start = (_system_busy_seconds(), _own_seconds(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy0, own0, wall0 = self._start
+        busy1, own1, wall1 = _system_busy_seconds(), _own_seconds(), time.perf_counter()
+        others = 0.0 if busy0 is None or busy1 is None else (busy1 - busy0) - (own1 - own0)
+        self.fraction = max(others, 0.0) / max(wall1 - wall0, 1e-9)
+        return False
 
 
 def gemm_gflops(xp=np, size=2048, repeat=5, dtype=np.float32):
