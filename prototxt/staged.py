@@ -36,11 +36,11 @@ data layer swap, keeps the sinks downstream of the RoI tops and everything
 they depend on.
 """
 import argparse
-import fnmatch
 import sys
 from pathlib import Path
 
 from netdef import caffe_pb2
+from netdef.errors import EngineError
 
 __all__ = ["stage_nets", "stage_file_names", "generated_files", "committed_files",
            "STAGE_NETS"]
@@ -239,17 +239,6 @@ def committed_files():
     return files
 
 
-def shared_layers(rpn_net, detector_net, patterns=None):
-    """Names of the layers that appear in both nets (the shared trunk),
-    optionally restricted to names matching one of ``patterns``."""
-    names = [lp.name for lp in rpn_net.layer]
-    other = {lp.name for lp in detector_net.layer}
-    shared = [n for n in names if n in other]
-    if patterns:
-        shared = [n for n in shared if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    return shared
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m prototxt.staged",
@@ -275,7 +264,7 @@ def main(argv=None):
             files = generated_files(str(source), stem, command)
         else:
             parser.error("give an end-to-end net file, or --regenerate")
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EngineError) as exc:
         parser.error(str(exc))
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():

@@ -104,6 +104,10 @@ _RUNNER_SOLVER_FIELDS = ("net", "net_param", "train_net", "train_net_param", "te
                          "snapshot_prefix", "weights")
 
 
+_KIND_WORDS = {"train": "a training stage", "proposals": "a generate_proposals stage",
+               "assemble": "an assemble stage"}
+
+
 class ScheduleError(NetDefinitionError):
     """A mistake in a schedule file or in how it is run; the message names
     the schedule file and the stage."""
@@ -156,7 +160,6 @@ class Schedule:
         self.path = os.fspath(path)
         text, _ = _read_source(self.path)
         self.param = parse_text(text, caffe_pb2.ScheduleParameter(), self.path)
-        self.text = text
         self.base_dir = os.path.dirname(os.path.abspath(self.path))
         self.name = self.param.name or os.path.splitext(os.path.basename(self.path))[0]
         self.stages, self.by_name = [], {}
@@ -169,9 +172,10 @@ class Schedule:
             self.by_name[stage.name] = stage
 
     # -- helpers ---------------------------------------------------------------------------
-    def error(self, stage, text):
-        return ScheduleError(f"{stage.where}: {text}" if isinstance(stage, Stage)
-                             else f"{self.path}: {stage}: {text}")
+    @staticmethod
+    def error(stage, text):
+        """A ScheduleError about ``stage`` (a Stage)."""
+        return ScheduleError(f"{stage.where}: {text}")
 
     def resolve(self, value, where, field):
         """``value`` relative to the schedule's folder (or absolute); an
@@ -196,11 +200,9 @@ class Schedule:
             raise ScheduleError(f"{where}: {field} '{name}' is not a stage of this schedule"
                                 f"{hint}; stages before this one: {', '.join(known) or 'none'}")
         if known[name].kind not in kinds:
-            wanted = " or ".join({"train": "a training stage", "proposals":
-                                  "a generate_proposals stage", "assemble":
-                                  "an assemble stage"}[k] for k in kinds)
-            raise ScheduleError(f"{where}: {field} '{name}' is a {known[name].kind} stage; it "
-                                f"must be {wanted}")
+            wanted = " or ".join(_KIND_WORDS[k] for k in kinds)
+            raise ScheduleError(f"{where}: {field} '{name}' is {_KIND_WORDS[known[name].kind]}; "
+                                f"it must be {wanted}")
         return name
 
     # -- one stage -------------------------------------------------------------------------
@@ -212,12 +214,13 @@ class Schedule:
         if not _NAME_RE.match(p.name):
             raise ScheduleError(f"{where}: the name must be letters, digits, '_', '.' or '-' "
                                 f"(it names the stage's output folder)")
-        if p.name in self.by_name or any(s.name == p.name for s in self.stages):
+        if p.name in self.by_name:
             raise ScheduleError(f"{where}: a stage named '{p.name}' comes earlier; stage names "
                                 f"must be unique")
         where = f"{self.path}: stage '{p.name}'"
-        training = [f for f in ("net", "solver", "proposals_from") if p.HasField(f)] + \
-            [f for f in ("init_from", "frozen_layer") if len(getattr(p, f))]
+        given = {field.name for field, _ in p.ListFields()}
+        training = [f for f in ("net", "solver", "init_from", "frozen_layer", "proposals_from")
+                    if f in given]
         kinds = (["training (" + ", ".join(training) + ")"] if training else []) + \
             [k for k in ("generate_proposals", "assemble") if p.HasField(k)]
         if len(kinds) != 1:
@@ -237,11 +240,8 @@ class Schedule:
         if not p.HasField("solver"):
             raise ScheduleError(f"{where}: a training stage needs solver {{ ... }} settings "
                                 f"(base_lr, lr_policy, max_iter, ...)")
-        owned = [f for f in _RUNNER_SOLVER_FIELDS
-                 if (p.solver.HasField(f) if f in ("net", "net_param", "train_net",
-                                                   "train_net_param", "test_interval",
-                                                   "snapshot_prefix")
-                     else len(getattr(p.solver, f)))]
+        given = {field.name for field, _ in p.solver.ListFields()}
+        owned = [f for f in _RUNNER_SOLVER_FIELDS if f in given]
         if owned:
             hint = " (use init_from for initial weights)" if "weights" in owned else ""
             raise ScheduleError(

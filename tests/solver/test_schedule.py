@@ -344,7 +344,8 @@ DET = ('net: "NETS/rfcn_tiny_staged_detector_train.prototxt" '
     (f'stage {{ name: "a" {RPN} }} stage {{ name: "p" generate_proposals {{ '
      f'rpn_net: "NETS/rfcn_tiny_staged_rpn_test.prototxt" from_stage: "a" }} }} '
      f'stage {{ name: "d" {DET} proposals_from: "a" }}',
-     r"stage 'd': proposals_from 'a' is a train stage; it must be a generate_proposals stage"),
+     r"stage 'd': proposals_from 'a' is a training stage; it must be a generate_proposals "
+     r"stage"),
     (f'stage {{ name: "a" {RPN} generate_proposals {{ }} }}',
      r"stage 'a': a stage is exactly one of.*found training \(net, solver\) and "
      r"generate_proposals"),
@@ -471,3 +472,34 @@ def test_the_reference_stage_nets_build():
     assert "rfcn_cls" in detector.layer_dict and "rpn_conv/3x3" not in detector.layer_dict
     proposals = schedule.by_name["stage1_proposals"]
     Net(proposals.net, "TEST")
+
+
+def test_the_built_in_dataset_fills_the_first_classes_of_a_larger_net(data, tmp_path,
+                                                                       monkeypatch):
+    from prototxt import rfcn
+    from prototxt.staged import generated_files
+    import solver.test
+    for name, text in generated_files(rfcn.rfcn_net_both("tiny", 9, 3), "nine", "test").items():
+        (tmp_path / name).write_text(text)
+    path = write_schedule(tmp_path, 'stage { name: "rpn" net: "nine_staged_rpn_train.prototxt" '
+                                    'solver { lr_policy: "fixed" base_lr: 0.01 max_iter: 1 } }')
+    monkeypatch.setattr(solver.test, "builtin_dataset", lambda say: str(data))
+    stream = io.StringIO()
+    runner = run_schedule(path, out=tmp_path / "out", seed=0, stream=stream, evaluate=False)
+    assert "is built for 8 classes, the built-in dataset has 6: they train as the first 6" \
+        in stream.getvalue()
+    assert runner.state["stages"]["rpn"]["status"] == "done"
+    assert runner.train_set.classes[-2:] == ("unused7", "unused8")
+
+
+def test_stage_nets_need_an_end_to_end_native_net(tmp_path):
+    from prototxt.staged import main as staged_main, stage_nets
+    text = open(os.path.join(PROTOTXT, "rfcn_tiny_staged_rpn_train.prototxt")).read()
+    with pytest.raises(ValueError, match=r"the TRAIN phase needs exactly one ProposalTarget "
+                                         r"layer .* \(found 0\)"):
+        stage_nets(text)
+    assert staged_main([os.path.join(PROTOTXT, "rfcn_tiny.prototxt"), "--out-dir",
+                        str(tmp_path), "--stem", "mine"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["mine_staged_detector_train.prototxt",
+                                            "mine_staged_rpn_test.prototxt",
+                                            "mine_staged_rpn_train.prototxt"]
