@@ -152,6 +152,10 @@ def main(argv=None):
     for name, seconds in rows:
         print(f"{name:<30} {seconds:>14.3f} {100 * seconds / iteration:>6.1f}%")
     print(f"{'total':<30} {iteration:>14.3f} {100.0:>6.1f}%")
+    other = PASSES_PER_ITERATION * sum(times[n][1] + times[n][2] for n in detection
+                                       if times[n][0] != "Convolution")
+    print(f"detection layers other than convolutions (PSROIPooling, Proposal, AnchorTarget, "
+          f"ProposalTarget, losses ...): {other:.3f} s ({100 * other / iteration:.2f}%)")
     worst = sorted(((times[n][1] + times[n][2], n, times[n][0]) for n in detection),
                    reverse=True)[:5]
     print("largest detection layers (fwd+bwd per pass): " +

@@ -379,6 +379,7 @@ class Training:
         from solver.progress import Progress
         args = self.args
         started = time.perf_counter()
+        self.device = self._device()
         param, solver_source, base, net_path, test_net = self._solver_and_net()
         stem = os.path.splitext(os.path.basename(net_path))[0]
         out = args.out or os.path.join("out", stem)
@@ -396,11 +397,11 @@ class Training:
         from netdef import Net
         from netdef.schema import read_net
         from solver.detector import (BoxNormalization, bbox_export_transform, bbox_param_layer,
-                                     find_data_layer_scale, load_weights, resolve_test_net)
+                                     load_weights, resolve_test_net)
         from solver.sgd import SGDSolver
         from solver.test import builtin_dataset, is_coco_path, open_dataset
         args = self.args
-        device = self._device()
+        device = self.device
 
         # Seed: one for the net (fillers, layer sampling) and the solver.
         if args.seed is not None:

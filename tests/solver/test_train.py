@@ -2,7 +2,6 @@
 snapshots, the .caffemodel export, resume, the evaluation, and the errors a
 user meets (class count, no GPU, a file that is no net)."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
