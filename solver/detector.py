@@ -389,8 +389,9 @@ def resolve_test_net(path):
     tried = ", ".join(os.path.join(folder, c) for c in candidates) or "(no 'train' in the name)"
     raise NetDefinitionError(
         f"{path}: a training net without a TEST phase, and no test net beside it (looked for "
-        f"{tried}); give one with --test-net, or write both phases in one file "
-        f"(python -m prototxt.rfcn ... --phase BOTH)")
+        f"{tried}); give one with --test-net (solver.train also runs without evaluating, "
+        f"--no-eval), or write both phases in one file (python -m prototxt.rfcn ... "
+        f"--phase BOTH)")
 
 
 def find_data_layer_scale(*paths):

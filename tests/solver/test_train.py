@@ -27,12 +27,13 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
-    """The tiny net trained 4 iterations (snapshot every 2) and evaluated."""
+    """The tiny net trained 4 iterations (snapshot every 2) and evaluated
+    (at iteration 2: the solver's test_interval, and at the end)."""
     out = tmp_path_factory.mktemp("run")
     solver = out / "solver.prototxt"
     solver.write_text(f'net: "{TINY}"\nbase_lr: 0.005\nlr_policy: "fixed"\nmomentum: 0.9\n'
                       f'weight_decay: 0.0005\nmax_iter: 4\ndisplay: 1\nsnapshot: 2\n'
-                      f'random_seed: 5\n')
+                      f'random_seed: 5\ntest_interval: 2\ntest_iter: 10\n')
     status = train.main([str(solver), "--data", data, "--out", str(out / "out")])
     assert status == 0
     return out / "out"
@@ -46,11 +47,11 @@ def test_training_writes_log_snapshots_export_and_evaluation(trained, capsys):
     names = sorted(p.name for p in trained.iterdir())
     for name in ("rfcn_tiny_iter_2.solverstate.npz", "rfcn_tiny_iter_2.caffemodel",
                  "rfcn_tiny_iter_4.solverstate.npz", "rfcn_tiny_iter_4.caffemodel",
-                 "train_log.jsonl", "train_log.png", "eval_iter_4.json"):
+                 "train_log.jsonl", "train_log.png", "eval_iter_2.json", "eval_iter_4.json"):
         assert name in names
     log = read_log(trained / "train_log.jsonl")
     events = [r["event"] for r in log]
-    assert events.count("train") == 4 and "eval" in events and "snapshot" in events
+    assert events.count("train") == 4 and events.count("eval") == 2 and "snapshot" in events
     assert all(np.isfinite(r["loss"]) for r in log if r["event"] == "train")
     messages = " ".join(r.get("message", "") for r in log)
     assert "random initialization" in messages
