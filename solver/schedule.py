@@ -6,7 +6,7 @@ file of this engine's own schema and run, and resumed, stage by stage.
     python -m solver.schedule prototxt/tiny_staged_schedule.prototxt
     python -m solver.schedule SCHEDULE.prototxt [--data DIR] [--weights FILE] [--out DIR]
                               [--cpu | --gpu N] [--resume [OUT_DIR]] [--iters N] [--seed N]
-                              [--no-eval]
+                              [--test-images N] [--blas-threads N] [--no-eval]
     python -m solver.train SCHEDULE.prototxt ...        # the same (solver.train hands it here)
 
 The schema (netdef/proto/caffe.proto: ScheduleParameter, StageParameter;
@@ -383,7 +383,8 @@ class ScheduleRun:
     ScheduleRun(schedule, *, data=None, weights=None, out=None, device=None,
                 resume=False, iters=None, seed=None, evaluate=True,
                 train_split=None, test_split=None, test_images=None,
-                on_error="raise", stream=sys.stdout, dtype=np.float32)
+                on_error="raise", blas_threads=None, stream=sys.stdout,
+                dtype=np.float32)
 
     schedule: a Schedule or a path. data: dataset root (default: the
     built-in synthetic dataset). weights: the pretrained weights (overrides
@@ -392,7 +393,8 @@ class ScheduleRun:
     seed: the base seed (default: the schedule's random_seed, else the one
     recorded by the run being resumed, else drawn). train_split /
     test_split override the schedule's; test_images: evaluate on the first N
-    test images only.
+    test images only. blas_threads: BLAS threads (default: one for small
+    nets on the CPU, as solver.train chooses, else the library's).
 
     ``run()`` runs the stages and returns the state (also in ``self.state``,
     written to ``<out>/schedule_state.json``); ``path(stage, field)`` gives
@@ -403,8 +405,8 @@ class ScheduleRun:
 
     def __init__(self, schedule, *, data=None, weights=None, out=None, device=None,
                  resume=False, iters=None, seed=None, evaluate=True, train_split=None,
-                 test_split=None, test_images=None, on_error="raise", stream=sys.stdout,
-                 dtype=np.float32):
+                 test_split=None, test_images=None, on_error="raise", blas_threads=None,
+                 stream=sys.stdout, dtype=np.float32):
         from netdef.device import CPU
         self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
         stem = os.path.splitext(os.path.basename(self.schedule.path))[0]
@@ -420,6 +422,7 @@ class ScheduleRun:
         self.test_split = test_split or p.test_split
         self.on_error, self.stream, self.dtype = on_error, stream, np.dtype(dtype)
         self.test_images = test_images
+        self.blas_threads, self._blas_set = blas_threads, None
         self.state, self.progress = None, None
         self.keys, self.components = {}, {}
 
@@ -476,6 +479,11 @@ class ScheduleRun:
         finally:
             self.progress.close()
             self.progress = None
+            if self._blas_set is not None:
+                # Leave the process's BLAS as the library sets it by default.
+                from solver.train import set_blas_threads
+                set_blas_threads(os.cpu_count() or 1)
+                self._blas_set = None
 
     def _run(self, previous, started):
         from solver.test import builtin_dataset, open_dataset
@@ -640,6 +648,27 @@ class ScheduleRun:
         if split not in self._datasets:
             self._datasets[split] = open_dataset(self.root, split, on_error=self.on_error)
         return self._datasets[split]
+
+    def _choose_blas_threads(self, net):
+        """One BLAS thread for a small net on the CPU (solver.train's rule:
+        as fast alone, much faster when the cores are shared), the library's
+        count for a large one, or ``blas_threads`` when given."""
+        from solver.train import SMALL_NET_MACS, multiply_adds, set_blas_threads
+        if self.blas_threads is not None:
+            threads, why = self.blas_threads, "--blas-threads"
+        elif self.device.is_gpu or "OPENBLAS_NUM_THREADS" in os.environ:
+            return
+        else:
+            macs = multiply_adds(net)
+            if macs < SMALL_NET_MACS:
+                threads, why = 1, f"a small net: {macs / 1e9:.2f} G multiply-adds per pass"
+            elif self._blas_set is None:
+                return
+            else:
+                threads, why = os.cpu_count() or 1, "a large net"
+        if threads != self._blas_set and set_blas_threads(threads):
+            self._blas_set = threads
+            self.say(f"  BLAS on {threads} thread(s) ({why})")
 
     # -- a training stage -------------------------------------------------------------------------
     def _solver_param(self, stage):
@@ -838,6 +867,7 @@ class ScheduleRun:
         seed = self._stage_seed(stage)
         param = self._solver_param(stage)
         net, frozen = self._build_train_net(stage, seed)
+        self._choose_blas_threads(net)
         data_layer = self._data_layer(stage, net)
         normalization, transform, bbox_layer = self._export_settings(net, data_layer)
         scale = (int(data_layer.scales[0]), int(data_layer.max_size))
@@ -962,6 +992,7 @@ class ScheduleRun:
         def make():
             net = Net(net_path, "TEST", device=self.device, dtype=self.dtype,
                       seed=self.seed + stage.index)
+            self._choose_blas_threads(net)
             report = net.copy_from(weights)
             if report.missing:
                 raise self.schedule.error(
@@ -1189,7 +1220,8 @@ def run(path, args):
                      train_split=None if train_split in (None, "trainval") else train_split,
                      test_split=None if test_split in (None, "test") else test_split,
                      test_images=getattr(args, "test_images", None),
-                     on_error=getattr(args, "on_error", "raise"))
+                     on_error=getattr(args, "on_error", "raise"),
+                     blas_threads=getattr(args, "blas_threads", None))
     except KeyboardInterrupt:
         return 130
     return 0
@@ -1225,6 +1257,9 @@ def build_parser():
                                                  "random_seed, else drawn and recorded)")
     parser.add_argument("--test-images", type=int, metavar="N",
                         help="evaluate on the first N test images only (a quick check)")
+    parser.add_argument("--blas-threads", type=int, metavar="N",
+                        help="BLAS threads (default: 1 for small nets on the CPU, else the "
+                             "library's)")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="bad annotations: stop, or skip them with a warning")
@@ -1242,7 +1277,7 @@ def main(argv=None, stream=sys.stdout):
                      device=select_device(args.gpu), resume=bool(args.resume), iters=args.iters,
                      seed=args.seed, evaluate=not args.no_eval, train_split=args.train_split,
                      test_split=args.test_split, test_images=args.test_images,
-                     on_error=args.on_error, stream=stream)
+                     on_error=args.on_error, blas_threads=args.blas_threads, stream=stream)
     except KeyboardInterrupt:
         return 130
     except NumericalError as exc:

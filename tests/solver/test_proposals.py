@@ -2,7 +2,6 @@
 damaged files named), generation with an RPN test net against a plain
 per-image computation, the content key and the cache."""
 import os
-import time
 
 import numpy as np
 import pytest

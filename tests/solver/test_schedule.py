@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -503,3 +502,30 @@ def test_stage_nets_need_an_end_to_end_native_net(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["mine_staged_detector_train.prototxt",
                                             "mine_staged_rpn_test.prototxt",
                                             "mine_staged_rpn_train.prototxt"]
+
+
+@pytest.mark.gpu
+def test_the_tiny_schedule_runs_on_the_gpu(data, tmp_path):
+    from netdef.device import Device
+    runner = run_schedule(TINY, data=data, out=tmp_path / "gpu", iters=2, seed=0,
+                          stream=io.StringIO(), device=Device("gpu", 0))
+    assert all(e["status"] == "done" for e in runner.state["stages"].values())
+    assert runner.state["stages"]["stage2_rfcn"]["frozen"] == list(SHARED)
+    assert runner.state["evaluation"]["metric"] == "voc"
+
+
+def test_small_nets_train_on_one_blas_thread_and_the_default_comes_back(data, tmp_path,
+                                                                         monkeypatch):
+    import solver.train
+    calls = []
+    monkeypatch.setattr(solver.train, "set_blas_threads", lambda n: calls.append(n) or True)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    one = write_schedule(tmp_path, f'stage {{ name: "rpn" {RPN} }}')
+    stream = io.StringIO()
+    run_schedule(one, data=data, out=tmp_path / "a", seed=0, stream=stream, evaluate=False)
+    assert calls == [1, os.cpu_count()]
+    assert "BLAS on 1 thread(s) (a small net: 0.22 G multiply-adds per pass)" in stream.getvalue()
+    calls.clear()
+    run_schedule(one, data=data, out=tmp_path / "b", seed=0, stream=io.StringIO(),
+                 evaluate=False, blas_threads=2)
+    assert calls == [2, os.cpu_count()]
