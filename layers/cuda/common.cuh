@@ -66,3 +66,50 @@ static inline T atomicAdd(T* address, T value) {
 
 // CUDA's round() and C's round() both take halves away from zero; the NumPy
 // paths use layers.roi_pooling.round_half_away, with the same rule.
+
+// Element `index` of a C-contiguous stack of (rows, cols) planes: which
+// plane, row and column. Every kernel that runs one thread per element of
+// an (..., rows, cols) array starts with this.
+struct PlanePos {
+  long long plane;
+  int row, col;
+};
+
+DEVICE PlanePos plane_pos(const long long index, const int rows, const int cols) {
+  PlanePos p;
+  p.col = (int)(index % cols);
+  p.row = (int)((index / cols) % rows);
+  p.plane = index / cols / rows;
+  return p;
+}
+
+// Top element `index` of an RoI layer's output (R, C, pooled_h, pooled_w):
+// RoI r, channel c, bin (ph, pw). Shared by ROIPooling, PSROIPooling,
+// ROIAlign and PSROIAlign, whose tops all have this layout.
+struct RoiBin {
+  long long r;
+  int c, ph, pw;
+};
+
+DEVICE RoiBin roi_bin(const long long index, const int channels, const int pooled_h,
+                      const int pooled_w) {
+  const PlanePos p = plane_pos(index, pooled_h, pooled_w);
+  RoiBin t;
+  t.pw = p.col;
+  t.ph = p.row;
+  t.c = (int)(p.plane % channels);
+  t.r = p.plane / channels;
+  return t;
+}
+
+// Input channel of bin (ph, pw) of class c in the position-sensitive layers
+// (PSROIPooling, PSROIAlign): the k x k score maps of a class are adjacent.
+DEVICE int ps_channel(const RoiBin& t, const int k) { return (t.c * k + t.ph) * k + t.pw; }
+
+// Offset of the (height, width) input plane `channel` of the image that RoI
+// t.r belongs to; rois is (R, 5) [batch_index, x1, y1, x2, y2].
+DEVICE long long roi_plane(const real* rois, const RoiBin& t, const int channel,
+                           const int channels, const int height, const int width) {
+  const long long b = (long long)rois[t.r * 5];  // checked to lie in [0, N) by the host
+  return (b * channels + channel) * height * width;
+}

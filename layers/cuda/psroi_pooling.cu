@@ -18,29 +18,38 @@ DEVICE void psroi_bin(const real low, const real high, const real scale, const i
   end = (int)min(max(ceil(MUL_RN((real)(p + 1), bin) + first), (real)0), (real)size);
 }
 
+// Top element t's input plane and the cell bounds [h0, h1) x [w0, w1) of its
+// bin, shared by the forward and backward kernels.
+struct PsBin {
+  long long plane;
+  int h0, h1, w0, w1;
+};
+
+DEVICE PsBin psroi_locate(const real* rois, const RoiBin& t, const int channels,
+                          const int height, const int width, const int k,
+                          const real spatial_scale) {
+  const real* roi = rois + t.r * 5;
+  PsBin a;
+  a.plane = roi_plane(rois, t, ps_channel(t, k), channels, height, width);
+  psroi_bin(roi[2], roi[4], spatial_scale, k, t.ph, height, a.h0, a.h1);
+  psroi_bin(roi[1], roi[3], spatial_scale, k, t.pw, width, a.w0, a.w1);
+  return a;
+}
+
 // One thread per top element: the mean of its bin in its channel (0 if empty).
 KERNEL void FN(psroi_pool_forward)(const long long n, const real* bottom, const real* rois,
                                    const int channels, const int height, const int width,
                                    const int output_dim, const int group_size,
                                    const real spatial_scale, real* top) {
   CUDA_KERNEL_LOOP(index, n) {
-    const int k = group_size;
-    const int pw = (int)(index % k);
-    const int ph = (int)((index / k) % k);
-    const int c = (int)((index / k / k) % output_dim);
-    const long long r = index / k / k / output_dim;
-    const real* roi = rois + r * 5;
-    const long long b = (long long)roi[0];  // checked to lie in [0, N) by the host
-    int h0, h1, w0, w1;
-    psroi_bin(roi[2], roi[4], spatial_scale, k, ph, height, h0, h1);
-    psroi_bin(roi[1], roi[3], spatial_scale, k, pw, width, w0, w1);
-    const int channel = (c * k + ph) * k + pw;
-    const real* plane = bottom + (b * channels + channel) * height * width;
+    const RoiBin t = roi_bin(index, output_dim, group_size, group_size);
+    const PsBin a = psroi_locate(rois, t, channels, height, width, group_size, spatial_scale);
+    const real* plane = bottom + a.plane;
     real sum = 0;
-    for (int h = h0; h < h1; ++h) {
-      for (int w = w0; w < w1; ++w) sum += plane[h * width + w];
+    for (int h = a.h0; h < a.h1; ++h) {
+      for (int w = a.w0; w < a.w1; ++w) sum += plane[h * width + w];
     }
-    const int area = (h1 - h0) * (w1 - w0);
+    const int area = (a.h1 - a.h0) * (a.w1 - a.w0);
     top[index] = area > 0 ? sum / (real)area : (real)0;
   }
 }
@@ -52,23 +61,14 @@ KERNEL void FN(psroi_pool_backward)(const long long n, const real* top_diff, con
                                     const int output_dim, const int group_size,
                                     const real spatial_scale, real* bottom_diff) {
   CUDA_KERNEL_LOOP(index, n) {
-    const int k = group_size;
-    const int pw = (int)(index % k);
-    const int ph = (int)((index / k) % k);
-    const int c = (int)((index / k / k) % output_dim);
-    const long long r = index / k / k / output_dim;
-    const real* roi = rois + r * 5;
-    const long long b = (long long)roi[0];
-    int h0, h1, w0, w1;
-    psroi_bin(roi[2], roi[4], spatial_scale, k, ph, height, h0, h1);
-    psroi_bin(roi[1], roi[3], spatial_scale, k, pw, width, w0, w1);
-    const int area = (h1 - h0) * (w1 - w0);
+    const RoiBin t = roi_bin(index, output_dim, group_size, group_size);
+    const PsBin a = psroi_locate(rois, t, channels, height, width, group_size, spatial_scale);
+    const int area = (a.h1 - a.h0) * (a.w1 - a.w0);
     if (area <= 0) continue;
     const real share = top_diff[index] / (real)area;
-    const int channel = (c * k + ph) * k + pw;
-    real* plane = bottom_diff + (b * channels + channel) * height * width;
-    for (int h = h0; h < h1; ++h) {
-      for (int w = w0; w < w1; ++w) atomicAdd(plane + h * width + w, share);
+    real* plane = bottom_diff + a.plane;
+    for (int h = a.h0; h < a.h1; ++h) {
+      for (int w = a.w0; w < a.w1; ++w) atomicAdd(plane + h * width + w, share);
     }
   }
 }

@@ -100,6 +100,28 @@ DEVICE void align_bin_backward(real* plane, const int height, const int width,
   }
 }
 
+// Top element t of ROIAlign (input channel t.c, pooled_h x pooled_w bins) or,
+// position_sensitive, of PSROIAlign (input channel ps_channel, k x k bins):
+// the input plane it samples and its sampling grid along both axes. The
+// forward and backward kernels of both layers differ only after this.
+struct AlignBin {
+  long long plane;
+  AlignAxis y, x;
+};
+
+DEVICE AlignBin align_locate(const real* rois, const RoiBin& t, const int position_sensitive,
+                             const int channels, const int height, const int width,
+                             const int pooled_h, const int pooled_w, const real spatial_scale,
+                             const int sampling_ratio, const int aligned) {
+  const real* roi = rois + t.r * 5;
+  const int channel = position_sensitive ? ps_channel(t, pooled_w) : t.c;
+  AlignBin a;
+  a.plane = roi_plane(rois, t, channel, channels, height, width);
+  a.y = align_axis(roi[2], roi[4], spatial_scale, aligned, pooled_h, sampling_ratio);
+  a.x = align_axis(roi[1], roi[3], spatial_scale, aligned, pooled_w, sampling_ratio);
+  return a;
+}
+
 // One thread per top element (R, C, pooled_h, pooled_w).
 KERNEL void FN(roi_align_forward)(const long long n, const real* bottom, const real* rois,
                                   const int channels, const int height, const int width,
@@ -107,16 +129,10 @@ KERNEL void FN(roi_align_forward)(const long long n, const real* bottom, const r
                                   const real spatial_scale, const int sampling_ratio,
                                   const int aligned, real* top) {
   CUDA_KERNEL_LOOP(index, n) {
-    const int pw = (int)(index % pooled_w);
-    const int ph = (int)((index / pooled_w) % pooled_h);
-    const int c = (int)((index / pooled_w / pooled_h) % channels);
-    const long long r = index / pooled_w / pooled_h / channels;
-    const real* roi = rois + r * 5;
-    const long long b = (long long)roi[0];  // checked to lie in [0, N) by the host
-    const AlignAxis ay = align_axis(roi[2], roi[4], spatial_scale, aligned, pooled_h, sampling_ratio);
-    const AlignAxis ax = align_axis(roi[1], roi[3], spatial_scale, aligned, pooled_w, sampling_ratio);
-    top[index] = align_bin(bottom + (b * channels + c) * height * width, height, width, ay, ax,
-                           ph, pw);
+    const RoiBin t = roi_bin(index, channels, pooled_h, pooled_w);
+    const AlignBin a = align_locate(rois, t, 0, channels, height, width, pooled_h, pooled_w,
+                                    spatial_scale, sampling_ratio, aligned);
+    top[index] = align_bin(bottom + a.plane, height, width, a.y, a.x, t.ph, t.pw);
   }
 }
 
@@ -127,16 +143,11 @@ KERNEL void FN(roi_align_backward)(const long long n, const real* top_diff, cons
                                    const real spatial_scale, const int sampling_ratio,
                                    const int aligned, real* bottom_diff) {
   CUDA_KERNEL_LOOP(index, n) {
-    const int pw = (int)(index % pooled_w);
-    const int ph = (int)((index / pooled_w) % pooled_h);
-    const int c = (int)((index / pooled_w / pooled_h) % channels);
-    const long long r = index / pooled_w / pooled_h / channels;
-    const real* roi = rois + r * 5;
-    const long long b = (long long)roi[0];
-    const AlignAxis ay = align_axis(roi[2], roi[4], spatial_scale, aligned, pooled_h, sampling_ratio);
-    const AlignAxis ax = align_axis(roi[1], roi[3], spatial_scale, aligned, pooled_w, sampling_ratio);
-    align_bin_backward(bottom_diff + (b * channels + c) * height * width, height, width, ay, ax,
-                       ph, pw, top_diff[index]);
+    const RoiBin t = roi_bin(index, channels, pooled_h, pooled_w);
+    const AlignBin a = align_locate(rois, t, 0, channels, height, width, pooled_h, pooled_w,
+                                    spatial_scale, sampling_ratio, aligned);
+    align_bin_backward(bottom_diff + a.plane, height, width, a.y, a.x, t.ph, t.pw,
+                       top_diff[index]);
   }
 }
 
@@ -147,18 +158,10 @@ KERNEL void FN(psroi_align_forward)(const long long n, const real* bottom, const
                                     const real spatial_scale, const int sampling_ratio,
                                     const int aligned, real* top) {
   CUDA_KERNEL_LOOP(index, n) {
-    const int k = group_size;
-    const int pw = (int)(index % k);
-    const int ph = (int)((index / k) % k);
-    const int c = (int)((index / k / k) % output_dim);
-    const long long r = index / k / k / output_dim;
-    const real* roi = rois + r * 5;
-    const long long b = (long long)roi[0];  // checked to lie in [0, N) by the host
-    const AlignAxis ay = align_axis(roi[2], roi[4], spatial_scale, aligned, k, sampling_ratio);
-    const AlignAxis ax = align_axis(roi[1], roi[3], spatial_scale, aligned, k, sampling_ratio);
-    const int channel = (c * k + ph) * k + pw;
-    top[index] = align_bin(bottom + (b * channels + channel) * height * width, height, width, ay,
-                           ax, ph, pw);
+    const RoiBin t = roi_bin(index, output_dim, group_size, group_size);
+    const AlignBin a = align_locate(rois, t, 1, channels, height, width, group_size,
+                                    group_size, spatial_scale, sampling_ratio, aligned);
+    top[index] = align_bin(bottom + a.plane, height, width, a.y, a.x, t.ph, t.pw);
   }
 }
 
@@ -169,17 +172,10 @@ KERNEL void FN(psroi_align_backward)(const long long n, const real* top_diff, co
                                      const real spatial_scale, const int sampling_ratio,
                                      const int aligned, real* bottom_diff) {
   CUDA_KERNEL_LOOP(index, n) {
-    const int k = group_size;
-    const int pw = (int)(index % k);
-    const int ph = (int)((index / k) % k);
-    const int c = (int)((index / k / k) % output_dim);
-    const long long r = index / k / k / output_dim;
-    const real* roi = rois + r * 5;
-    const long long b = (long long)roi[0];
-    const AlignAxis ay = align_axis(roi[2], roi[4], spatial_scale, aligned, k, sampling_ratio);
-    const AlignAxis ax = align_axis(roi[1], roi[3], spatial_scale, aligned, k, sampling_ratio);
-    const int channel = (c * k + ph) * k + pw;
-    align_bin_backward(bottom_diff + (b * channels + channel) * height * width, height, width,
-                       ay, ax, ph, pw, top_diff[index]);
+    const RoiBin t = roi_bin(index, output_dim, group_size, group_size);
+    const AlignBin a = align_locate(rois, t, 1, channels, height, width, group_size,
+                                    group_size, spatial_scale, sampling_ratio, aligned);
+    align_bin_backward(bottom_diff + a.plane, height, width, a.y, a.x, t.ph, t.pw,
+                       top_diff[index]);
   }
 }

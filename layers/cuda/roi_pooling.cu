@@ -12,12 +12,8 @@ KERNEL void FN(roi_pool_forward)(const long long n, const real* bottom, const re
                                  const int pooled_h, const int pooled_w,
                                  const real spatial_scale, real* top, int* argmax) {
   CUDA_KERNEL_LOOP(index, n) {
-    const int pw = (int)(index % pooled_w);
-    const int ph = (int)((index / pooled_w) % pooled_h);
-    const int c = (int)((index / pooled_w / pooled_h) % channels);
-    const long long r = index / pooled_w / pooled_h / channels;
-    const real* roi = rois + r * 5;
-    const long long b = (long long)roi[0];  // checked to lie in [0, N) by the host
+    const RoiBin t = roi_bin(index, channels, pooled_h, pooled_w);
+    const real* roi = rois + t.r * 5;
     // round() takes halves away from zero, as the NumPy path does.
     const int start_w = (int)round(roi[1] * spatial_scale);
     const int start_h = (int)round(roi[2] * spatial_scale);
@@ -29,11 +25,11 @@ KERNEL void FN(roi_pool_forward)(const long long n, const real* bottom, const re
     const real bin_h = (real)roi_h / (real)pooled_h;
     const real bin_w = (real)roi_w / (real)pooled_w;
     // Clipping keeps every access inside the map, whatever the RoI.
-    const int h0 = min(max((int)floor((real)ph * bin_h) + start_h, 0), height);
-    const int h1 = min(max((int)ceil((real)(ph + 1) * bin_h) + start_h, 0), height);
-    const int w0 = min(max((int)floor((real)pw * bin_w) + start_w, 0), width);
-    const int w1 = min(max((int)ceil((real)(pw + 1) * bin_w) + start_w, 0), width);
-    const real* plane = bottom + (b * channels + c) * height * width;
+    const int h0 = min(max((int)floor((real)t.ph * bin_h) + start_h, 0), height);
+    const int h1 = min(max((int)ceil((real)(t.ph + 1) * bin_h) + start_h, 0), height);
+    const int w0 = min(max((int)floor((real)t.pw * bin_w) + start_w, 0), width);
+    const int w1 = min(max((int)ceil((real)(t.pw + 1) * bin_w) + start_w, 0), width);
+    const real* plane = bottom + roi_plane(rois, t, t.c, channels, height, width);
     // First maximum in row-major order; an empty bin gives 0 and -1.
     real best = 0;
     int best_index = -1;
@@ -61,9 +57,8 @@ KERNEL void FN(roi_pool_backward)(const long long n, const real* top_diff, const
   CUDA_KERNEL_LOOP(index, n) {
     const int cell = argmax[index];
     if (cell < 0) continue;
-    const int c = (int)((index / pooled_w / pooled_h) % channels);
-    const long long r = index / pooled_w / pooled_h / channels;
-    const long long b = (long long)rois[r * 5];
-    atomicAdd(bottom_diff + (b * channels + c) * height * width + cell, top_diff[index]);
+    const RoiBin t = roi_bin(index, channels, pooled_h, pooled_w);
+    atomicAdd(bottom_diff + roi_plane(rois, t, t.c, channels, height, width) + cell,
+              top_diff[index]);
   }
 }
