@@ -15,11 +15,10 @@ KERNEL void FN(max_pool_forward)(
     const int stride_h, const int stride_w, const int pad_h, const int pad_w,
     real* top, long long* argmax) {
   CUDA_KERNEL_LOOP(index, n) {
-    const int pw = (int)(index % pooled_w);
-    const int ph = (int)((index / pooled_w) % pooled_h);
-    const long long map = index / pooled_w / pooled_h;
-    int hstart = ph * stride_h - pad_h;
-    int wstart = pw * stride_w - pad_w;
+    const PlanePos t = plane_pos(index, pooled_h, pooled_w);
+    const long long map = t.plane;
+    int hstart = t.row * stride_h - pad_h;
+    int wstart = t.col * stride_w - pad_w;
     // Only real cells compete: clip the window to the map.
     const int hend = min(hstart + kernel_h, height);
     const int wend = min(wstart + kernel_w, width);
@@ -49,11 +48,10 @@ KERNEL void FN(ave_pool_forward)(
     const int stride_h, const int stride_w, const int pad_h, const int pad_w,
     real* top) {
   CUDA_KERNEL_LOOP(index, n) {
-    const int pw = (int)(index % pooled_w);
-    const int ph = (int)((index / pooled_w) % pooled_h);
-    const long long map = index / pooled_w / pooled_h;
-    int hstart = ph * stride_h - pad_h;
-    int wstart = pw * stride_w - pad_w;
+    const PlanePos t = plane_pos(index, pooled_h, pooled_w);
+    const long long map = t.plane;
+    int hstart = t.row * stride_h - pad_h;
+    int wstart = t.col * stride_w - pad_w;
     // The divisor counts pad cells but not cells past the padded edge.
     int hend = min(hstart + kernel_h, height + pad_h);
     int wend = min(wstart + kernel_w, width + pad_w);
@@ -85,24 +83,38 @@ DEVICE int last_window_end(const int h, const int stride, const int pad, const i
   return min((h + pad) / stride + 1, pooled);
 }
 
+// The windows [ph0, ph1) x [pw0, pw1) that contain bottom cell b: the range
+// both backward kernels gather from.
+struct Windows {
+  int ph0, ph1, pw0, pw1;
+};
+
+DEVICE Windows windows_containing(const PlanePos& b, const int pooled_h, const int pooled_w,
+                                  const int kernel_h, const int kernel_w, const int stride_h,
+                                  const int stride_w, const int pad_h, const int pad_w) {
+  Windows win;
+  win.ph0 = first_window(b.row, kernel_h, stride_h, pad_h);
+  win.ph1 = last_window_end(b.row, stride_h, pad_h, pooled_h);
+  win.pw0 = first_window(b.col, kernel_w, stride_w, pad_w);
+  win.pw1 = last_window_end(b.col, stride_w, pad_w, pooled_w);
+  return win;
+}
+
 KERNEL void FN(max_pool_backward)(
     const long long n, const real* top_diff, const long long* argmax,
     const int height, const int width, const int pooled_h, const int pooled_w,
     const int kernel_h, const int kernel_w, const int stride_h, const int stride_w,
     const int pad_h, const int pad_w, real* bottom_diff) {
   CUDA_KERNEL_LOOP(index, n) {
-    const int w = (int)(index % width);
-    const int h = (int)((index / width) % height);
-    const long long map = index / width / height;
-    const long long cell = (long long)h * width + w;
-    const int phstart = first_window(h, kernel_h, stride_h, pad_h);
-    const int phend = last_window_end(h, stride_h, pad_h, pooled_h);
-    const int pwstart = first_window(w, kernel_w, stride_w, pad_w);
-    const int pwend = last_window_end(w, stride_w, pad_w, pooled_w);
+    const PlanePos b = plane_pos(index, height, width);
+    const long long map = b.plane;
+    const long long cell = (long long)b.row * width + b.col;
+    const Windows win = windows_containing(b, pooled_h, pooled_w, kernel_h, kernel_w, stride_h,
+                                           stride_w, pad_h, pad_w);
     const long long offset = map * pooled_h * pooled_w;
     real gradient = 0;
-    for (int ph = phstart; ph < phend; ++ph) {
-      for (int pw = pwstart; pw < pwend; ++pw) {
+    for (int ph = win.ph0; ph < win.ph1; ++ph) {
+      for (int pw = win.pw0; pw < win.pw1; ++pw) {
         const long long t = offset + (long long)ph * pooled_w + pw;
         if (argmax[t] == cell) {
           gradient += top_diff[t];
@@ -119,19 +131,16 @@ KERNEL void FN(ave_pool_backward)(
     const int kernel_h, const int kernel_w, const int stride_h, const int stride_w,
     const int pad_h, const int pad_w, real* bottom_diff) {
   CUDA_KERNEL_LOOP(index, n) {
-    const int w = (int)(index % width);
-    const int h = (int)((index / width) % height);
-    const long long map = index / width / height;
-    const int phstart = first_window(h, kernel_h, stride_h, pad_h);
-    const int phend = last_window_end(h, stride_h, pad_h, pooled_h);
-    const int pwstart = first_window(w, kernel_w, stride_w, pad_w);
-    const int pwend = last_window_end(w, stride_w, pad_w, pooled_w);
+    const PlanePos b = plane_pos(index, height, width);
+    const long long map = b.plane;
+    const Windows win = windows_containing(b, pooled_h, pooled_w, kernel_h, kernel_w, stride_h,
+                                           stride_w, pad_h, pad_w);
     const real* diff = top_diff + map * pooled_h * pooled_w;
     real gradient = 0;
-    for (int ph = phstart; ph < phend; ++ph) {
+    for (int ph = win.ph0; ph < win.ph1; ++ph) {
       const int hstart = ph * stride_h - pad_h;
       const int hsize = min(hstart + kernel_h, height + pad_h) - hstart;
-      for (int pw = pwstart; pw < pwend; ++pw) {
+      for (int pw = win.pw0; pw < win.pw1; ++pw) {
         const int wstart = pw * stride_w - pad_w;
         const int wsize = min(wstart + kernel_w, width + pad_w) - wstart;
         // A window containing a real cell has a positive area.
