@@ -21,7 +21,6 @@ import numpy as np
 from layers.base import register
 from layers.kernels import launch
 from layers.roi_pooling import RoILayer, _positive, roi_blocks
-from netdef.errors import ShapeError
 
 
 def align_axis_weights(low, high, scale, pooled, size, sampling_ratio, aligned):
@@ -209,15 +208,7 @@ class PSROIAlignLayer(_AlignLayer):
         self.read_align_param(p)
 
     def reshape(self, bottoms, tops):
-        self.check_bottom_shapes(bottoms)
-        k = self.group_size
-        expected = self.output_dim * k * k
-        if bottoms[0].shape[1] != expected:
-            raise ShapeError(
-                f"{self.where}: bottom '{self.bottom_name(0)}' expected {expected} channels "
-                f"(output_dim {self.output_dim} x group_size {k} x {k}), found "
-                f"{bottoms[0].shape[1]} channels (shape {tuple(bottoms[0].shape)})")
-        tops[0].reshape((bottoms[1].shape[0], self.output_dim, k, k))
+        self.reshape_position_sensitive(bottoms, tops)
 
     def _row_channels(self, ph):
         """Input channels read by bin row ``ph``: ``(output_dim, k)``, [c, pw]."""

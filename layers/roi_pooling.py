@@ -101,6 +101,20 @@ class RoILayer(Layer):
                 f"'{self.bottom_name(0)}') and finite coordinates of magnitude below "
                 f"{limit:.3g} (2^30 map cells at spatial_scale {self.spatial_scale:g})")
 
+    def reshape_position_sensitive(self, bottoms, tops):
+        """Reshape of the position-sensitive layers (PSROIPooling,
+        PSROIAlign; ``self.output_dim``, ``self.group_size`` k): the features
+        must have ``output_dim * k * k`` channels; top ``(R, output_dim, k, k)``."""
+        self.check_bottom_shapes(bottoms)
+        k = self.group_size
+        expected = self.output_dim * k * k
+        if bottoms[0].shape[1] != expected:
+            raise ShapeError(
+                f"{self.where}: bottom '{self.bottom_name(0)}' expected {expected} channels "
+                f"(output_dim {self.output_dim} x group_size {k} x {k}), found "
+                f"{bottoms[0].shape[1]} channels (shape {tuple(bottoms[0].shape)})")
+        tops[0].reshape((bottoms[1].shape[0], self.output_dim, k, k))
+
     def batch_indices(self, bottoms):
         """Checked batch index of each RoI, ``(R,)`` int64 (truncated as the
         kernels' cast to int does)."""
@@ -369,15 +383,7 @@ class PSROIPoolingLayer(RoILayer):
                   output_dim=self.output_dim, group_size=self.group_size)
 
     def reshape(self, bottoms, tops):
-        self.check_bottom_shapes(bottoms)
-        k = self.group_size
-        expected = self.output_dim * k * k
-        if bottoms[0].shape[1] != expected:
-            raise ShapeError(
-                f"{self.where}: bottom '{self.bottom_name(0)}' expected {expected} channels "
-                f"(output_dim {self.output_dim} x group_size {k} x {k}), found "
-                f"{bottoms[0].shape[1]} channels (shape {tuple(bottoms[0].shape)})")
-        tops[0].reshape((bottoms[1].shape[0], self.output_dim, k, k))
+        self.reshape_position_sensitive(bottoms, tops)
 
     def _bins(self, bottoms):
         """The bins (``BinCells`` over (RoI, ph, pw)), and per bin its image
