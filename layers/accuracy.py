@@ -5,13 +5,13 @@ The layer runs the same array code on both devices (NumPy or CuPy through
 """
 import numpy as np
 
-from layers.base import Layer, register
+from layers.base import NoGradientLayer, register
 from layers.softmax import check_labels, split_at_axis
 from netdef.device import array_module
 
 
 @register("Accuracy")
-class AccuracyLayer(Layer):
+class AccuracyLayer(NoGradientLayer):
     """Top-k accuracy of scores against integer labels.
 
     bottoms: scores with the classes on ``accuracy_param.axis`` (default 1),
@@ -42,9 +42,6 @@ class AccuracyLayer(Layer):
         self.ignore_label = int(param.ignore_label) if param.HasField("ignore_label") else None
         if self.top_k < 1:
             raise self.definition_error(f"accuracy_param.top_k must be >= 1, found {self.top_k}")
-
-    def allow_force_backward(self, bottom_index):
-        return False
 
     def reshape(self, bottoms, tops):
         shape = bottoms[0].shape
@@ -83,10 +80,3 @@ class AccuracyLayer(Layer):
             tops[1].data[...] = xp.where(totals > 0, per_class / xp.maximum(totals, 1), 0)
 
     forward_gpu = forward_cpu
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        for bottom, asked in zip(bottoms, propagate_down):
-            if asked:
-                bottom.diff[...] = 0
-
-    backward_gpu = backward_cpu

@@ -1,7 +1,7 @@
 """AnchorTarget: the RPN's training labels and box targets for every anchor."""
 import numpy as np
 
-from layers.base import Layer, register, register_python
+from layers.base import NoGradientLayer, register, register_python
 from layers.boxes import (DEFAULT_RATIOS, DEFAULT_SCALES, bbox_overlaps, bbox_transform,
                           generate_anchors, shifted_anchors)
 from layers.python_compat import field_or_default, layer_settings
@@ -23,6 +23,21 @@ def check_single_image_inputs(layer, bottoms, gt_index, im_info_index):
                                 "(one image per batch)", info)
 
 
+def setup_anchors(layer, p):
+    """Read the anchor settings shared by the RPN layers (AnchorTarget,
+    Proposal) from their parameter ``p``: ``feat_stride`` (checked positive)
+    and the ``base_size`` x ``ratios`` x ``scales`` base anchors. The shifted
+    anchors are built in reshape (``update_anchors``)."""
+    layer.feat_stride = int(p.feat_stride)
+    layer.base_anchors = generate_anchors(
+        p.base_size, field_or_default(p, "ratios", DEFAULT_RATIOS),
+        field_or_default(p, "scales", DEFAULT_SCALES))
+    layer.num_anchors = layer.base_anchors.shape[0]
+    layer.anchors, layer.anchor_key = None, None
+    if layer.feat_stride <= 0:
+        raise layer.definition_error(f"feat_stride must be positive, found {layer.feat_stride}")
+
+
 def update_anchors(layer, like, height, width):
     """Set ``layer.anchors``, the ``(height * width * A, 4)`` float64 shifted
     anchors on the device of ``like``; rebuilt only when the map size or the
@@ -42,7 +57,7 @@ def rpn_sampling_rng(layer, seed, salt):
 
 @register_python("rpn.anchor_target_layer", "AnchorTargetLayer")
 @register("AnchorTarget")
-class AnchorTargetLayer(Layer):
+class AnchorTargetLayer(NoGradientLayer):
     """Assign the anchors of one image to its ground-truth boxes.
 
     bottoms: rpn_cls_score ``(1, 2A, H, W)`` (only H and W are read),
@@ -86,12 +101,7 @@ class AnchorTargetLayer(Layer):
 
     def layer_setup(self, bottoms, tops):
         p = layer_settings(self, "anchor_target_param")
-        self.feat_stride = int(p.feat_stride)
-        self.base_anchors = generate_anchors(
-            p.base_size, field_or_default(p, "ratios", DEFAULT_RATIOS),
-            field_or_default(p, "scales", DEFAULT_SCALES))
-        self.num_anchors = self.base_anchors.shape[0]
-        self.anchors, self.anchor_key = None, None       # built in reshape
+        setup_anchors(self, p)
         self.allowed_border = float(p.allowed_border)
         self.positive_overlap = float(p.positive_overlap)
         self.negative_overlap = float(p.negative_overlap)
@@ -99,8 +109,6 @@ class AnchorTargetLayer(Layer):
         self.batch_size = int(p.batch_size)
         self.fg_fraction = float(p.fg_fraction)
         self.positive_weight = float(p.positive_weight)
-        if self.feat_stride <= 0:
-            raise self.definition_error(f"feat_stride must be positive, found {self.feat_stride}")
         if self.batch_size <= 0:
             raise self.definition_error(f"batch_size must be positive, found {self.batch_size}")
         if not 0 <= self.fg_fraction <= 1:
@@ -127,21 +135,10 @@ class AnchorTargetLayer(Layer):
         for top in tops[1:]:
             top.reshape((1, 4 * a, height, width))
 
-    def allow_force_backward(self, bottom_index):
-        return False
-
     def forward_cpu(self, bottoms, tops):
         self._forward(bottoms, tops)
 
     forward_gpu = forward_cpu
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        # Targets do not depend on the inputs: their gradient is zero.
-        for down, bottom in zip(propagate_down, bottoms):
-            if down:
-                bottom.diff.fill(0)
-
-    backward_gpu = backward_cpu
 
     # -- the computation, one code for both devices -----------------------------
     def _forward(self, bottoms, tops):

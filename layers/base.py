@@ -227,3 +227,20 @@ class Layer:
         for blob in list(bottoms) + list(tops):
             return is_gpu_array(blob.data)
         return False
+
+
+class NoGradientLayer(Layer):
+    """Base of the layers whose outputs do not depend differentiably on their
+    inputs (target creators, samplers, accuracy, proposals): no bottom allows
+    a forced backward, and a Net that calls backward anyway gets zero diffs
+    for the bottoms it asks for."""
+
+    def allow_force_backward(self, bottom_index):
+        return False
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        for bottom, down in zip(bottoms, propagate_down):
+            if down:
+                bottom.diff.fill(0)
+
+    backward_gpu = backward_cpu

@@ -5,13 +5,13 @@ The layer runs the same array code on both devices (NumPy or CuPy through
 """
 import numpy as np
 
-from layers.base import Layer, register
+from layers.base import NoGradientLayer, register
 from layers.softmax import legacy_shape
 from netdef.device import array_module
 
 
 @register("BoxAnnotatorOHEM")
-class BoxAnnotatorOHEMLayer(Layer):
+class BoxAnnotatorOHEMLayer(NoGradientLayer):
     """Keep the ``roi_per_img`` highest-loss RoIs of each image; mark the
     others ignored.
 
@@ -46,9 +46,6 @@ class BoxAnnotatorOHEMLayer(Layer):
             raise self.definition_error(
                 f"box_annotator_ohem_param.roi_per_img must be > 0, found {self.roi_per_img}")
         self.ignore_label = int(param.ignore_label)
-
-    def allow_force_backward(self, bottom_index):
-        return False
 
     def reshape(self, bottoms, tops):
         rois = legacy_shape(bottoms[0].shape)
@@ -107,10 +104,3 @@ class BoxAnnotatorOHEMLayer(Layer):
         tops[1].data[...] = xp.where(mask, weights, 0).reshape(tops[1].shape)
 
     forward_gpu = forward_cpu
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        for bottom, asked in zip(bottoms, propagate_down):
-            if asked:
-                bottom.diff[...] = 0
-
-    backward_gpu = backward_cpu

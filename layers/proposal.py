@@ -1,11 +1,10 @@
 """Proposal: turn the RPN's scores and box deltas into RoIs."""
 
-from layers.anchor_target import check_single_image_inputs, update_anchors
-from layers.base import Layer, register, register_python
-from layers.boxes import (DEFAULT_RATIOS, DEFAULT_SCALES, bbox_transform_inv, clip_boxes,
-                          filter_small_boxes, generate_anchors, stable_argsort)
+from layers.anchor_target import check_single_image_inputs, setup_anchors, update_anchors
+from layers.base import NoGradientLayer, register, register_python
+from layers.boxes import bbox_transform_inv, clip_boxes, filter_small_boxes, stable_argsort
 from layers.nms import nms_sorted
-from layers.python_compat import field_or_default, layer_settings
+from layers.python_compat import layer_settings
 from netdef.device import array_module, to_numpy
 
 
@@ -26,7 +25,7 @@ def top_scores(scores, candidates, count):
 
 @register_python("rpn.proposal_layer", "ProposalLayer")
 @register("Proposal")
-class ProposalLayer(Layer):
+class ProposalLayer(NoGradientLayer):
     """Proposals of one image from the RPN outputs.
 
     bottoms: rpn_cls_prob_reshape ``(1, 2A, H, W)`` (channels ``A..2A-1``
@@ -60,20 +59,13 @@ class ProposalLayer(Layer):
 
     def layer_setup(self, bottoms, tops):
         p = layer_settings(self, "proposal_param")
-        self.feat_stride = int(p.feat_stride)
-        self.base_anchors = generate_anchors(
-            p.base_size, field_or_default(p, "ratios", DEFAULT_RATIOS),
-            field_or_default(p, "scales", DEFAULT_SCALES))
-        self.num_anchors = self.base_anchors.shape[0]
-        self.anchors, self.anchor_key = None, None       # built in reshape
+        setup_anchors(self, p)
         if self.phase == "TEST":
             self.pre_nms_top_n, self.post_nms_top_n = int(p.test_pre_nms_top_n), int(p.test_post_nms_top_n)
         else:
             self.pre_nms_top_n, self.post_nms_top_n = int(p.train_pre_nms_top_n), int(p.train_post_nms_top_n)
         self.nms_thresh = float(p.nms_thresh)
         self.min_size = float(p.min_size)
-        if self.feat_stride <= 0:
-            raise self.definition_error(f"feat_stride must be positive, found {self.feat_stride}")
         if p.output_score and len(tops) < 2:
             raise self.definition_error("output_score is set but the layer has one top; "
                                         "add a second top for the scores")
@@ -101,9 +93,6 @@ class ProposalLayer(Layer):
         if len(tops) > 1:
             tops[1].reshape((count, 1))
 
-    def allow_force_backward(self, bottom_index):
-        return False
-
     def forward_cpu(self, bottoms, tops):
         self._forward(bottoms, tops, use_kernel=False)
 
@@ -111,14 +100,6 @@ class ProposalLayer(Layer):
         # The same code; only the NMS switches to the CUDA kernels (which
         # also run on NumPy arrays through the host shim in the tests).
         self._forward(bottoms, tops, use_kernel=True)
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        # As in the reference, no gradient flows through the proposals.
-        for down, bottom in zip(propagate_down, bottoms):
-            if down:
-                bottom.diff.fill(0)
-
-    backward_gpu = backward_cpu
 
     def _forward(self, bottoms, tops, use_kernel):
         a = self.num_anchors

@@ -3,7 +3,7 @@ and box regression targets."""
 import numpy as np
 
 from layers.anchor_target import rpn_sampling_rng
-from layers.base import Layer, register, register_python
+from layers.base import NoGradientLayer, register, register_python
 from layers.boxes import bbox_overlaps, bbox_transform
 from layers.python_compat import field_or_default, layer_settings
 from netdef.device import array_module, to_numpy
@@ -15,7 +15,7 @@ DEFAULT_STDS = (0.1, 0.1, 0.2, 0.2)
 
 @register_python("rpn.proposal_target_layer", "ProposalTargetLayer")
 @register("ProposalTarget")
-class ProposalTargetLayer(Layer):
+class ProposalTargetLayer(NoGradientLayer):
     """Sample foreground and background RoIs of one image.
 
     bottoms: rpn_rois ``(R, 5)`` ``[batch_index, x1, y1, x2, y2]`` (one
@@ -115,21 +115,10 @@ class ProposalTargetLayer(Layer):
         for top in tops[2:]:
             top.reshape((count, self.width))
 
-    def allow_force_backward(self, bottom_index):
-        return False
-
     def forward_cpu(self, bottoms, tops):
         self._forward(bottoms, tops)
 
     forward_gpu = forward_cpu
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        # Sampling and targets do not depend differentiably on the inputs.
-        for down, bottom in zip(propagate_down, bottoms):
-            if down:
-                bottom.diff.fill(0)
-
-    backward_gpu = backward_cpu
 
     # -- the computation, one code for both devices -----------------------------
     def _forward(self, bottoms, tops):
