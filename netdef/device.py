@@ -104,6 +104,13 @@ def set_device(index):
     _default = Device("gpu", index)
 
 
+def device_from_index(gpu):
+    """The device of the ``--gpu INDEX`` option of the netdef tools
+    (netdef.inspect, netdef.layer_times): GPU ``gpu``, or the CPU when it is
+    None. ``Device`` raises DeviceError when CuPy does not see that GPU."""
+    return Device("gpu", gpu) if gpu is not None else CPU
+
+
 def default_device():
     return _default
 

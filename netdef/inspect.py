@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from netdef.device import CPU, Device
+from netdef.device import device_from_index
 from netdef.errors import EngineError
 from netdef.net import Net
 
@@ -113,6 +113,16 @@ def parse_input_shapes(items):
     return shapes
 
 
+def set_input_shapes(net, items):
+    """Give the net zero-filled inputs of the ``--input NAME=D1,D2,...``
+    shapes (netdef.inspect, netdef.layer_times); True when any was given, so
+    that the net needs a reshape."""
+    shapes = parse_input_shapes(items)
+    for name, shape in shapes.items():
+        net.set_input_arrays(**{name: np.zeros(shape, net.dtype)})
+    return bool(shapes)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m netdef.inspect",
@@ -132,13 +142,9 @@ def main(argv=None):
                         help="allow a type: \"Python\" layer from this module (imports and runs it)")
     args = parser.parse_args(argv)
     try:
-        device = Device("gpu", args.gpu) if args.gpu is not None else CPU
-        net = Net(args.prototxt, args.phase, stages=args.stage, level=args.level, device=device,
-                  allow_python_modules=args.allow_python_module)
-        shapes = parse_input_shapes(args.input)
-        if shapes:
-            for name, shape in shapes.items():
-                net.set_input_arrays(**{name: np.zeros(shape, net.dtype)})
+        net = Net(args.prototxt, args.phase, stages=args.stage, level=args.level,
+                  device=device_from_index(args.gpu), allow_python_modules=args.allow_python_module)
+        if set_input_shapes(net, args.input):
             net.reshape()
         print(format_report(net, layer_rows(net)))
         if args.run:

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from netdef.device import CPU, Device
+from netdef.device import device_from_index
 from netdef.errors import EngineError
 from netdef.gradcheck import random_inputs
 from netdef.net import Net
@@ -94,7 +94,7 @@ def format_times(times):
 
 
 def main(argv=None):
-    from netdef.inspect import parse_input_shapes
+    from netdef.inspect import set_input_shapes
     parser = argparse.ArgumentParser(prog="python -m netdef.layer_times",
                                      description="Per-layer forward/backward times of a net.")
     parser.add_argument("prototxt")
@@ -105,10 +105,8 @@ def main(argv=None):
     parser.add_argument("--gpu", type=int, metavar="INDEX")
     args = parser.parse_args(argv)
     try:
-        device = Device("gpu", args.gpu) if args.gpu is not None else CPU
-        net = Net(args.prototxt, args.phase, device=device)
-        for name, shape in parse_input_shapes(args.input).items():
-            net.set_input_arrays(**{name: np.zeros(shape, net.dtype)})
+        net = Net(args.prototxt, args.phase, device=device_from_index(args.gpu))
+        set_input_shapes(net, args.input)
         net.reshape()
         print(format_times(time_layers(net, args.iterations)))
     except EngineError as exc:
