@@ -47,6 +47,22 @@ def load_image_bgr(path):
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
+def prefetched_images(records):
+    """``(record, image)`` for each of ``records`` in order, ``image`` its
+    BGR array (``load_image_bgr``). The next record's image is read in a
+    background thread while the caller works on this one, so reading
+    overlaps the net's forward pass."""
+    from concurrent.futures import ThreadPoolExecutor
+    records = list(records)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load_image_bgr, records[0].path) if records else None
+        for i, record in enumerate(records):
+            image = pending.result()
+            if i + 1 < len(records):
+                pending = pool.submit(load_image_bgr, records[i + 1].path)
+            yield record, image
+
+
 def image_scale(height, width, target_size=600, max_size=1000):
     """py-faster-rcnn's scale factor: ``target_size / shorter side``, or
     ``max_size / longer side`` when ``round(scale * longer side) > max_size``."""

@@ -157,8 +157,7 @@ def generate_proposals(net, records, *, scale=600, max_size=1000, rois_blob="roi
     order. ``progress(done, total)`` is called after each image. The next
     image is read in a background thread while the net runs. Returns
     ``Proposals`` (scores kept when the net has ``scores_blob``)."""
-    from concurrent.futures import ThreadPoolExecutor
-    from solver.preprocess import load_image_bgr, prepare_image
+    from solver.preprocess import prefetched_images, prepare_image
     for name in ("data", "im_info"):
         if name not in net.blobs:
             raise NetDefinitionError(
@@ -167,27 +166,22 @@ def generate_proposals(net, records, *, scale=600, max_size=1000, rois_blob="roi
     with_scores = scores_blob in net.blobs
     records = list(records)
     boxes, scores = [], []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load_image_bgr, records[0].path) if records else None
-        for i, record in enumerate(records):
-            image = pending.result()
-            if i + 1 < len(records):
-                pending = pool.submit(load_image_bgr, records[i + 1].path)
-            blob, im_scale = prepare_image(image, scale, max_size)
-            im_info = np.array([[blob.shape[2], blob.shape[3], im_scale]], np.float32)
-            net.forward(data=blob, im_info=im_info)
-            rois = _blob_array(net, rois_blob, "the proposals, (R, 5)")
-            if rois.ndim != 2 or rois.shape[1] != 5:
-                raise NetDefinitionError(
-                    f"{net.source}: blob '{rois_blob}' should hold proposals (R, 5) "
-                    f"[batch, x1, y1, x2, y2], found shape {rois.shape}")
-            # Back to the image's own pixels (py-faster-rcnn's im_proposals).
-            boxes.append((rois[:, 1:5].astype(np.float64) / im_scale).astype(np.float32))
-            if with_scores:
-                scores.append(_blob_array(net, scores_blob, "scores").reshape(-1)
-                              .astype(np.float32))
-            if progress is not None:
-                progress(i + 1, len(records))
+    for i, (record, image) in enumerate(prefetched_images(records)):
+        blob, im_scale = prepare_image(image, scale, max_size)
+        im_info = np.array([[blob.shape[2], blob.shape[3], im_scale]], np.float32)
+        net.forward(data=blob, im_info=im_info)
+        rois = _blob_array(net, rois_blob, "the proposals, (R, 5)")
+        if rois.ndim != 2 or rois.shape[1] != 5:
+            raise NetDefinitionError(
+                f"{net.source}: blob '{rois_blob}' should hold proposals (R, 5) "
+                f"[batch, x1, y1, x2, y2], found shape {rois.shape}")
+        # Back to the image's own pixels (py-faster-rcnn's im_proposals).
+        boxes.append((rois[:, 1:5].astype(np.float64) / im_scale).astype(np.float32))
+        if with_scores:
+            scores.append(_blob_array(net, scores_blob, "scores").reshape(-1)
+                          .astype(np.float32))
+        if progress is not None:
+            progress(i + 1, len(records))
     return Proposals([r.image_id for r in records], boxes, scores if with_scores else None,
                      dict(meta or {}))
 
