@@ -7,6 +7,7 @@ import layers.conv as conv
 from netdef.errors import NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
+from tests.layer_checks import check_param_diffs_accumulate
 
 FILLERS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
 
@@ -172,15 +173,7 @@ def test_gradient_check_two_bottoms():
 
 def test_parameter_gradients_accumulate_and_propagate_down_false_keeps_bottom_diff():
     layer, bottoms, tops = make("num_output: 2 kernel_size: 3 pad: 1", (1, 2, 4, 4))
-    layer.forward(bottoms, tops)
-    tops[0].diff[...] = np.random.default_rng(4).standard_normal(tops[0].shape)
-    layer.backward(tops, [True], bottoms)
-    once = [p.diff.copy() for p in layer.blobs]
-    bottoms[0].diff[...] = 7.0
-    layer.backward(tops, [False], bottoms)
-    for p, d in zip(layer.blobs, once):
-        np.testing.assert_allclose(p.diff, 2 * d, rtol=1e-12)
-    assert np.all(bottoms[0].diff == 7.0)
+    check_param_diffs_accumulate(layer, bottoms, tops, seed=4, sentinel=7.0)
 
 
 # -- the GPU path, host-run (im2col / col2im through the C++ shim) ------------------------

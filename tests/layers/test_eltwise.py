@@ -4,8 +4,9 @@ import pytest
 
 from netdef.blob import Blob
 from netdef.errors import NetDefinitionError, ShapeError
-from netdef.gradcheck import build_layer, check_layer, setup_layer
+from netdef.gradcheck import build_layer, check_layer
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
+from tests.layer_checks import make
 
 SUM = 'name: "e" type: "Eltwise"'
 SUM_COEFF2 = 'name: "e" type: "Eltwise" eltwise_param { operation: SUM coeff: 1 coeff: -1 }'
@@ -32,12 +33,6 @@ def tie_free(k, shape, seed=0):
     count = int(np.prod(shape))
     values = rng.permutation(k * count).reshape(k, *shape) * 0.1
     return [v - count * 0.05 for v in values]
-
-
-def make(spec, arrays, dtype=np.float64):
-    layer = build_layer(spec, dtype=dtype)
-    bottoms, tops = setup_layer(layer, [np.asarray(a, dtype=dtype) for a in arrays])
-    return layer, bottoms, tops
 
 
 def reference(operation, arrays, coeffs=None):

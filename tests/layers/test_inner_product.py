@@ -6,6 +6,7 @@ import pytest
 from netdef.errors import NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
 from tests.kernel_harness import compare_devices, run_gpu_path_on_host
+from tests.layer_checks import check_param_diffs_accumulate
 
 FILLERS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
 
@@ -91,15 +92,7 @@ def test_gradient_check(case):
 
 def test_parameter_gradients_accumulate_and_propagate_down_false():
     layer, bottoms, tops = make("num_output: 2 transpose: true", (3, 4))
-    layer.forward(bottoms, tops)
-    tops[0].diff[...] = np.random.default_rng(2).standard_normal(tops[0].shape)
-    layer.backward(tops, [True], bottoms)
-    once = [p.diff.copy() for p in layer.blobs]
-    bottoms[0].diff[...] = 5.0
-    layer.backward(tops, [False], bottoms)
-    for p, d in zip(layer.blobs, once):
-        np.testing.assert_allclose(p.diff, 2 * d, rtol=1e-12)
-    assert np.all(bottoms[0].diff == 5.0)
+    check_param_diffs_accumulate(layer, bottoms, tops, seed=2, sentinel=5.0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

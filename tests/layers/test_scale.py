@@ -4,8 +4,9 @@ import pytest
 
 from netdef.blob import Blob
 from netdef.errors import NetDefinitionError, ShapeError
-from netdef.gradcheck import build_layer, check_layer, setup_layer
+from netdef.gradcheck import build_layer, check_layer
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
+from tests.layer_checks import make
 
 X_SHAPE = (2, 3, 4, 5)
 
@@ -18,12 +19,6 @@ def align(operand, ndim, axis):
         return operand
     axis = axis + ndim if axis < 0 else axis
     return operand.reshape(operand.shape + (1,) * (ndim - axis - operand.ndim))
-
-
-def make(spec, arrays, dtype=np.float64):
-    layer = build_layer(spec, dtype=dtype)
-    bottoms, tops = setup_layer(layer, [np.asarray(a, dtype=dtype) for a in arrays])
-    return layer, bottoms, tops
 
 
 def set_params(layer, values):

@@ -6,18 +6,9 @@ import numpy as np
 import pytest
 
 from netdef.errors import NetDefinitionError, ShapeError
-from netdef.gradcheck import build_layer, check_layer, setup_layer
+from netdef.gradcheck import check_layer
 from tests.kernel_harness import compare_devices, run_gpu_path_on_host
-
-
-def make(spec, arrays, num_tops=None, dtype=np.float64):
-    layer = build_layer(spec, dtype=dtype)
-    bottoms, tops = setup_layer(layer, [np.asarray(a, dtype=dtype) for a in arrays], num_tops)
-    return layer, bottoms, tops
-
-
-def rand(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
+from tests.layer_checks import make, rand
 
 
 def reshape_spec(dims, axis=None, num_axes=None):
