@@ -99,15 +99,13 @@ def test_relu_gradient_skips_the_kink_at_zero():
     assert result.skipped_kinks == 3
 
 
-@pytest.mark.parametrize("slope", [None, 0.1])
-def test_relu_in_place(slope):
-    """Top and bottom the same Blob: equal to the out-of-place result
-    (backward then sees y in place of x, which has the same sign for a
-    non-negative slope, Caffe's in-place contract)."""
-    x = np.random.default_rng(0).standard_normal((3, 4, 5))
+def check_in_place(spec, shape):
+    """Top and bottom the same Blob: the top after forward, and the bottom
+    diff and the unchanged top after backward, equal the out-of-place run's."""
+    x = np.random.default_rng(0).standard_normal(shape)
     dy = np.random.default_rng(1).standard_normal(x.shape)
-    _, separate_bottoms, separate_tops = run(relu_spec(slope), x, dy)
-    layer = build_layer(relu_spec(slope), dtype=np.float64)
+    _, separate_bottoms, separate_tops = run(spec, x, dy)
+    layer = build_layer(spec, dtype=np.float64)
     blob = Blob.from_array(x.copy())
     layer.setup([blob], [blob])
     layer.reshape([blob], [blob])
@@ -115,7 +113,16 @@ def test_relu_in_place(slope):
     np.testing.assert_array_equal(blob.data, separate_tops[0].data)
     blob.diff[...] = dy
     layer.backward([blob], [True], [blob])
+    np.testing.assert_array_equal(blob.data, separate_tops[0].data)
     np.testing.assert_array_equal(blob.diff, separate_bottoms[0].diff)
+
+
+@pytest.mark.parametrize("slope", [None, 0.1])
+def test_relu_in_place(slope):
+    """Top and bottom the same Blob: equal to the out-of-place result
+    (backward then sees y in place of x, which has the same sign for a
+    non-negative slope, Caffe's in-place contract)."""
+    check_in_place(relu_spec(slope), (3, 4, 5))
 
 
 def test_relu_propagate_down_false_leaves_bottom_diff():
@@ -185,18 +192,7 @@ def test_saturating_gradient(kind, shape):
 
 @pytest.mark.parametrize("kind", ["Sigmoid", "TanH"])
 def test_saturating_in_place(kind):
-    x = np.random.default_rng(0).standard_normal((3, 4))
-    dy = np.random.default_rng(1).standard_normal(x.shape)
-    _, separate_bottoms, separate_tops = run(spec_of(kind), x, dy)
-    layer = build_layer(spec_of(kind), dtype=np.float64)
-    blob = Blob.from_array(x.copy())
-    layer.setup([blob], [blob])
-    layer.reshape([blob], [blob])
-    layer.forward([blob], [blob])
-    blob.diff[...] = dy
-    layer.backward([blob], [True], [blob])
-    np.testing.assert_array_equal(blob.data, separate_tops[0].data)
-    np.testing.assert_array_equal(blob.diff, separate_bottoms[0].diff)
+    check_in_place(spec_of(kind), (3, 4))
 
 
 @requires_cxx
