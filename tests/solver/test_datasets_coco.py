@@ -3,16 +3,16 @@ image-root discovery, every validation rule in both error modes, the cache."""
 import copy
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from netdef.errors import DataError
-from solver.datasets import DataWarning, load_dataset
+from solver.datasets import load_dataset
 from solver.datasets import coco as coco_module
 from solver.datasets.coco import default_image_root, load_coco
+from tests.solver.dataset_checks import quiet
 
 
 def write_image(path, width, height):
@@ -49,13 +49,6 @@ def make_coco(root, doc=None, json_name="instances_val.json", image_dir="val"):
     with open(path, "w") as f:
         json.dump(doc, f)
     return path
-
-
-def quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = fn(*args, **kwargs)
-    return result, [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
 
 
 def test_reads_categories_boxes_crowd(tmp_path):

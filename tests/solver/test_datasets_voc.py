@@ -1,17 +1,16 @@
 """PASCAL VOC reader: layout, splits and unions, classes, every validation
 rule in both error modes, and the annotation cache."""
 import os
-import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from netdef.errors import DataError
-from solver.datasets import (VOC_CLASSES, DataWarning, DetectionDataset,
-                             ImageRecord, load_dataset)
+from solver.datasets import VOC_CLASSES, DetectionDataset, ImageRecord, load_dataset
 from solver.datasets import voc as voc_module
 from solver.datasets.voc import load_voc, read_classes_file
+from tests.solver.dataset_checks import quiet
 
 
 # ----------------------------------------------------------------------------
@@ -82,14 +81,6 @@ def xml_path(folder, image_id):
 def rewrite_xml(folder, image_id, text):
     with open(xml_path(folder, image_id), "w") as f:
         f.write(text)
-
-
-def quiet(fn, *args, **kwargs):
-    """Call fn with DataWarnings recorded; return (result, messages)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = fn(*args, **kwargs)
-    return result, [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
 
 
 # ----------------------------------------------------------------------------
