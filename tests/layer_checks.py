@@ -33,3 +33,14 @@ def check_param_diffs_accumulate(layer, bottoms, tops, seed, sentinel):
     for p, d in zip(layer.blobs, once):
         np.testing.assert_allclose(p.diff, 2 * d, rtol=1e-12)
     assert np.all(bottoms[0].diff == sentinel)
+
+
+def outer_channels_inner(shape, axis):
+    """``(axis, outer, channels, inner)`` of an array of ``shape`` around
+    ``axis`` (negative counts from the end): the positions the references of
+    the class-axis layers (Accuracy, Softmax) loop over."""
+    axis = axis % len(shape)
+    outer = int(np.prod(shape[:axis]))
+    channels = shape[axis]
+    inner = int(np.prod(shape[axis + 1:]))
+    return axis, outer, channels, inner

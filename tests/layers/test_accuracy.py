@@ -6,15 +6,13 @@ import pytest
 from netdef.errors import DataError, NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
 from tests.kernel_harness import compare_devices
+from tests.layer_checks import outer_channels_inner
 
 
 def ref_accuracy(scores, labels, top_k=1, axis=1, ignore=None):
     """Caffe: correct when fewer than top_k other classes score >= the true
     class. Returns (accuracy, per-class accuracy)."""
-    axis = axis % scores.ndim
-    outer = int(np.prod(scores.shape[:axis]))
-    channels = scores.shape[axis]
-    inner = int(np.prod(scores.shape[axis + 1:]))
+    axis, outer, channels, inner = outer_channels_inner(scores.shape, axis)
     s = scores.reshape(outer, channels, inner)
     lab = np.asarray(labels).reshape(-1)
     correct, count = 0, 0

@@ -10,6 +10,7 @@ from netdef.blob import Blob
 from netdef.errors import DataError, NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
+from tests.layer_checks import outer_channels_inner
 
 FLT_MIN = 1.1754943508222875e-38
 
@@ -33,10 +34,7 @@ def ref_softmax(x, axis):
 def ref_softmax_loss(scores, labels, axis=1, ignore=None, mode="VALID", pre_fixed=1.0):
     """(loss, prob, per-position loss, d scores for loss weight 1)."""
     prob = ref_softmax(scores, axis)
-    axis = axis % scores.ndim
-    outer = int(np.prod(scores.shape[:axis]))
-    channels = scores.shape[axis]
-    inner = int(np.prod(scores.shape[axis + 1:]))
+    axis, outer, channels, inner = outer_channels_inner(scores.shape, axis)
     p3 = prob.reshape(outer, channels, inner)
     lab = np.asarray(labels).reshape(-1)
     per_pos = np.zeros(outer * inner)
