@@ -166,6 +166,7 @@ def main(argv=None):
                 quiet = True
                 break
         timings.append((row, gflop, best_f, best_fb, quiet))
+        print(f"  timed {row[0]}{'' if quiet else ' (no quiet round)'}", file=sys.stderr, flush=True)
     net = None
     if not args.skip_net:
         with OtherLoad() as net_load:
