@@ -30,6 +30,8 @@ setup(
             "nvidia-cuda-nvrtc-cu12>=12.8",
             # Regenerate caffe_pb2.py from caffe.proto to check it has not drifted.
             "grpcio-tools==1.85.1",
+            # The COCO metric is checked against the reference implementation.
+            "pycocotools>=2.0.7",
         ],
     },
 )
