@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layers.base import registered_types
 from netdef import Net
 from netdef.errors import NetDefinitionError
 from netdef.inspect import main as inspect_main
@@ -57,21 +56,7 @@ def feature_map(reference, image):
     return tuple(mapping(s) for s in image)
 
 
-def missing_types(reference):
-    """Layer types the file uses that no module registers yet."""
-    known = set(registered_types()) | {"Python"}
-    return sorted({layer.type for layer in read_net(reference.text()).layer} - known)
-
-
-def require_types(reference):
-    missing = missing_types(reference)
-    if missing:
-        pytest.skip(f"layer type(s) {', '.join(missing)} not registered yet (needed by "
-                    f"{reference.name})")
-
-
 def build(reference, image, rois=ROIS):
-    require_types(reference)
     return Net(net_param(reference, image, rois), reference.phase)
 
 
