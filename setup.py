@@ -8,7 +8,7 @@ setup(
                 "training R-FCN and Faster R-CNN object detectors",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["netdef", "netdef.*", "layers", "layers.*",
                                     "solver", "solver.*", "prototxt", "bench"]),
     package_data={
