@@ -17,9 +17,10 @@ probabilities uniform in [0, 1), deltas N(0, 0.2), so about a third of the
 pre-NMS boxes survive an IoU 0.7 NMS.
 """
 import argparse
-import time
 
 import numpy as np
+
+from bench.gemm import best_time
 
 IMAGE_H, IMAGE_W, STRIDE = 600, 1000, 16
 MAP_H, MAP_W = 38, 63
@@ -29,23 +30,9 @@ GT = np.array([[50.0, 80.0, 300.0, 400.0, 15], [400.0, 100.0, 620.0, 330.0, 7],
                [700.0, 20.0, 760.0, 90.0, 9]])
 
 
-def synchronize(xp):
-    if xp is not np:
-        xp.cuda.Device().synchronize()
-
-
 def best_ms(function, xp=np, repeat=5, warmup=1):
     """Best wall time in milliseconds of ``function()``, device synchronized."""
-    for _ in range(warmup):
-        function()
-    best = float("inf")
-    for _ in range(repeat):
-        synchronize(xp)
-        start = time.perf_counter()
-        function()
-        synchronize(xp)
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+    return best_time(function, xp, repeat, warmup) * 1e3
 
 
 def rpn_inputs(seed=0):

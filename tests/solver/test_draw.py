@@ -103,8 +103,6 @@ def test_bitmap_font(monkeypatch):
     """Pillow before 10.1 has only the bitmap default font: still labelled."""
     from PIL import ImageFont
     from solver import draw
-    if not hasattr(ImageFont, "load_default_imagefont"):
-        pytest.skip("this Pillow cannot load the bitmap default font separately")
     monkeypatch.setattr(draw, "_font", lambda size: ImageFont.load_default_imagefont())
     pixels = np.asarray(draw_detections(grey_bgr(), [("cat", 0.9, [20, 40, 100, 90])]))
     tag = pixels[30:40, 20:60]

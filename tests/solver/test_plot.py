@@ -149,8 +149,6 @@ def test_command_line(tmp_path, capsys):
 def test_bitmap_font(tmp_path, monkeypatch):
     """Pillow before 10.1 has only the bitmap default font: still drawn."""
     from PIL import ImageFont
-    if not hasattr(ImageFont, "load_default_imagefont"):
-        pytest.skip("this Pillow cannot load the bitmap default font separately")
     monkeypatch.setattr(plot, "_font", lambda size: ImageFont.load_default_imagefont())
     path = write_log(tmp_path / "log.jsonl", synthetic_entries(n=10))
     image = plot_log(path, size=(500, 400))
