@@ -473,9 +473,29 @@ class ConvolutionLayer(Layer):
         return self._split(array4[n])
 
     def forward_cpu(self, bottoms, tops):
+        self.forward_with(bottoms, tops, self.blobs[0].data,
+                          self.blobs[1].data if self.bias_term else None)
+
+    def forward_with(self, bottoms, tops, weight, bias, relu=False):
+        """Forward with ``weight`` (O, C / group, kh, kw) and ``bias`` (O,)
+        or None in place of the layer's own blobs, then ReLU when ``relu``.
+        The graph plan calls it with BatchNorm and Scale folded into the
+        weights; ``forward_cpu``/``forward_gpu`` with the layer's blobs.
+        Either device, by the array type of the bottoms."""
+        if self._on_gpu(bottoms, tops):
+            with self.device.context():
+                self._forward_gpu_with(bottoms, tops, weight, bias)
+        else:
+            self._forward_cpu_with(bottoms, tops, weight, bias)
+        if relu:
+            xp = array_module(tops[0].data)
+            for top in tops:
+                xp.maximum(top.data, 0, out=top.data)
+
+    def _forward_cpu_with(self, bottoms, tops, weight, bias):
         plan = self.forward_plan
-        weights = [plan.arrange(w) for w in self._split(self.blobs[0].data)]
-        biases = self._split(self.blobs[1].data) if self.bias_term else [None] * self.group
+        weights = [plan.arrange(w) for w in self._split(weight)]
+        biases = self._split(bias) if bias is not None else [None] * self.group
         for bottom, top in zip(bottoms, tops):
             for n in range(bottom.shape[0]):
                 for x, y, w, b in zip(self._groups(bottom.data, n), self._groups(top.data, n),
@@ -524,16 +544,20 @@ class ConvolutionLayer(Layer):
         return self.column_buffer
 
     def forward_gpu(self, bottoms, tops):
+        self._forward_gpu_with(bottoms, tops, self.blobs[0].data,
+                               self.blobs[1].data if self.bias_term else None)
+
+    def _forward_gpu_with(self, bottoms, tops, weight, bias):
         xp = array_module(bottoms[0].data)
-        weights = self._split(self.blobs[0].data.reshape(self.num_output, -1))
+        weights = self._split(weight.reshape(self.num_output, -1))
         for bottom, top in zip(bottoms, tops):
             for n in range(bottom.shape[0]):
                 columns = self._columns(bottom.data[n], xp)
                 out = top.data[n].reshape(self.num_output, -1)
                 for w, c, o in zip(weights, self._split(columns), self._split(out)):
                     xp.matmul(w, c, out=o)
-            if self.bias_term:
-                top.data += self.blobs[1].data[None, :, None, None]
+            if bias is not None:
+                top.data += bias[None, :, None, None]
 
     def backward_gpu(self, tops, propagate_down, bottoms):
         xp = array_module(bottoms[0].data)
