@@ -125,6 +125,10 @@ class Layer:
         self.dtype = np.dtype(dtype)
         self.seed = int(seed)
         self.blobs = []
+        # Set by the Net: per parameter blob, whether it needs a gradient
+        # (False for lr_mult 0). Layers may skip the work for those that do
+        # not; an empty tuple means every parameter needs one.
+        self.param_propagate_down = ()
 
     # -- context for messages -------------------------------------------------
     @property
@@ -203,6 +207,11 @@ class Layer:
                 value.bit_generator.state = state[name]
             else:
                 setattr(self, name, int(state[name]))
+
+    def param_needs_gradient(self, index):
+        """Whether parameter blob ``index`` needs its gradient computed."""
+        flags = self.param_propagate_down
+        return index >= len(flags) or bool(flags[index])
 
     # -- helpers ------------------------------------------------------------------
     def new_param_blob(self, shape):
