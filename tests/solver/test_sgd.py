@@ -534,9 +534,12 @@ def test_solver_as_message_and_text(tmp_path):
     (('net: "net.prototxt"', 'net: "missing.prototxt"'), "net 'missing.prototxt' not found"),
     (('net: "net.prototxt"', 'net: "net.prototxt" train_net: "net.prototxt"'),
      "give exactly one train net, found net and train_net"),
-    (('momentum: 0.9', 'momentum: 0.9 type: "Adam"'),
-     "solver type 'Adam' is not supported; this engine implements only SGD"),
-    (('momentum: 0.9', 'solver_type: NESTEROV'), "solver type 'Nesterov' is not supported"),
+    (('momentum: 0.9', 'momentum: 0.9 type: "Adamm"'),
+     r"unknown solver type 'Adamm' \(known: SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, "
+     r"Adam\); did you mean 'Adam'"),
+    (('momentum: 0.9', 'momentum: 0.9 solver_type: ADAGRAD'),
+     r"solver type 'AdaGrad' needs momentum 0 \(momentum cannot be used with AdaGrad\), "
+     r"found 0.9"),
     (('momentum: 0.9', 'regularization_type: "L3"'), "unknown regularization_type 'L3'"),
     (('test_interval: 3', 'test_interval: 0'), "test_interval must be > 0"),
     (('test_iter: 2', 'test_iter: 0'), r"test_iter\[0\] must be > 0"),
