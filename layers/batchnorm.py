@@ -88,12 +88,20 @@ class BatchNormLayer(Layer):
                 "(were the weights loaded from a different net?)")
         self.num, self.channels, self.spatial = num, channels, spatial
         tops[0].reshape(shape)
-        # Kept for backward: in place, the bottom data is overwritten by y.
-        self.x_norm = self._buffer("x_norm", shape)
+        # Kept for the batch-mode backward (in place, the bottom data is
+        # overwritten by y); with stored statistics backward needs only std.
+        self.x_norm = None if self.use_global_stats else self._buffer("x_norm", shape)
         # Per-channel statistics of the last forward pass.
         self.mean = self._buffer("mean", (channels,))
         self.variance = self._buffer("variance", (channels,))
         self.std = self._buffer("std", (channels,))
+
+    def frozen_affine(self):
+        """``(a, b)``, each (C,), with y = x * a + b per channel: this
+        layer's transform under its stored statistics (use_global_stats),
+        for the graph plan to fold into a neighbour."""
+        self._statistics(self.blobs[0].data)
+        return 1 / self.std, -self.mean / self.std
 
     def _buffer(self, name, shape):
         # Reallocated only when the shape changes (reshape runs every pass).
@@ -146,9 +154,11 @@ class BatchNormLayer(Layer):
         x = bottoms[0].data
         self._statistics(x)
         x3 = x.reshape(self.num, self.channels, self.spatial)
-        y = (x3 - self.mean[None, :, None]) / self.std[None, :, None]
-        self.x_norm[...] = y.reshape(self.x_norm.shape)
-        tops[0].data[...] = self.x_norm
+        y3 = tops[0].data.reshape(x3.shape)
+        np.subtract(x3, self.mean[None, :, None], out=y3)
+        np.divide(y3, self.std[None, :, None], out=y3)
+        if self.x_norm is not None:
+            self.x_norm[...] = tops[0].data
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
@@ -171,8 +181,10 @@ class BatchNormLayer(Layer):
     def forward_gpu(self, bottoms, tops):
         x = bottoms[0].data
         self._statistics(x)
+        # The kernel writes y twice when there is no x_norm to keep.
+        x_norm = self.x_norm if self.x_norm is not None else tops[0].data
         launch("batchnorm.cu", "batchnorm_forward", x.dtype, x.size,
-               (np.int64(x.size), x, self.mean, self.std, tops[0].data, self.x_norm,
+               (np.int64(x.size), x, self.mean, self.std, tops[0].data, x_norm,
                 np.int64(self.channels), np.int64(self.spatial)))
 
     def backward_gpu(self, tops, propagate_down, bottoms):

@@ -141,8 +141,8 @@ class ScaleLayer(Layer):
                     f"scale's shape {self._scale(bottoms).shape}, found shape "
                     f"{self.blobs[-1].shape}")
         # In place, forward overwrites x, which backward needs for dw: keep a
-        # copy, as Caffe does.
-        if bottoms[0] is tops[0]:
+        # copy, as Caffe does (only when dw is needed: not for a frozen w).
+        if bottoms[0] is tops[0] and self._needs_scale_gradient(bottoms):
             current = getattr(self, "x_copy", None)
             if current is None or tuple(current.shape) != tuple(shape):
                 current = self.device.xp.zeros(shape, dtype=self.dtype)
@@ -153,6 +153,18 @@ class ScaleLayer(Layer):
 
     def _scale(self, bottoms):
         return bottoms[1] if len(bottoms) == 2 else self.blobs[0]
+
+    def _needs_scale_gradient(self, bottoms):
+        """Whether backward may compute dw (bottom[1]'s, or a learned w)."""
+        return len(bottoms) == 2 or self.param_needs_gradient(0)
+
+    def frozen_affine(self):
+        """``(a, b)``, each of the learned scale's shape: y = x * a + b with
+        the layer's own w and b (zero without bias_term), for the graph
+        plan to fold into a neighbour."""
+        w = self.blobs[0].data
+        b = self.blobs[1].data if self.bias_term else self.device.xp.zeros_like(w)
+        return w, b
 
     def _x(self, bottoms):
         """Bottom data as it was in forward."""
@@ -183,10 +195,11 @@ class ScaleLayer(Layer):
         bottom diff is written (in place it is the top diff). Parameter
         gradients accumulate (Caffe's contract); bottom[1]'s is overwritten."""
         dy = tops[0].diff
-        if self.bias_term:
+        if self.bias_term and self.param_needs_gradient(len(self.blobs) - 1):
             bias = self.blobs[-1]
             bias.diff += _reduce_to_operand(dy, self.geometry, xp).reshape(bias.shape)
-        if len(bottoms) == 1 or propagate_down[1]:
+        if (len(bottoms) == 1 and self.param_needs_gradient(0)) or \
+                (len(bottoms) == 2 and propagate_down[1]):
             w = self._scale(bottoms)
             dw = _reduce_to_operand(dy * self._x(bottoms), self.geometry, xp).reshape(w.shape)
             if len(bottoms) == 1:

@@ -12,7 +12,11 @@ logged in ``net.build_log``:
    layer and the blobs with their shapes);
 5. bind parameters (sharing by ParamSpec name, lr_mult / decay_mult);
 6. plan backward: which layers and bottoms need gradients (Caffe's rules,
-   with ``propagate_down`` and ``force_backward``).
+   with ``propagate_down`` and ``force_backward``);
+7. plan the graph (``netdef.plan``): runs of layers that execute as one
+   fused step (frozen BatchNorm/Scale folded into the convolution before
+   them, Eltwise SUM + ReLU, Splits that share their bottom), unless
+   ``plan=False``.
 
 Usage (pycaffe style)::
 
@@ -28,6 +32,7 @@ import numpy as np
 
 from netdef import graph
 from netdef.blob import Blob
+from netdef.plan import LayerStep, make_steps
 from netdef.device import default_device, to_numpy
 from netdef.errors import EngineError, NetDefinitionError, ShapeError
 
@@ -63,12 +68,14 @@ class Net:
     """A network built from a prototxt path or text.
 
     Net(model, phase="TRAIN", weights=None, *, device=None, dtype=float32,
-        stages=(), level=0, seed=0, allow_python_modules=())
+        stages=(), level=0, seed=0, allow_python_modules=(), plan=True)
     Also accepts pycaffe's positional form Net(model, weights, phase).
+    ``plan=False`` runs every layer as itself (no fused steps): a debug
+    switch; results agree with the plan to rounding.
     """
 
     def __init__(self, model, phase=TRAIN, weights=None, *, device=None, dtype=np.float32,
-                 stages=(), level=0, seed=0, allow_python_modules=()):
+                 stages=(), level=0, seed=0, allow_python_modules=(), plan=True):
         if isinstance(phase, (str, Path)) and str(phase).upper() not in (TRAIN, TEST) \
                 and weights in (TRAIN, TEST, 0, 1):
             phase, weights = weights, phase  # pycaffe: Net(model, weights, phase)
@@ -82,12 +89,12 @@ class Net:
         self.param = model if hasattr(model, "layer") else read_net(model)
         self.name = self.param.name
         self.build_log = []
-        self._build(stages, level)
+        self._build(stages, level, plan)
         if weights is not None:
             self.copy_from(weights)
 
     # -- building ------------------------------------------------------------
-    def _build(self, stages, level):
+    def _build(self, stages, level, plan):
         filtered, decisions = graph.filter_net(self.param, self.phase, level, stages)
         self.build_log += decisions
         # Imported here: layers.base imports netdef.device, so a module-level
@@ -124,6 +131,8 @@ class Net:
         self.outputs = [name for name in self.blobs if name not in consumed]
         self._bind_params()
         self._plan_backward(net_param.force_backward)
+        self.steps, decisions = make_steps(self, fuse=plan)
+        self.build_log += decisions
 
     def _loss_weights(self, lp, cls):
         tops = len(lp.top)
@@ -181,7 +190,7 @@ class Net:
                     f"layer '{lp.name}' (type {lp.type}): {len(lp.param)} param specs given "
                     f"but the layer has {len(layer.blobs)} parameter blob(s)")
             fixed = set(getattr(layer, "fixed_param_blobs", ()))
-            needs = False
+            flags = []  # per blob: does it need a gradient (lr_mult != 0)?
             for i in range(len(layer.blobs)):
                 spec = lp.param[i] if i < len(lp.param) else None
                 name = spec.name if spec is not None else ""
@@ -196,16 +205,17 @@ class Net:
                             f"'{owner.layer}'")
                     layer.blobs[i] = owner.blob
                     self.build_log.append(f"{lp.name}: param {i} shares '{name}' with {owner.layer}")
-                    needs = needs or owner.lr_mult != 0
+                    flags.append(owner.lr_mult != 0)
                     continue
                 entry = LearnableParam(layer.blobs[i], lp.name, i, lr, decay)
                 if name:
                     owners[name] = entry
                 self.learnable_params.append(entry)
-                needs = needs or lr != 0
+                flags.append(lr != 0)
             if layer.blobs:
                 self.params[lp.name] = layer.blobs
-            self._param_need_backward.append(needs)
+            layer.param_propagate_down = tuple(flags)
+            self._param_need_backward.append(any(flags))
 
     def _plan_backward(self, force_backward):
         """Caffe's decision of which layers and bottoms need backward."""
@@ -262,6 +272,20 @@ class Net:
         last = names.index(end) if end is not None else len(names) - 1
         return first, last
 
+    def _steps_between(self, first, last):
+        """The plan's steps covering layers ``first``..``last``; a fused step
+        only partly inside the range is replaced by its layers, one by one."""
+        if first == 0 and last == len(self.layers) - 1:
+            return self.steps
+        chosen = []
+        for step in self.steps:
+            inside = [k for k in step.indices if first <= k <= last]
+            if len(inside) == len(step.indices):
+                chosen.append(step)
+            else:
+                chosen += [LayerStep(self, k) for k in inside]
+        return chosen
+
     def set_input_arrays(self, **arrays):
         """Copy arrays (NumPy or CuPy) into blobs, reshaping them as needed."""
         for name, array in arrays.items():
@@ -278,13 +302,12 @@ class Net:
         first, last = self._range(start, end)
         loss = 0.0
         with self.device.context():
-            for i in range(first, last + 1):
-                layer, bottoms, tops = self.layers[i], self.bottom_blobs[i], self.top_blobs[i]
-                layer.reshape(bottoms, tops)
-                layer.forward(bottoms, tops)
-                for weight, top in zip(self.loss_weights[i], tops):
-                    if weight:
-                        loss += weight * float(top.data.sum())
+            for step in self._steps_between(first, last):
+                step.forward()
+                for i in step.indices:
+                    for weight, top in zip(self.loss_weights[i], self.top_blobs[i]):
+                        if weight:
+                            loss += weight * float(top.data.sum())
         names = list(self.outputs) + list(blobs or [])
         out = Outputs((name, self.blobs[name].data) for name in names)
         out.loss = loss
@@ -312,10 +335,8 @@ class Net:
                 for weight, top in zip(self.loss_weights[i], self.top_blobs[i]):
                     if weight:
                         top.diff.fill(weight)
-            for i in reversed(range(first, last + 1)):
-                if self.layer_need_backward[i]:
-                    self.layers[i].backward(self.top_blobs[i], self.bottom_need_backward[i],
-                                            self.bottom_blobs[i])
+            for step in reversed(self._steps_between(first, last)):
+                step.backward()
         names = list(self.inputs) + list(diffs or [])
         return {name: self.blobs[name].diff for name in names}
 
