@@ -116,8 +116,8 @@ def restore_history(history, stored, device, rule_type):
     if missing and unused and not set(stored) & set(history):
         # e.g. an SGD snapshot resumed with type "Adam": Caffe would load the
         # momentum as Adam's moments; here the history starts over, and says so.
-        return [f"the snapshot's solver history ({', '.join(unused[:2])}, ...) is not "
-                f"a {rule_type} solver's; its history starts at 0"]
+        return [f"the snapshot's solver history ({', '.join(unused[:2])}, ...) is not the "
+                f"history of solver type '{rule_type}', whose history starts at 0"]
     notes = [f"no solver history for '{key}' (starts at 0)" for key in missing]
     if unused:
         notes.append(f"solver history of {', '.join(unused)} not used (lr_mult 0 here, or "
