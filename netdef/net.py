@@ -32,6 +32,7 @@ import numpy as np
 
 from netdef import graph
 from netdef.blob import Blob
+from netdef.memory import MemoryPlan
 from netdef.plan import LayerStep, make_steps
 from netdef.device import default_device, to_numpy
 from netdef.errors import EngineError, NetDefinitionError, ShapeError
@@ -68,14 +69,17 @@ class Net:
     """A network built from a prototxt path or text.
 
     Net(model, phase="TRAIN", weights=None, *, device=None, dtype=float32,
-        stages=(), level=0, seed=0, allow_python_modules=(), plan=True)
+        stages=(), level=0, seed=0, allow_python_modules=(), plan=True, keep=None)
     Also accepts pycaffe's positional form Net(model, weights, phase).
     ``plan=False`` runs every layer as itself (no fused steps): a debug
-    switch; results agree with the plan to rounding.
+    switch; results agree with the plan to rounding. ``keep``: None keeps
+    every blob readable (Caffe's promise); a list of blob names chooses the
+    lean memory plan (``netdef.memory``), in which only those blobs and the
+    inputs and outputs stay readable after a pass.
     """
 
     def __init__(self, model, phase=TRAIN, weights=None, *, device=None, dtype=np.float32,
-                 stages=(), level=0, seed=0, allow_python_modules=(), plan=True):
+                 stages=(), level=0, seed=0, allow_python_modules=(), plan=True, keep=None):
         if isinstance(phase, (str, Path)) and str(phase).upper() not in (TRAIN, TEST) \
                 and weights in (TRAIN, TEST, 0, 1):
             phase, weights = weights, phase  # pycaffe: Net(model, weights, phase)
@@ -90,6 +94,10 @@ class Net:
         self.name = self.param.name
         self.build_log = []
         self._build(stages, level, plan)
+        self.memory = None
+        if keep is not None:
+            self.memory = MemoryPlan(self, keep)
+            self.build_log.append(self.memory.summary())
         if weights is not None:
             self.copy_from(weights)
 
@@ -301,13 +309,17 @@ class Net:
         self.set_input_arrays(**inputs)
         first, last = self._range(start, end)
         loss = 0.0
+        steps = self._steps_between(first, last)
+        memory = self.memory if steps is self.steps else None
         with self.device.context():
-            for step in self._steps_between(first, last):
+            for s, step in enumerate(steps):
                 step.forward()
                 for i in step.indices:
                     for weight, top in zip(self.loss_weights[i], self.top_blobs[i]):
                         if weight:
                             loss += weight * float(top.data.sum())
+                if memory is not None:
+                    memory.after_forward(s)
         names = list(self.outputs) + list(blobs or [])
         out = Outputs((name, self.blobs[name].data) for name in names)
         out.loss = loss
@@ -335,8 +347,12 @@ class Net:
                 for weight, top in zip(self.loss_weights[i], self.top_blobs[i]):
                     if weight:
                         top.diff.fill(weight)
-            for step in reversed(self._steps_between(first, last)):
-                step.backward()
+            steps = self._steps_between(first, last)
+            memory = self.memory if steps is self.steps else None
+            for s in reversed(range(len(steps))):
+                steps[s].backward()
+                if memory is not None:
+                    memory.after_backward(s)
         names = list(self.inputs) + list(diffs or [])
         return {name: self.blobs[name].diff for name in names}
 

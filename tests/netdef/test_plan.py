@@ -228,3 +228,70 @@ def test_fused_numpy_functions_against_plain_formulas():
     in_place = dy.copy()
     fused.masked_scale(y, in_place, 1.0, in_place, True)
     np.testing.assert_allclose(in_place, np.where(y > 0, dy, 0))
+
+
+# -- the lean memory plan ------------------------------------------------------------
+
+def _train_lean(keep, dtype=np.float64, iterations=3):
+    net = Net(RESIDUAL, "TRAIN", dtype=dtype, seed=1, keep=keep)
+    _statistics(net, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    record = []
+    for _ in range(iterations):
+        data = rng.standard_normal(net.blobs["data"].shape)
+        out = net.forward(data=data, label=np.array([0.0, 2.0]))
+        net.clear_param_diffs()
+        net.backward()
+        for p in net.learnable_params:
+            p.blob.data -= 0.1 * p.lr_mult * p.blob.diff
+        record.append((out.loss, {f"{p.layer}/{p.index}": p.blob.data.copy()
+                                  for p in net.learnable_params}))
+    return net, record
+
+
+def test_lean_plan_trains_as_the_full_one():
+    lean_net, lean = _train_lean(keep=["pool"])
+    _, full = _train_lean(keep=None)
+    for (loss_a, weights_a), (loss_b, weights_b) in zip(lean, full):
+        assert loss_a == pytest.approx(loss_b, rel=1e-12)
+        for name in weights_b:
+            np.testing.assert_allclose(weights_a[name], weights_b[name], rtol=1e-12)
+    # Kept, input and output blobs stay readable; the others were given back.
+    assert not lean_net.blobs["pool"].is_released
+    assert np.isfinite(lean_net.blobs["pool"].diff).all()
+    assert not lean_net.blobs["data"].is_released and not lean_net.blobs["loss"].is_released
+    assert lean_net.blobs["fc"].is_released and np.isnan(lean_net.blobs["fc"].data).all()
+    assert lean_net.memory.pool.allocated_bytes > 0
+
+
+def test_lean_plan_reuses_storage_across_passes_and_shapes():
+    net = Net(RESIDUAL, "TEST", keep=[])
+    rng = np.random.default_rng(0)
+    net.forward(data=rng.standard_normal((2, 3, 10, 12)), label=np.zeros(2))
+    first = net.memory.pool.allocated_bytes
+    for _ in range(3):
+        net.forward(data=rng.standard_normal((2, 3, 10, 12)), label=np.zeros(2))
+    assert net.memory.pool.allocated_bytes == first
+    # A forward-only pass gives back each activation after its last reader,
+    # so the pool holds less than all the activations together.
+    total = sum(b.count * 8 for n, b in Net(RESIDUAL, "TEST").blobs.items())
+    assert first < total
+
+
+def test_keep_names_an_unknown_blob():
+    from netdef.errors import NetDefinitionError
+    with pytest.raises(NetDefinitionError, match="keep names blob.*nonesuch.*phase TEST"):
+        Net(RESIDUAL, "TEST", keep=["nonesuch"])
+
+
+def test_storage_pool_hands_back_and_reuses():
+    from netdef.memory import StoragePool
+    pool = StoragePool(np)
+    a = pool.take((4, 5), np.float32, zero=True)
+    assert a.shape == (4, 5) and not a.any()
+    pool.give(a[1:])              # a view of it gives the same buffer back
+    pool.give(a)                  # given twice: ignored
+    b = pool.take((3, 3), np.float64, zero=False)
+    assert pool.allocated_bytes == 80 and b.nbytes == 72
+    pool.give(np.zeros(3))        # not from the pool: ignored
+    assert pool.free == []
