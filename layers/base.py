@@ -17,6 +17,7 @@ import difflib
 import numpy as np
 
 from netdef.device import CPU, is_gpu_array
+from layers.workspace import Workspace
 from netdef.errors import NetDefinitionError, ShapeError
 
 _REGISTRY = {}
@@ -129,6 +130,9 @@ class Layer:
         # (False for lr_mult 0). Layers may skip the work for those that do
         # not; an empty tuple means every parameter needs one.
         self.param_propagate_down = ()
+        # Scratch arrays (layers/workspace.py): private to the layer until
+        # the Net assigns one Workspace shared by all its layers.
+        self.workspace = Workspace(device)
 
     # -- context for messages -------------------------------------------------
     @property

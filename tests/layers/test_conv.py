@@ -3,7 +3,7 @@ checks, the host-run im2col/col2im GPU path, GPU parity, and every error."""
 import numpy as np
 import pytest
 
-import layers.conv as conv
+import layers.conv_plans as conv
 from netdef.errors import NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host

@@ -1,0 +1,287 @@
+"""CPU strategies of the Convolution layer (layers/conv.py): one image
+(C, H, W) of one group at a time, every multiply-add inside a GEMM
+(``numpy.matmul``, i.e. OpenBLAS), all scratch from a ``Workspace``
+(layers/workspace.py) so that layers can share it.
+
+- ``ShiftPlan``, stride 1 (every 3x3 and 1x1 of ResNet) on all but small
+  maps. In the zero-padded image flattened to (C, Hp * Wp), the input of
+  output pixel (y, x) under kernel tap (i, j) sits at
+  ``y * Wp + x + i * dh * Wp + j * dw``. Computing the output on the padded
+  width (Ho rows of Wp, the last Wp - Wo columns of each row being garbage
+  that is cropped) turns each tap into a constant offset of one flat index,
+  so each row of the column matrix is one long contiguous copy (a true
+  im2col copies rows of only Wo elements, which is slower). The rows are
+  ordered (c, i, j) like the weights, so the weights (O, C * kh * kw) are
+  used as they are, and each chunk of output rows is one GEMM with
+  K = C * kh * kw. A 1x1 convolution uses the (padded) image as its own
+  column matrix. The data gradient of a stride-1 correlation is a stride-1
+  "full" correlation of the top diff with the flipped, transposed weights
+  (pad' = dilation * (k - 1) - pad; negative pads crop), the same plan.
+- ``ColumnPlan``, stride > 1, and small maps: Caffe's im2col, chunked over
+  output rows, with the data gradient by col2im (one strided add per tap).
+
+Work is chunked over output rows so that a chunk's columns and output stay
+in cache while the GEMM consumes them and the bias and ReLU are applied
+while the output is still in cache. Weight gradients are computed as
+columns (K, n) @ diff^T (n, O), which OpenBLAS runs faster than the
+transposed product diff @ columns^T, and added transposed.
+"""
+import numpy as np
+
+# A chunk of work holds about this many column elements (4 MiB of float32)
+# and has at least this many columns, so each GEMM is wide enough to run
+# near full speed. Measured by ``python -m bench.conv``.
+CHUNK_ELEMENTS = 1 << 20
+MIN_CHUNK_COLUMNS = 1024
+# A stride-1 convolution whose whole column matrix is at most this many
+# elements (a small map, e.g. 14x14 or 7x7 at ImageNet size) takes the
+# im2col plan: on a padded 7x7 map the shift plan would waste 2 of 9 columns.
+SMALL_COLUMNS = CHUNK_ELEMENTS
+
+
+def _chunk_rows(row_elements, row_columns, rows):
+    """Rows of output per chunk: ~CHUNK_ELEMENTS of columns, at least
+    MIN_CHUNK_COLUMNS wide, at least 1 and at most ``rows``."""
+    by_size = CHUNK_ELEMENTS // max(row_elements, 1)
+    by_width = -(-MIN_CHUNK_COLUMNS // max(row_columns, 1))
+    return int(min(max(by_size, by_width, 1), rows))
+
+
+def make_plans(channels, height, width, outputs, kernel, pad, stride, dilation):
+    """(forward plan, data-gradient plan) for one group: C = ``channels``
+    in, O = ``outputs`` out. The data-gradient plan is the forward plan
+    itself (col2im) or a ShiftPlan of the full correlation."""
+    kh, kw = kernel
+    out_h = (height + 2 * pad[0] - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
+    out_w = (width + 2 * pad[1] - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
+    columns = channels * kh * kw * out_h * out_w
+    # A 1x1 takes the shift plan at any size: it is then a GEMM on the image.
+    if stride == (1, 1) and (kernel == (1, 1) or columns > SMALL_COLUMNS):
+        forward = ShiftPlan(channels, height, width, outputs, kernel, pad, dilation)
+        full_pad = tuple(d * (k - 1) - p for k, p, d in zip(kernel, pad, dilation))
+        return forward, ShiftPlan(outputs, out_h, out_w, channels, kernel, full_pad, dilation)
+    plan = ColumnPlan(channels, height, width, outputs, kernel, pad, stride, dilation)
+    return plan, plan
+
+
+def _epilogue(out, bias, relu):
+    """out (O, rows, W) += bias (O,), then ReLU, in place."""
+    if bias is not None:
+        out += bias[:, None, None]
+    if relu:
+        np.maximum(out, 0, out=out)
+
+
+class Padder:
+    """Zero-pads (or, for negative pads, crops) an image (C, H, W) into the
+    workspace buffer ``name`` (C, H + 2 ph, W + 2 pw) and returns it
+    flattened to (C, Hp * Wp). With no padding the image itself is returned
+    (a view)."""
+
+    def __init__(self, channels, height, width, pad):
+        self.channels, self.pad = channels, pad
+        self.height, self.width = height + 2 * pad[0], width + 2 * pad[1]
+        # Destination and source ranges per axis; a negative pad crops.
+        self.dst = tuple(slice(max(p, 0), max(p, 0) + n - 2 * max(-p, 0))
+                         for p, n in zip(pad, (height, width)))
+        self.src = tuple(slice(max(-p, 0), n - max(-p, 0)) for p, n in zip(pad, (height, width)))
+
+    def __call__(self, workspace, image, name="padded"):
+        if self.pad == (0, 0):
+            return image.reshape(image.shape[0], -1)
+        buffer = workspace.array(name, (self.channels, self.height, self.width), image.dtype)
+        (top, bottom), (left, right) = ((s.start, s.stop) for s in self.dst)
+        # The workspace is shared, so the border is zeroed on every call.
+        buffer[:, :top] = 0
+        buffer[:, bottom:] = 0
+        buffer[:, top:bottom, :left] = 0
+        buffer[:, top:bottom, right:] = 0
+        buffer[:, top:bottom, left:right] = image[:, self.src[0], self.src[1]]
+        return buffer.reshape(self.channels, -1)
+
+
+class ShiftPlan:
+    """Stride-1 correlation of one image (C, H, W) with weights
+    (O, C * kh * kw) into (O, Ho, Wo) (module docstring)."""
+
+    def __init__(self, channels, height, width, outputs, kernel, pad, dilation):
+        (kh, kw), (dh, dw) = kernel, dilation
+        self.channels, self.outputs, self.kernel = channels, outputs, kernel
+        self.padder = Padder(channels, height, width, pad)
+        wp = self.pitch = self.padder.width
+        self.out_height = self.padder.height - (kh - 1) * dh
+        self.out_width = wp - (kw - 1) * dw
+        # Columns of the padded-width output that are computed: the last row
+        # stops at Wo, which keeps every read inside the padded image.
+        self.length = (self.out_height - 1) * wp + self.out_width
+        self.offsets = [i * dh * wp + j * dw for i in range(kh) for j in range(kw)]
+        self.taps = channels * kh * kw
+        self.direct = kernel == (1, 1)  # the (padded) image is the column matrix
+        self.cropped = self.out_width != wp
+        self.rows = _chunk_rows(max(self.taps, outputs) * wp, wp, self.out_height)
+
+    def _chunks(self):
+        """(first output row, rows, first flat column, columns) per chunk."""
+        for y0 in range(0, self.out_height, self.rows):
+            start = y0 * self.pitch
+            yield (y0, min(self.rows, self.out_height - y0), start,
+                   min(self.rows * self.pitch, self.length - start))
+
+    def _columns(self, workspace, flat, start, count):
+        """The (C * kh * kw, count) column matrix of flat output columns
+        [start, start + count), rows ordered (c, i, j)."""
+        if self.direct:
+            return flat[:, start:start + count]
+        block = workspace.array("columns", (self.channels, len(self.offsets), count), flat.dtype)
+        for t, offset in enumerate(self.offsets):
+            block[:, t] = flat[:, start + offset:start + offset + count]
+        return block.reshape(self.taps, count)
+
+    def _padded_width(self, workspace, name, rows, dtype):
+        """A chunk buffer (O, rows, Wp) on the padded width."""
+        return workspace.array(name, (self.outputs, rows, self.pitch), dtype)
+
+    def forward(self, workspace, image, weight, out, bias=None, relu=False):
+        """out (O, Ho, Wo) = correlation of image (C, H, W) with ``weight``
+        (O, C * kh * kw), plus bias (O,) if given, then ReLU if ``relu``."""
+        flat = self.padder(workspace, image)
+        out2 = out.reshape(self.outputs, -1)
+        for y0, rows, start, count in self._chunks():
+            columns = self._columns(workspace, flat, start, count)
+            dest = out[:, y0:y0 + rows]
+            if not self.cropped:
+                np.matmul(weight, columns, out=out2[:, start:start + count])
+                _epilogue(dest, bias, relu)
+                continue
+            chunk = self._padded_width(workspace, "output", rows, out.dtype)
+            np.matmul(weight, columns, out=chunk.reshape(self.outputs, -1)[:, :count])
+            # Crop (and add the bias) while the chunk is in cache.
+            valid = chunk[:, :, :self.out_width]
+            if bias is None:
+                dest[...] = valid
+            else:
+                np.add(valid, bias[:, None, None], out=dest)
+            _epilogue(dest, None, relu)
+
+    def weight_gradient(self, workspace, image, top_diff, weight_diff):
+        """weight_diff (O, C * kh * kw) += d(sum(top_diff * out)) / d(weight)
+        for image (C, H, W) and top_diff (O, Ho, Wo)."""
+        flat = self.padder(workspace, image)
+        diff2 = top_diff.reshape(self.outputs, -1)
+        partial = workspace.array("weight_partial", (self.taps, self.outputs), weight_diff.dtype)
+        for y0, rows, start, count in self._chunks():
+            if self.cropped:
+                # The diff on the padded width, garbage columns zero (they
+                # meet finite garbage columns of the image).
+                chunk = self._padded_width(workspace, "diff", rows, top_diff.dtype)
+                chunk[:, :, :self.out_width] = top_diff[:, y0:y0 + rows]
+                chunk[:, :, self.out_width:] = 0
+                diff = chunk.reshape(self.outputs, -1)[:, :count]
+            else:
+                diff = diff2[:, start:start + count]
+            np.matmul(self._columns(workspace, flat, start, count), diff.T, out=partial)
+            weight_diff += partial.T
+
+    def flipped(self, workspace, weight):
+        """For the data-gradient plan: forward weights (C, O, kh, kw) (this
+        plan's outputs are the forward's channels) as the weights of the
+        full correlation, (O, C * kh * kw) here: transposed and rotated 180
+        degrees. A 1x1's is a view."""
+        c, o, kh, kw = weight.shape
+        if self.direct:
+            return weight.reshape(c, o).T
+        arranged = workspace.array("flipped_weight", (o, c, kh, kw), weight.dtype)
+        arranged[...] = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        return arranged.reshape(o, -1)
+
+    def data_gradient(self, workspace, top_diff, weight, image_diff):
+        """The forward plan's adjoint, for a plan built as the full
+        correlation: image_diff (this plan's out) from top_diff (its image)
+        and the forward's ``weight`` (C, O, kh, kw)."""
+        self.forward(workspace, top_diff, self.flipped(workspace, weight), image_diff)
+
+
+class ColumnPlan:
+    """Correlation of one image (C, H, W) -> (O, Ho, Wo) with any stride,
+    through an im2col column matrix built chunk by chunk (rows ordered
+    (c, i, j) like the weights), and its adjoint col2im for the data
+    gradient."""
+
+    def __init__(self, channels, height, width, outputs, kernel, pad, stride, dilation):
+        kh, kw = kernel
+        self.channels, self.outputs = channels, outputs
+        self.height, self.width = height, width
+        self.kernel, self.pad, self.stride, self.dilation = kernel, pad, stride, dilation
+        self.padder = Padder(channels, height, width, pad)
+        hp, wp = self.padder.height, self.padder.width
+        self.out_height = (hp - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
+        self.out_width = (wp - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
+        self.taps = kh * kw * channels
+        self.rows = _chunk_rows(self.taps * self.out_width, self.out_width, self.out_height)
+
+    def _chunks(self):
+        for y0 in range(0, self.out_height, self.rows):
+            yield y0, min(self.rows, self.out_height - y0)
+
+    def _tap_views(self, image3, y0, rows):
+        """For each tap (i, j): the (C, rows, Wo) strided view of the padded
+        image (C, Hp, Wp) that tap reads for output rows [y0, y0 + rows)."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        for i in range(kh):
+            top = y0 * sh + i * dh
+            for j in range(kw):
+                yield (i, j), image3[:, top:top + (rows - 1) * sh + 1:sh,
+                                     j * dw:j * dw + (self.out_width - 1) * sw + 1:sw]
+
+    def _block(self, workspace, rows, dtype):
+        """The chunk's column buffer as (C, kh, kw, rows, Wo)."""
+        return workspace.array("columns", (self.channels, *self.kernel, rows, self.out_width), dtype)
+
+    def _fill(self, workspace, image3, y0, rows):
+        block = self._block(workspace, rows, image3.dtype)
+        for (i, j), view in self._tap_views(image3, y0, rows):
+            block[:, i, j] = view
+        return block.reshape(self.taps, rows * self.out_width)
+
+    def _image3(self, workspace, image):
+        flat = self.padder(workspace, image)
+        return flat.reshape(self.channels, self.padder.height, self.padder.width)
+
+    def forward(self, workspace, image, weight, out, bias=None, relu=False):
+        """As ``ShiftPlan.forward``, any stride."""
+        image3 = self._image3(workspace, image)
+        out2 = out.reshape(self.outputs, -1)
+        wo = self.out_width
+        for y0, rows in self._chunks():
+            np.matmul(weight, self._fill(workspace, image3, y0, rows),
+                      out=out2[:, y0 * wo:(y0 + rows) * wo])
+            _epilogue(out[:, y0:y0 + rows], bias, relu)
+
+    def weight_gradient(self, workspace, image, top_diff, weight_diff):
+        """As ``ShiftPlan.weight_gradient``."""
+        image3 = self._image3(workspace, image)
+        diff = top_diff.reshape(self.outputs, -1)
+        partial = workspace.array("weight_partial", (self.taps, self.outputs), weight_diff.dtype)
+        wo = self.out_width
+        for y0, rows in self._chunks():
+            columns = self._fill(workspace, image3, y0, rows)
+            np.matmul(columns, diff[:, y0 * wo:(y0 + rows) * wo].T, out=partial)
+            weight_diff += partial.T
+
+    def data_gradient(self, workspace, top_diff, weight, image_diff):
+        """image_diff (C, H, W) = d(sum(top_diff * out)) / d(image), with
+        the forward's ``weight`` (O, C, kh, kw)."""
+        diff = top_diff.reshape(self.outputs, -1)
+        matrix = weight.reshape(self.outputs, self.taps)
+        padded = workspace.zeros("image_diff", (self.channels, self.padder.height,
+                                                self.padder.width), image_diff.dtype)
+        wo = self.out_width
+        for y0, rows in self._chunks():
+            block = self._block(workspace, rows, image_diff.dtype)
+            np.matmul(matrix.T, diff[:, y0 * wo:(y0 + rows) * wo],
+                      out=block.reshape(self.taps, rows * wo))
+            # col2im: taps overlap in the image, so add tap by tap.
+            for (i, j), view in self._tap_views(padded, y0, rows):
+                view += block[:, i, j]
+        ph, pw = self.pad
+        image_diff[...] = padded[:, ph:ph + self.height, pw:pw + self.width]
