@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import layers.conv_plans as conv
+from layers.workspace import Workspace
 from netdef.errors import NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
@@ -174,6 +175,142 @@ def test_gradient_check_two_bottoms():
 def test_parameter_gradients_accumulate_and_propagate_down_false_keeps_bottom_diff():
     layer, bottoms, tops = make("num_output: 2 kernel_size: 3 pad: 1", (1, 2, 4, 4))
     check_param_diffs_accumulate(layer, bottoms, tops, seed=4, sentinel=7.0)
+
+
+# -- forward_with, skipped parameter gradients ----------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_with_given_weights_bias_and_relu(case, chunking):
+    _, params, shape = case
+    layer, bottoms, tops = make(params, shape)
+    rng = np.random.default_rng(8)
+    weight = rng.standard_normal(layer.blobs[0].shape)
+    bias = rng.standard_normal(layer.num_output)
+    own = [b.data.copy() for b in layer.blobs]
+    x = bottoms[0].data
+    for given_bias, relu in ((bias, True), (None, True), (bias, False)):
+        layer.forward_with(bottoms, tops, weight, given_bias, relu=relu)
+        expected = reference_conv(x, weight, given_bias, layer.stride, layer.pad, layer.dilation,
+                                  layer.group)
+        if relu:
+            expected = np.maximum(expected, 0)
+        np.testing.assert_allclose(tops[0].data, expected, rtol=1e-12, atol=1e-12)
+    for blob, data in zip(layer.blobs, own):
+        np.testing.assert_array_equal(blob.data, data)
+
+
+def _gradients(built, flags=(), propagate=True, backward="backward"):
+    """(weight diff, bias diff, bottom diff) of ``built`` (layer, bottoms,
+    tops) after one backward from diffs preset to sentinels, with
+    ``param_propagate_down = flags``."""
+    layer, bottoms, tops = built
+    layer.param_propagate_down = flags
+    layer.forward(bottoms, tops)
+    tops[0].diff[...] = np.random.default_rng(10).standard_normal(tops[0].shape)
+    for blob in layer.blobs:
+        blob.diff[...] = 5.0
+    bottoms[0].diff[...] = 7.0
+    getattr(layer, backward)(tops, [propagate], bottoms)
+    return [layer.blobs[0].diff, layer.blobs[1].diff, bottoms[0].diff]
+
+
+SKIP_PATHS = ["backward", pytest.param("backward_gpu", marks=requires_cxx)]
+
+
+@pytest.mark.parametrize("backward", SKIP_PATHS)
+@pytest.mark.parametrize("flags", [(False, True), (True, False), (False, False)])
+@pytest.mark.parametrize("params", ["num_output: 3 kernel_size: 3 pad: 1",
+                                    "num_output: 4 kernel_size: 3 stride: 2 pad: 1 group: 2"])
+def test_parameter_gradients_not_needed_are_skipped(params, flags, backward):
+    shape = (2, 2, 5, 6)
+    full = _gradients(make(params, shape, seed=9), backward=backward)
+    found = _gradients(make(params, shape, seed=9), flags, backward=backward)
+    for diff, expected, needed in zip(found[:2], full[:2], flags):
+        if needed:
+            np.testing.assert_allclose(diff, expected, rtol=1e-12)
+        else:
+            assert np.all(diff == 5.0)
+    np.testing.assert_allclose(found[2], full[2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backward", SKIP_PATHS)
+def test_backward_does_no_work_when_nothing_needs_a_gradient(backward, monkeypatch):
+    params, shape = "num_output: 3 kernel_size: 3 pad: 1", (1, 2, 5, 6)
+    layer, bottoms, tops = make(params, shape)
+
+    def forbidden(*args):
+        raise AssertionError("gradient work done though no gradient is needed")
+
+    for plan in (layer.forward_plan, layer.data_plan):
+        monkeypatch.setattr(plan, "weight_gradient", forbidden)
+        monkeypatch.setattr(plan, "data_gradient", forbidden)
+    monkeypatch.setattr(layer, "_columns", forbidden)
+    monkeypatch.setattr(layer, "_data_gradient_gpu", forbidden)
+    found = _gradients((layer, bottoms, tops), (False, False), propagate=False, backward=backward)
+    assert np.all(found[0] == 5.0) and np.all(found[1] == 5.0) and np.all(found[2] == 7.0)
+
+
+# -- scratch from a shared Workspace -------------------------------------------------
+
+
+class PoisonedWorkspace(Workspace):
+    """Hands out every scratch array filled with NaN, so a plan that relies
+    on what scratch held before (a zeroed border, zeroed garbage columns)
+    gives NaN instead of passing by luck."""
+
+    def array(self, name, shape, dtype):
+        out = super().array(name, shape, dtype)
+        out.fill(np.nan)
+        return out
+
+
+def _run_forward_backward(layer, bottoms, tops, seed):
+    layer.forward(bottoms, tops)
+    tops[0].diff[...] = np.random.default_rng(seed).standard_normal(tops[0].shape)
+    for blob in layer.blobs:
+        blob.diff[...] = 0
+    layer.backward(tops, [True], bottoms)
+    return [tops[0].data.copy(), bottoms[0].diff.copy()] + [b.diff.copy() for b in layer.blobs]
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_scratch_contents_are_never_relied_on(case, chunking):
+    _, params, shape = case
+    expected = _run_forward_backward(*make(params, shape), seed=11)
+    layer, bottoms, tops = make(params, shape)
+    layer.workspace = PoisonedWorkspace()
+    found = _run_forward_backward(layer, bottoms, tops, seed=11)
+    for e, f in zip(expected, found):
+        np.testing.assert_allclose(f, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_layers_sharing_one_workspace_match_separate_ones(dtype, chunking):
+    """Padded, strided, dilated and pointwise layers of different shapes,
+    interleaved forward and backward on one Workspace."""
+    layer_cases = [("num_output: 4 kernel_size: 3 pad: 1", (2, 3, 6, 7)),
+                   ("num_output: 6 kernel_size: 3 stride: 2 pad: 2 group: 2", (1, 4, 9, 8)),
+                   ("num_output: 3 kernel_size: 3 dilation: 2 pad: 2", (2, 5, 7, 5)),
+                   ("num_output: 5 kernel_size: 1", (1, 6, 4, 3))]
+    separate = [_run_forward_backward(*make(p, s, dtype=dtype), seed=12) for p, s in layer_cases]
+    shared = Workspace()
+    built = [make(p, s, dtype=dtype) for p, s in layer_cases]
+    for layer, _, _ in built:
+        layer.workspace = shared
+    for layer, bottoms, tops in built:
+        layer.forward(bottoms, tops)
+    for layer, bottoms, tops in reversed(built):
+        tops[0].diff[...] = np.random.default_rng(12).standard_normal(tops[0].shape).astype(dtype)
+        for blob in layer.blobs:
+            blob.diff[...] = 0
+        layer.backward(tops, [True], bottoms)
+    assert shared.nbytes > 0
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    for (layer, bottoms, tops), expected in zip(built, separate):
+        found = [tops[0].data, bottoms[0].diff] + [b.diff for b in layer.blobs]
+        for e, f in zip(expected, found):
+            np.testing.assert_allclose(f, e, **tol)
 
 
 # -- the GPU path, host-run (im2col / col2im through the C++ shim) ------------------------
