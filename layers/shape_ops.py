@@ -11,7 +11,6 @@ reshaped. Keeping the diffs apart means zeroing a bottom diff never wipes a
 top diff that was already written. Neither layer works in place.
 """
 from layers.base import Layer, register
-from netdef.device import array_module
 
 
 def canonical_axis(layer, axis, shape, bottom_index=0, field="axis"):
@@ -54,9 +53,8 @@ class _ViewLayer(Layer):
     def reshape(self, bottoms, tops):
         bottom, top = bottoms[0], tops[0]
         shape = self.output_shape = self.top_shape(bottom.shape)
+        # The diff is the top's own, allocated when first used (Blob.diff).
         top.data = bottom.data.reshape(shape)
-        if top.diff.shape != shape or top.diff.dtype != bottom.data.dtype:
-            top.diff = array_module(bottom.data).zeros(shape, dtype=bottom.data.dtype)
 
     def forward_cpu(self, bottoms, tops):
         # Re-take the view: the bottom's array may have been replaced since

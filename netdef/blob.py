@@ -7,7 +7,8 @@ from .device import array_module, to_numpy
 def released_array(shape, dtype, xp):
     """A stand-in for storage that a lean memory plan gave to another blob:
     ``shape`` and ``dtype`` are kept, every element reads NaN, and writing
-    raises (read-only). It costs no memory (one element, broadcast)."""
+    raises on the CPU (a read-only view). It costs no memory (one element,
+    broadcast)."""
     return xp.broadcast_to(xp.full((), np.nan, dtype=dtype), tuple(shape))
 
 
@@ -32,6 +33,7 @@ class Blob:
         # so building a large net does not write every byte of every blob.
         self._data = xp.zeros(tuple(int(s) for s in shape), dtype=self.dtype)
         self._diff = None
+        self._released = False
         # Where storage comes from: None (fresh zeros) or a storage pool
         # with ``take(shape, dtype, zero)`` (a lean memory plan).
         self.pool = None
@@ -44,6 +46,7 @@ class Blob:
         blob.dtype = array.dtype
         blob._data = array
         blob._diff = None
+        blob._released = False
         blob.pool = None
         return blob
 
@@ -55,6 +58,7 @@ class Blob:
     @data.setter
     def data(self, array):
         self._data = array
+        self._released = False
 
     @property
     def diff(self):
@@ -93,8 +97,7 @@ class Blob:
     @property
     def is_released(self):
         """True while the data is a stand-in (see ``released_array``)."""
-        return not self._data.flags.writeable and self._data.size > 0 \
-            and self._data.strides == (0,) * self._data.ndim
+        return self._released
 
     def reshape(self, *shape):
         """Give the blob ``shape`` (a tuple, or the dims as arguments as in
@@ -105,15 +108,17 @@ class Blob:
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
             raise ValueError(f"blob shape must be non-negative, found {shape}")
-        if shape != self.shape or self.is_released:
+        if shape != self.shape or self._released:
             self._data = self._new(shape, zero=False)
             self._diff = None
+            self._released = False
 
     def release_data(self):
         """Give the data's storage back to the pool (a lean plan's step)."""
-        if self.pool is not None and not self.is_released:
+        if self.pool is not None and not self._released:
             self.pool.give(self._data)
         self._data = released_array(self.shape, self.dtype, self.xp)
+        self._released = True
 
     def release_diff(self):
         """Give the diff's storage back to the pool; the next use re-zeroes."""
