@@ -41,20 +41,23 @@ def build_net(gpu=False, ohem=False):
 
 
 def split_layers(net):
-    """Names of backbone layers and detection layers (module docstring).
+    """Labels of the backbone steps and the detection steps of the net's
+    plan (module docstring); a fused step goes by its first layer.
 
     Pooling and Eltwise count as backbone only inside the trunk (before the
     RPN): R-FCN's voting pooling and OHEM's loss sum are detection layers.
     """
     first_head = net._layer_names.index("rpn_conv/3x3")
     backbone, detection = [], []
-    for i, (name, layer) in enumerate(net.layer_dict.items()):
+    for step in net.steps:
+        i = step.indices[0]
+        kind = net.layers[i].type
         in_trunk = i < first_head
-        head_conv = layer.type in ("Convolution", "ReLU", "Split")
-        if layer.type in BACKBONE_TYPES and (in_trunk or head_conv):
-            backbone.append(name)
+        head_conv = kind in ("Convolution", "ReLU", "Split")
+        if kind in BACKBONE_TYPES and (in_trunk or head_conv):
+            backbone.append(step.label)
         else:
-            detection.append(name)
+            detection.append(step.label)
     return backbone, detection
 
 
@@ -82,8 +85,8 @@ def main(argv=None):
     print(f"R-FCN ResNet-101{' OHEM' if args.ohem else ''} TRAIN, {IMAGE[0]}x{IMAGE[1]}, "
           f"{where}, median of {args.iterations}")
     print(f"backbone forward+backward: {backbone_s * 1e3:.0f} ms "
-          f"({len(backbone)} layers)")
-    print(f"\n{'detection layer':<28} {'type':<20} {'fwd ms':>8} {'bwd ms':>8} {'of backbone':>12}")
+          f"({len(backbone)} steps)")
+    print(f"\n{'detection step':<28} {'type':<20} {'fwd ms':>8} {'bwd ms':>8} {'of backbone':>12}")
     for name in detection:
         kind, fwd, bwd = times[name]
         print(f"{name:<28} {kind:<20} {fwd * 1e3:8.2f} {bwd * 1e3:8.2f} "

@@ -10,7 +10,7 @@ iteration is two forward/backward passes and one update) and parameters
 that keep the random activations finite (BatchNorm statistics the identity,
 Scale 0.5, weights of variance 1/fan-in).
 
-Each pass is timed layer by layer with ``netdef.layer_times.time_layers``
+Each pass is timed step by step (the graph plan's steps) with ``netdef.layer_times.time_layers``
 (median over ``--passes``, after one warm-up pass), the update
 (``SGDSolver``'s momentum SGD over every learnable parameter) on its own.
 Reported, per iteration (2 passes + 1 update):
@@ -83,13 +83,17 @@ def build(gpu=False, ohem=False):
 
 
 def split(net):
-    """(data layer names, trunk layer names, detection layer names)."""
+    """(data, trunk, detection) step labels of the net's plan; a fused step
+    goes by its first layer."""
     from layers.roi_data import RoIDataLayer
-    names = list(net.layer_dict)
-    first_head = names.index("rpn_conv/3x3")
-    data = [n for n in names if isinstance(net.layer_dict[n], RoIDataLayer)]
-    trunk = [n for n in names[:first_head] if n not in data]
-    detection = [n for n in names[first_head:]]
+    first_head = net._layer_names.index("rpn_conv/3x3")
+    data, trunk, detection = [], [], []
+    for step in net.steps:
+        i = step.indices[0]
+        if isinstance(net.layers[i], RoIDataLayer):
+            data.append(step.label)
+        else:
+            (trunk if i < first_head else detection).append(step.label)
     return data, trunk, detection
 
 
@@ -153,12 +157,12 @@ def main(argv=None):
         print(f"{name:<30} {seconds:>14.3f} {100 * seconds / iteration:>6.1f}%")
     print(f"{'total':<30} {iteration:>14.3f} {100.0:>6.1f}%")
     other = PASSES_PER_ITERATION * sum(times[n][1] + times[n][2] for n in detection
-                                       if times[n][0] != "Convolution")
+                                       if times[n][0].split("+")[0] != "Convolution")
     print(f"detection layers other than convolutions (PSROIPooling, Proposal, AnchorTarget, "
           f"ProposalTarget, losses ...): {other:.3f} s ({100 * other / iteration:.2f}%)")
     worst = sorted(((times[n][1] + times[n][2], n, times[n][0]) for n in detection),
                    reverse=True)[:5]
-    print("largest detection layers (fwd+bwd per pass): " +
+    print("largest detection steps (fwd+bwd per pass): " +
           ", ".join(f"{n} ({kind}) {s * 1e3:.0f} ms" for s, n, kind in worst))
     return 0
 

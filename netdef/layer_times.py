@@ -1,11 +1,15 @@
-"""Per-layer forward and backward times of a net, like ``caffe time``.
+"""Per-step forward and backward times of a net, like ``caffe time``.
 
     python -m netdef.layer_times NET.prototxt [--phase TRAIN] [--iterations 5]
-                                 [--input data=1,3,600,1000] [--gpu INDEX]
+                                 [--input data=1,3,600,1000] [--gpu INDEX] [--no-plan]
 
-Each layer's forward (including its reshape) and backward are timed
-separately, with the GPU synchronized around each, over several iterations;
-the table reports the median per layer and the totals per layer type.
+The net runs as its graph plan makes it (``netdef.plan``): each step, one
+layer or several fused ones (shown as "conv1 + bn_conv1 + ..."), is timed
+forward (including its reshape) and backward separately, with the GPU
+synchronized around each, over several iterations; the table reports the
+median per step, the totals per step type, and the forward share of the
+steps that are not convolutions (a fused step led by a convolution counts
+as one). ``--no-plan`` times every layer on its own.
 Benchmarks import ``time_layers`` to split an iteration into parts.
 """
 import argparse
@@ -27,12 +31,14 @@ def _synchronize(net):
 
 
 def time_layers(net, iterations=3, warmup=1, inputs=None, backward=True):
-    """Median seconds per layer: returns an OrderedDict
-    layer name -> (type, forward seconds, backward seconds).
+    """Median seconds per step of the net's plan: returns an OrderedDict
+    step label -> (type, forward seconds, backward seconds). A step is one
+    layer (label: its name, type: its type) or a fused step (label: its
+    layers' names joined by " + ", type: their types joined by "+").
 
     ``inputs`` (name -> array) are set once; by default the net inputs get
     ``netdef.gradcheck.random_inputs`` (Gaussian data, zero labels).
-    Backward is timed only for layers that need it.
+    Backward is timed only for steps that need it.
     """
     if inputs is None:
         inputs = random_inputs(net, np.random.default_rng(0))
@@ -42,39 +48,38 @@ def time_layers(net, iterations=3, warmup=1, inputs=None, backward=True):
     with net.device.context():
         for iteration in range(warmup + iterations):
             record = iteration >= warmup
-            for i, layer in enumerate(net.layers):
-                bottoms, tops = net.bottom_blobs[i], net.top_blobs[i]
-                _synchronize(net)
-                start = time.perf_counter()
-                layer.reshape(bottoms, tops)
-                layer.forward(bottoms, tops)
-                _synchronize(net)
+            for s, step in enumerate(net.steps):
+                seconds = _timed(net, step.forward)
                 if record:
-                    forward[i].append(time.perf_counter() - start)
+                    forward[s].append(seconds)
             if not backward:
                 continue
             for i in range(len(net.layers)):
                 for weight, top in zip(net.loss_weights[i], net.top_blobs[i]):
                     if weight:
                         top.diff.fill(weight)
-            for i in reversed(range(len(net.layers))):
-                if not net.layer_need_backward[i]:
-                    continue
-                _synchronize(net)
-                start = time.perf_counter()
-                net.layers[i].backward(net.top_blobs[i], net.bottom_need_backward[i],
-                                       net.bottom_blobs[i])
-                _synchronize(net)
-                if record:
-                    backward_times[i].append(time.perf_counter() - start)
+            for s in reversed(range(len(net.steps))):
+                if net.steps[s].need_backward:
+                    seconds = _timed(net, net.steps[s].backward)
+                    if record:
+                        backward_times[s].append(seconds)
     return collections.OrderedDict(
-        (net._layer_names[i], (layer.type, float(np.median(forward[i])),
-                               float(np.median(backward_times[i])) if backward_times[i] else 0.0))
-        for i, layer in enumerate(net.layers))
+        (step.label, ("+".join(net.layer_params[i].type for i in step.indices),
+                      float(np.median(forward[s])),
+                      float(np.median(backward_times[s])) if backward_times[s] else 0.0))
+        for s, step in enumerate(net.steps))
+
+
+def _timed(net, run):
+    _synchronize(net)
+    start = time.perf_counter()
+    run()
+    _synchronize(net)
+    return time.perf_counter() - start
 
 
 def format_times(times):
-    lines = [f"{'layer':<32} {'type':<20} {'forward ms':>11} {'backward ms':>12}"]
+    lines = [f"{'step (layers)':<32} {'type':<20} {'forward ms':>11} {'backward ms':>12}"]
     for name, (kind, fwd, bwd) in times.items():
         lines.append(f"{name:<32} {kind:<20} {fwd * 1e3:>11.2f} {bwd * 1e3:>12.2f}")
     by_type = collections.defaultdict(lambda: [0.0, 0.0])
@@ -90,6 +95,12 @@ def format_times(times):
     fwd_total = sum(f for f, _ in by_type.values())
     lines.append(f"{'total':<32} {'':<20} {fwd_total * 1e3:>11.2f} "
                  f"{(total - fwd_total) * 1e3:>12.2f}")
+    conv = [(f, b) for kind, (f, b) in by_type.items() if kind.split("+")[0] == "Convolution"]
+    conv_fwd, conv_bwd = sum(f for f, _ in conv), sum(b for _, b in conv)
+    lines.append(f"{'outside convolution steps':<32} {'':<20} "
+                 f"{(fwd_total - conv_fwd) * 1e3:>11.2f} "
+                 f"{(total - fwd_total - conv_bwd) * 1e3:>12.2f}   forward "
+                 f"{(fwd_total - conv_fwd) / max(fwd_total, 1e-12):.1%}")
     return "\n".join(lines)
 
 
@@ -103,9 +114,12 @@ def main(argv=None):
     parser.add_argument("--input", action="append", metavar="NAME=D1,D2,...",
                         help="shape of an input blob, e.g. data=1,3,600,1000")
     parser.add_argument("--gpu", type=int, metavar="INDEX")
+    parser.add_argument("--no-plan", action="store_true",
+                        help="time every layer on its own (Net(plan=False))")
     args = parser.parse_args(argv)
     try:
-        net = Net(args.prototxt, args.phase, device=device_from_index(args.gpu))
+        net = Net(args.prototxt, args.phase, device=device_from_index(args.gpu),
+                  plan=not args.no_plan)
         set_input_shapes(net, args.input)
         net.reshape()
         print(format_times(time_layers(net, args.iterations)))

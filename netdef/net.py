@@ -96,8 +96,7 @@ class Net:
         self._build(stages, level, plan)
         self.memory = None
         if keep is not None:
-            self.memory = MemoryPlan(self, keep)
-            self.build_log.append(self.memory.summary())
+            self.lean_memory(keep)
         if weights is not None:
             self.copy_from(weights)
 
@@ -279,6 +278,16 @@ class Net:
         first = names.index(start) if start is not None else 0
         last = names.index(end) if end is not None else len(names) - 1
         return first, last
+
+    def lean_memory(self, keep):
+        """Switch to the lean memory plan (``netdef.memory``): after each
+        pass only the blobs named in ``keep`` and the inputs and outputs
+        stay readable; the others share storage. Names not in the net are
+        an error (filter with ``net.blobs`` for optional ones)."""
+        if self.memory is not None:
+            raise NetDefinitionError(f"{self.source}: the net already has a lean memory plan")
+        self.memory = MemoryPlan(self, keep)
+        self.build_log.append(self.memory.summary())
 
     def _steps_between(self, first, last):
         """The plan's steps covering layers ``first``..``last``; a fused step

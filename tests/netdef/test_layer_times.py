@@ -9,12 +9,24 @@ from tests.netdef.test_net import TINY
 def test_time_layers_reports_every_layer_with_backward_where_needed():
     net = Net(TINY.replace("force_backward: true\n", ""), "TRAIN")
     times = time_layers(net, iterations=2)
-    assert list(times) == list(net.layer_dict)
-    kind, forward, backward = times["conv1"]
-    assert kind == "Convolution" and forward > 0 and backward > 0
+    assert list(times) == [step.label for step in net.steps]
+    kind, forward, backward = times["conv1 + relu1"]
+    assert kind == "Convolution+ReLU" and forward > 0 and backward > 0
     assert times["data"][2] == 0.0  # the input layer takes no backward
     table = format_times(times)
     assert "by type" in table and "Convolution" in table
+
+
+def test_time_layers_times_the_planned_steps():
+    from tests.netdef.test_plan import RESIDUAL
+    net = Net(RESIDUAL, "TRAIN")
+    times = time_layers(net, iterations=1)
+    assert list(times) == [step.label for step in net.steps]
+    kind, forward, backward = times["conv1 + bn1 + sc1 + relu1"]
+    assert kind == "Convolution+BatchNorm+Scale+ReLU" and forward > 0 and backward > 0
+    assert "outside convolution steps" in format_times(times)
+    plain = time_layers(Net(RESIDUAL, "TRAIN", plan=False), iterations=1)
+    assert list(plain) == list(Net(RESIDUAL, "TRAIN").layer_dict)
 
 
 def test_layer_times_cli(tmp_path, capsys):
