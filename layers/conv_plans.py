@@ -22,9 +22,9 @@
 
 Work is chunked over output rows so that a chunk's columns and output stay
 in cache while the GEMM consumes them and the bias and ReLU are applied
-while the output is still in cache. Weight gradients are computed as
-columns (K, n) @ diff^T (n, O), which OpenBLAS runs faster than the
-transposed product diff @ columns^T, and added transposed.
+while the output is still in cache. Where the column matrix is the
+image itself (a 1x1), the weight gradient is one GEMM over the whole image
+and the forward one GEMM unless a bias or ReLU follows.
 """
 import numpy as np
 
@@ -120,12 +120,14 @@ class ShiftPlan:
         self.cropped = self.out_width != wp
         self.rows = _chunk_rows(max(self.taps, outputs) * wp, wp, self.out_height)
 
-    def _chunks(self):
-        """(first output row, rows, first flat column, columns) per chunk."""
-        for y0 in range(0, self.out_height, self.rows):
+    def _chunks(self, whole=False):
+        """(first output row, rows, first flat column, columns) per chunk;
+        one chunk when ``whole``."""
+        step = self.out_height if whole else self.rows
+        for y0 in range(0, self.out_height, step):
             start = y0 * self.pitch
-            yield (y0, min(self.rows, self.out_height - y0), start,
-                   min(self.rows * self.pitch, self.length - start))
+            yield (y0, min(step, self.out_height - y0), start,
+                   min(step * self.pitch, self.length - start))
 
     def _columns(self, workspace, flat, start, count):
         """The (C * kh * kw, count) column matrix of flat output columns
@@ -146,7 +148,9 @@ class ShiftPlan:
         (O, C * kh * kw), plus bias (O,) if given, then ReLU if ``relu``."""
         flat = self.padder(workspace, image)
         out2 = out.reshape(self.outputs, -1)
-        for y0, rows, start, count in self._chunks():
+        # Without copies to keep in cache or an epilogue, one GEMM is best.
+        whole = self.direct and not self.cropped and bias is None and not relu
+        for y0, rows, start, count in self._chunks(whole):
             columns = self._columns(workspace, flat, start, count)
             dest = out[:, y0:y0 + rows]
             if not self.cropped:
@@ -168,8 +172,8 @@ class ShiftPlan:
         for image (C, H, W) and top_diff (O, Ho, Wo)."""
         flat = self.padder(workspace, image)
         diff2 = top_diff.reshape(self.outputs, -1)
-        partial = workspace.array("weight_partial", (self.taps, self.outputs), weight_diff.dtype)
-        for y0, rows, start, count in self._chunks():
+        partial = workspace.array("weight_partial", (self.outputs, self.taps), weight_diff.dtype)
+        for y0, rows, start, count in self._chunks(whole=self.direct):
             if self.cropped:
                 # The diff on the padded width, garbage columns zero (they
                 # meet finite garbage columns of the image).
@@ -179,8 +183,8 @@ class ShiftPlan:
                 diff = chunk.reshape(self.outputs, -1)[:, :count]
             else:
                 diff = diff2[:, start:start + count]
-            np.matmul(self._columns(workspace, flat, start, count), diff.T, out=partial)
-            weight_diff += partial.T
+            np.matmul(diff, self._columns(workspace, flat, start, count).T, out=partial)
+            weight_diff += partial
 
     def flipped(self, workspace, weight):
         """For the data-gradient plan: forward weights (C, O, kh, kw) (this
@@ -261,12 +265,12 @@ class ColumnPlan:
         """As ``ShiftPlan.weight_gradient``."""
         image3 = self._image3(workspace, image)
         diff = top_diff.reshape(self.outputs, -1)
-        partial = workspace.array("weight_partial", (self.taps, self.outputs), weight_diff.dtype)
+        partial = workspace.array("weight_partial", (self.outputs, self.taps), weight_diff.dtype)
         wo = self.out_width
         for y0, rows in self._chunks():
             columns = self._fill(workspace, image3, y0, rows)
-            np.matmul(columns, diff[:, y0 * wo:(y0 + rows) * wo].T, out=partial)
-            weight_diff += partial.T
+            np.matmul(diff[:, y0 * wo:(y0 + rows) * wo], columns.T, out=partial)
+            weight_diff += partial
 
     def data_gradient(self, workspace, top_diff, weight, image_diff):
         """image_diff (C, H, W) = d(sum(top_diff * out)) / d(image), with
