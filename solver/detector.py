@@ -80,6 +80,16 @@ class BoxNormalization:
 
 # -- one image ---------------------------------------------------------------------------
 
+#: The blobs ``im_detect`` reads from a test net.
+DETECTION_BLOBS = ("rois", "cls_prob", "bbox_pred")
+
+
+def keep_detection_blobs(net):
+    """Give ``net`` the lean memory plan, keeping what ``im_detect`` reads:
+    every other activation's storage is reused as soon as it is consumed."""
+    net.lean_memory([name for name in DETECTION_BLOBS if name in net.blobs])
+
+
 def _blob(net, name):
     if name not in net.blobs:
         raise NetDefinitionError(
@@ -439,6 +449,7 @@ def load_test_net(net_path, weights, *, device=None, test_net=None, scale=None, 
     from netdef import Net
     test_path = os.fspath(test_net) if test_net else resolve_test_net(net_path)[0]
     net = Net(test_path, "TEST", device=device)
+    keep_detection_blobs(net)
     loaded = load_weights(net, weights)
     if stream is not None:
         print(loaded.report.summary(), file=stream)

@@ -51,7 +51,9 @@ def locate_non_finite(net):
     """``(description, blob, layer)`` of the first non-finite values after a
     forward + backward: the first top (in forward order) whose data is not
     finite; else the first layer in backward order whose parameter or
-    bottom gradients are not finite; ``(None, None, None)`` when none is."""
+    bottom gradients are not finite; ``(None, None, None)`` when none is.
+    Under a lean memory plan (``Net.lean_memory``) only the blobs whose
+    storage was not given back are looked at."""
     writers = _writers(net)
 
     def in_place(blob, layer_name):
@@ -60,8 +62,8 @@ def locate_non_finite(net):
 
     for lp, tops in zip(net.layer_params, net.top_blobs):
         for name, top in zip(lp.top, tops):
-            if writers[id(top)][0][0] != lp.name:
-                continue  # an in-place top: reported with its producer
+            if writers[id(top)][0][0] != lp.name or top.is_released:
+                continue  # an in-place top (reported with its producer), or given back
             kind = non_finite_kind(top.data)
             if kind:
                 return (f"non-finite values ({kind}) in blob '{name}', the output of layer "
@@ -77,7 +79,7 @@ def locate_non_finite(net):
                         f"layer '{lp.name}' (type {lp.type})", f"{lp.name}/{k}", lp.name)
         for name, bottom, needs in zip(lp.bottom, net.bottom_blobs[i],
                                        net.bottom_need_backward[i]):
-            kind = needs and non_finite_kind(bottom.diff)
+            kind = needs and bottom.has_diff and non_finite_kind(bottom.diff)
             if kind:
                 return (f"non-finite values ({kind}) in the gradient of blob '{name}', "
                         f"computed by the backward of layer '{lp.name}' (type {lp.type})"

@@ -397,7 +397,7 @@ class Training:
         from netdef import Net
         from netdef.schema import read_net
         from solver.detector import (BoxNormalization, bbox_export_transform, bbox_param_layer,
-                                     load_weights, resolve_test_net)
+                                     keep_detection_blobs, load_weights, resolve_test_net)
         from solver.sgd import SGDSolver
         from solver.test import builtin_dataset, is_coco_path, open_dataset
         args = self.args
@@ -436,7 +436,8 @@ class Training:
             self.say("py-R-FCN Python layers: applied its experiment config where param_str "
                      "leaves them out: " + ", ".join(f"{layer}.{key}={value!r}"
                                                      for layer, key, value in applied))
-        train_net = Net(net_param if applied else net_path, "TRAIN", device=device, seed=seed)
+        train_net = Net(net_param if applied else net_path, "TRAIN", device=device, seed=seed,
+                        keep=[])  # lean memory: the solver reads the outputs only
         data_layers = [l for l in train_net.layers if isinstance(l, RoIDataLayer)]
         if len(data_layers) != 1:
             raise NetDefinitionError(
@@ -524,6 +525,7 @@ class Training:
             if args.test_net:
                 self.test_net_path = args.test_net
             self.test_net = Net(self.test_net_path, "TEST", device=device, seed=seed + 1)
+            keep_detection_blobs(self.test_net)
             if "cls_prob" in self.test_net.blobs:
                 width = self.test_net.blobs["cls_prob"].shape[-1]
                 if width != test_set.num_classes:
