@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from layers.workspace import Workspace
 from netdef import graph
 from netdef.blob import Blob
 from netdef.memory import MemoryPlan
@@ -134,6 +135,11 @@ class Net:
                 self._layer_names.append(lp.name)
                 self.bottom_blobs.append(bottoms)
                 self.top_blobs.append(tops)
+        # Scratch (padded copies, column matrices) is needed by one layer at
+        # a time: one Workspace serves them all.
+        self.workspace = Workspace(self.device)
+        for layer in self.layers:
+            layer.workspace = self.workspace
         self.layer_dict = collections.OrderedDict(zip(self._layer_names, self.layers))
         self.outputs = [name for name in self.blobs if name not in consumed]
         self._bind_params()
