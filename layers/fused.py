@@ -62,6 +62,20 @@ def affine_forward(x, a, b, y, relu):
             np.maximum(y2[r], 0, out=y2[r])
 
 
+def bias_relu(y, b, relu):
+    """y += b[c] (then max(., 0) when ``relu``), in place, for NCHW ``y``."""
+    if is_gpu_array(y):
+        launch("fused.cu", "bias_relu", y.dtype, y.size,
+               (np.int64(y.size), y, b, *_geometry(y), np.int32(relu)))
+        return
+    rows_b = np.tile(b, y.shape[0])[:, None]
+    y2 = _planes(y)
+    for r in _row_chunks(y2.shape[0], y2[:1].nbytes):
+        np.add(y2[r], rows_b[r], out=y2[r])
+        if relu:
+            np.maximum(y2[r], 0, out=y2[r])
+
+
 def affine_backward(y, dy, a, dx, relu):
     """dx = dy * a[c], zero where ``y`` (the ReLU's output) is not positive
     when ``relu``; ``a`` None means 1. ``dx`` may be ``dy``."""
@@ -158,7 +172,14 @@ class FoldedConvolution:
             self.scale = a
             weight = weight * a.reshape(-1, 1, 1, 1)
             bias = b if bias is None else bias * a + b
-        self.conv.forward_with(self.bottoms, [self.top], weight, bias, relu=self.relu)
+        if is_gpu_array(weight):
+            # The bias and the ReLU as one kernel after the GEMMs.
+            self.conv.forward_with(self.bottoms, [self.top], weight, None)
+            xp = array_module(weight)
+            bias_relu(self.top.data, bias if bias is not None else
+                      xp.zeros(weight.shape[0], weight.dtype), self.relu)
+        else:
+            self.conv.forward_with(self.bottoms, [self.top], weight, bias, relu=self.relu)
 
     def backward(self):
         if not self.need_backward:

@@ -42,3 +42,14 @@ KERNEL void FN(masked_scale)(const long long n, const real* y, const real* dy,
     dx[i] = (relu && y[i] <= 0) ? (real)0 : coeff * dy[i];
   }
 }
+
+// y += b[c], then max(y, 0) when relu: a convolution's bias and ReLU in one
+// pass over its output, in place.
+KERNEL void FN(bias_relu)(const long long n, real* y, const real* b,
+                          const long long channels, const long long spatial,
+                          const int relu) {
+  CUDA_KERNEL_LOOP(i, n) {
+    const real v = y[i] + b[(i / spatial) % channels];
+    y[i] = (relu && v <= 0) ? (real)0 : v;
+  }
+}

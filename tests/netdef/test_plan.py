@@ -210,6 +210,10 @@ def test_fused_kernels_match_numpy(dtype, relu):
     launch("fused.cu", "sum2_forward", dtype, x.size,
            (n, x, y0, dtype(1.0), dtype(-0.5), found, np.int32(relu)))
     np.testing.assert_allclose(found, expected, rtol=1e-6)
+    expected[...], found[...] = x, x
+    fused.bias_relu(expected, b, relu)
+    launch("fused.cu", "bias_relu", dtype, x.size, (n, found, b, c, s, np.int32(relu)))
+    np.testing.assert_allclose(found, expected, rtol=1e-6)
     fused.masked_scale(y0, dy, 2.0, expected, relu)
     launch("fused.cu", "masked_scale", dtype, x.size, (n, y0, dy, dtype(2.0), found, np.int32(relu)))
     np.testing.assert_allclose(found, expected, rtol=1e-6)
@@ -223,6 +227,9 @@ def test_fused_numpy_functions_against_plain_formulas():
     np.testing.assert_allclose(out, np.maximum(x * a[:, None, None] + b[:, None, None], 0))
     fused.affine_backward(y, dy, a, out, True)
     np.testing.assert_allclose(out, np.where(y > 0, dy * a[:, None, None], 0))
+    out[...] = x
+    fused.bias_relu(out, b, True)
+    np.testing.assert_allclose(out, np.maximum(x + b[:, None, None], 0))
     fused.sum2_forward(x, y, 2.0, 1.0, out, False)
     np.testing.assert_allclose(out, 2 * x + y)
     in_place = dy.copy()
