@@ -266,6 +266,10 @@ class SharedSplit:
         if not diffs:
             target.fill(0)
             return
-        target[...] = diffs[0]
-        for diff in diffs[1:]:
+        if len(diffs) == 1:
+            target[...] = diffs[0]
+            return
+        xp = array_module(target)
+        xp.add(diffs[0], diffs[1], out=target)
+        for diff in diffs[2:]:
             target += diff

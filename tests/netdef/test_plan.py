@@ -9,6 +9,7 @@ import layers.fused
 from layers import fused
 from layers.kernels import launch
 from netdef import Net
+from netdef.device import CPU, Device, to_numpy
 from tests.kernel_harness import requires_cxx
 
 FROZEN = "param { lr_mult: 0 decay_mult: 0 }"
@@ -67,9 +68,10 @@ def _statistics(net, rng):
             layer.blobs[1].data[...] = rng.normal(0, 0.2, layer.blobs[1].shape)
 
 
-def _train(plan, dtype, iterations=3, net_text=RESIDUAL):
-    """Outputs, blob diffs and weights after each of a few SGD steps."""
-    net = Net(net_text, "TRAIN", dtype=dtype, plan=plan, seed=1)
+def _train(plan, dtype, iterations=3, net_text=RESIDUAL, device=CPU):
+    """Outputs, blob diffs and weights (NumPy copies) after each of a few
+    SGD steps."""
+    net = Net(net_text, "TRAIN", dtype=dtype, plan=plan, seed=1, device=device)
     _statistics(net, np.random.default_rng(0))
     rng = np.random.default_rng(1)
     record = []
@@ -78,15 +80,15 @@ def _train(plan, dtype, iterations=3, net_text=RESIDUAL):
         out = net.forward(data=data, label=np.array([0.0, 2.0]))
         net.clear_param_diffs()
         net.backward()
-        grads = {f"{p.layer}/{p.index}": p.blob.diff.copy() for p in net.learnable_params}
+        grads = {f"{p.layer}/{p.index}": to_numpy(p.blob.diff) for p in net.learnable_params}
         for p in net.learnable_params:
             p.blob.data -= 0.1 * p.lr_mult * p.blob.diff
         record.append(dict(loss=out.loss,
-                           blobs={n: b.data.copy() for n, b in net.blobs.items()},
-                           diffs={n: b.diff.copy() for n, b in net.blobs.items()
+                           blobs={n: to_numpy(b.data) for n, b in net.blobs.items()},
+                           diffs={n: to_numpy(b.diff) for n, b in net.blobs.items()
                                   if n not in ("data", "label")},
                            grads=grads,
-                           weights={f"{p.layer}/{p.index}": p.blob.data.copy()
+                           weights={f"{p.layer}/{p.index}": to_numpy(p.blob.data)
                                     for p in net.learnable_params}))
     return net, record
 
@@ -130,6 +132,27 @@ def test_planned_training_through_host_run_kernels(monkeypatch):
     monkeypatch.undo()
     _, plain = _train(False, np.float64)
     _assert_close(planned, plain, 1e-10)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 1e-4)])
+def test_planned_training_on_the_gpu_equals_the_cpu(dtype, rtol):
+    gpu = Device("gpu", 0)
+    _, planned_gpu = _train(True, dtype, device=gpu)
+    _, plain_gpu = _train(False, dtype, device=gpu)
+    _, planned_cpu = _train(True, dtype)
+    _assert_close(planned_gpu, plain_gpu, rtol)
+    _assert_close(planned_gpu, planned_cpu, rtol)
+
+
+@pytest.mark.gpu
+def test_lean_plan_on_the_gpu():
+    net = Net(RESIDUAL, "TRAIN", device=Device("gpu", 0), keep=[])
+    for _ in range(2):
+        net.forward(data=np.ones((2, 3, 10, 12)), label=np.zeros(2))
+        net.backward()
+    assert net.blobs["fc"].is_released and net.memory.pool.allocated_bytes > 0
+    assert np.isfinite(to_numpy(net.blobs["loss"].data)).all()
 
 
 def test_learned_scale_or_leaky_relu_is_not_fused():
