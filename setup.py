@@ -23,6 +23,8 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13"],
+        # PyTorch, for the side-by-side benchmarks in bench/ only.
+        "bench": ["torch>=2.1"],
         "test": [
             "pytest>=7",
             # Compile every .cu with NVRTC in the test suite, as CuPy does.
