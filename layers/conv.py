@@ -186,9 +186,7 @@ class ConvolutionLayer(Layer):
 
     def _forward_cpu_with(self, bottoms, tops, weight, bias, relu):
         plan = self.forward_plan
-        # (O, C / group * kh * kw) per group: views, the plans need no
-        # rearranged copy.
-        weights = self._split(weight.reshape(self.num_output, -1))
+        weights = self._split(weight)
         biases = self._split(bias) if bias is not None else [None] * self.group
         for bottom, top in zip(bottoms, tops):
             for n in range(bottom.shape[0]):

@@ -9,14 +9,19 @@
   ``y * Wp + x + i * dh * Wp + j * dw``. Computing the output on the padded
   width (Ho rows of Wp, the last Wp - Wo columns of each row being garbage
   that is cropped) turns each tap into a constant offset of one flat index,
-  so each row of the column matrix is one long contiguous copy (a true
-  im2col copies rows of only Wo elements, which is slower). The rows are
-  ordered (c, i, j) like the weights, so the weights (O, C * kh * kw) are
-  used as they are, and each chunk of output rows is one GEMM with
-  K = C * kh * kw. A 1x1 convolution uses the (padded) image as its own
-  column matrix. The data gradient of a stride-1 correlation is a stride-1
-  "full" correlation of the top diff with the flipped, transposed weights
-  (pad' = dilation * (k - 1) - pad; negative pads crop), the same plan.
+  so every copy is of long contiguous rows (a true im2col copies rows of
+  only Wo elements, which is slower). Forward: only the kw column shifts
+  are copied; the kh row shifts are BLAS-compatible views (row stride >
+  length) into that copy, so each chunk is kh GEMMs with K = kw * C whose
+  partial sums are added (fewer copies than one GEMM over all kh * kw
+  shifts, which matters most for few output channels). Weight gradient:
+  all kh * kw shifts are copied, rows ordered (c, i, j) like the weights,
+  and each chunk is one GEMM (a product with the kh strided views as the
+  reduction operand runs at half the GEMM rate). A 1x1 convolution uses the
+  (padded) image as its own column matrix. The data gradient of a stride-1
+  correlation is a stride-1 "full" correlation of the top diff with the
+  flipped, transposed weights (pad' = dilation * (k - 1) - pad; negative
+  pads crop): the same plan.
 - ``ColumnPlan``, stride > 1, and small maps: Caffe's im2col, chunked over
   output rows, with the data gradient by col2im (one strided add per tap).
 
@@ -102,7 +107,8 @@ class Padder:
 
 class ShiftPlan:
     """Stride-1 correlation of one image (C, H, W) with weights
-    (O, C * kh * kw) into (O, Ho, Wo) (module docstring)."""
+    (O, C, kh, kw) into (O, Ho, Wo) (module docstring). Holds only shapes
+    and offsets; every buffer comes from the workspace of each call."""
 
     def __init__(self, channels, height, width, outputs, kernel, pad, dilation):
         (kh, kw), (dh, dw) = kernel, dilation
@@ -115,15 +121,19 @@ class ShiftPlan:
         # stops at Wo, which keeps every read inside the padded image.
         self.length = (self.out_height - 1) * wp + self.out_width
         self.offsets = [i * dh * wp + j * dw for i in range(kh) for j in range(kw)]
+        self.row_step = dh * wp  # flat offset between kernel rows
         self.taps = channels * kh * kw
         self.direct = kernel == (1, 1)  # the (padded) image is the column matrix
         self.cropped = self.out_width != wp
-        self.rows = _chunk_rows(max(self.taps, outputs) * wp, wp, self.out_height)
+        # Chunks hold the forward's kw shifted copies, the weight
+        # gradient's kh * kw ones, and outputs.
+        self.rows = _chunk_rows(max(kw * channels, outputs) * wp, wp, self.out_height)
+        self.gradient_rows = _chunk_rows(max(self.taps, outputs) * wp, wp, self.out_height)
 
-    def _chunks(self, whole=False):
-        """(first output row, rows, first flat column, columns) per chunk;
-        one chunk when ``whole``."""
-        step = self.out_height if whole else self.rows
+    def _chunks(self, whole=False, rows=None):
+        """(first output row, rows, first flat column, columns) per chunk
+        of ``rows`` (default ``self.rows``) output rows; one when ``whole``."""
+        step = self.out_height if whole else rows or self.rows
         for y0 in range(0, self.out_height, step):
             start = y0 * self.pitch
             yield (y0, min(step, self.out_height - y0), start,
@@ -143,22 +153,56 @@ class ShiftPlan:
         """A chunk buffer (O, rows, Wp) on the padded width."""
         return workspace.array(name, (self.outputs, rows, self.pitch), dtype)
 
+    def _arrange(self, workspace, weight):
+        """Weights (O, C, kh, kw) (any strides) as the forward uses them:
+        (kh, O, kw * C), K ordered (j, c) like ``_row_operands``; a 1x1's
+        (1, O, C) is a view."""
+        o, c, kh, kw = weight.shape
+        if self.direct:
+            return weight.reshape(o, c)[None]
+        arranged = workspace.array("arranged_weight", (kh, o, kw, c), weight.dtype)
+        arranged[...] = weight.transpose(2, 0, 3, 1)
+        return arranged.reshape(kh, o, kw * c)
+
+    def _row_operands(self, workspace, flat, start, count):
+        """Per kernel row i, the (kw * C, count) operand for flat output
+        columns [start, start + count): views into kw shifted copies."""
+        if self.direct:
+            return [flat[:, start:start + count]]
+        (kh, kw), row_step = self.kernel, self.row_step
+        span = count + (kh - 1) * row_step
+        shifted = workspace.array("shifted", (kw, self.channels, span), flat.dtype)
+        for j in range(kw):
+            shifted[j] = flat[:, start + self.offsets[j]:start + self.offsets[j] + span]
+        matrix = shifted.reshape(kw * self.channels, span)
+        return [matrix[:, i * row_step:i * row_step + count] for i in range(kh)]
+
+    def _correlate(self, workspace, arranged, flat, start, count, target):
+        """target (O, count) = the chunk's output, summing over kernel rows."""
+        operands = self._row_operands(workspace, flat, start, count)
+        np.matmul(arranged[0], operands[0], out=target)
+        for i in range(1, len(operands)):
+            partial = workspace.array("partial_sum", target.shape, target.dtype)
+            np.matmul(arranged[i], operands[i], out=partial)
+            target += partial
+
     def forward(self, workspace, image, weight, out, bias=None, relu=False):
         """out (O, Ho, Wo) = correlation of image (C, H, W) with ``weight``
-        (O, C * kh * kw), plus bias (O,) if given, then ReLU if ``relu``."""
+        (O, C, kh, kw), plus bias (O,) if given, then ReLU if ``relu``."""
         flat = self.padder(workspace, image)
+        arranged = self._arrange(workspace, weight)
         out2 = out.reshape(self.outputs, -1)
         # Without copies to keep in cache or an epilogue, one GEMM is best.
         whole = self.direct and not self.cropped and bias is None and not relu
         for y0, rows, start, count in self._chunks(whole):
-            columns = self._columns(workspace, flat, start, count)
             dest = out[:, y0:y0 + rows]
             if not self.cropped:
-                np.matmul(weight, columns, out=out2[:, start:start + count])
+                self._correlate(workspace, arranged, flat, start, count, out2[:, start:start + count])
                 _epilogue(dest, bias, relu)
                 continue
             chunk = self._padded_width(workspace, "output", rows, out.dtype)
-            np.matmul(weight, columns, out=chunk.reshape(self.outputs, -1)[:, :count])
+            self._correlate(workspace, arranged, flat, start, count,
+                            chunk.reshape(self.outputs, -1)[:, :count])
             # Crop (and add the bias) while the chunk is in cache.
             valid = chunk[:, :, :self.out_width]
             if bias is None:
@@ -173,7 +217,7 @@ class ShiftPlan:
         flat = self.padder(workspace, image)
         diff2 = top_diff.reshape(self.outputs, -1)
         partial = workspace.array("weight_partial", (self.outputs, self.taps), weight_diff.dtype)
-        for y0, rows, start, count in self._chunks(whole=self.direct):
+        for y0, rows, start, count in self._chunks(self.direct, self.gradient_rows):
             if self.cropped:
                 # The diff on the padded width, garbage columns zero (they
                 # meet finite garbage columns of the image).
@@ -186,23 +230,14 @@ class ShiftPlan:
             np.matmul(diff, self._columns(workspace, flat, start, count).T, out=partial)
             weight_diff += partial
 
-    def flipped(self, workspace, weight):
-        """For the data-gradient plan: forward weights (C, O, kh, kw) (this
-        plan's outputs are the forward's channels) as the weights of the
-        full correlation, (O, C * kh * kw) here: transposed and rotated 180
-        degrees. A 1x1's is a view."""
-        c, o, kh, kw = weight.shape
-        if self.direct:
-            return weight.reshape(c, o).T
-        arranged = workspace.array("flipped_weight", (o, c, kh, kw), weight.dtype)
-        arranged[...] = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-        return arranged.reshape(o, -1)
-
     def data_gradient(self, workspace, top_diff, weight, image_diff):
         """The forward plan's adjoint, for a plan built as the full
         correlation: image_diff (this plan's out) from top_diff (its image)
-        and the forward's ``weight`` (C, O, kh, kw)."""
-        self.forward(workspace, top_diff, self.flipped(workspace, weight), image_diff)
+        and the forward's ``weight`` (this plan's (C, O, kh, kw)), used
+        transposed and rotated 180 degrees (a view; ``forward`` arranges
+        it in one copy)."""
+        flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        self.forward(workspace, top_diff, flipped, image_diff)
 
 
 class ColumnPlan:
@@ -255,6 +290,7 @@ class ColumnPlan:
         """As ``ShiftPlan.forward``, any stride."""
         image3 = self._image3(workspace, image)
         out2 = out.reshape(self.outputs, -1)
+        weight = weight.reshape(self.outputs, self.taps)
         wo = self.out_width
         for y0, rows in self._chunks():
             np.matmul(weight, self._fill(workspace, image3, y0, rows),
