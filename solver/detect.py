@@ -21,7 +21,13 @@ import json
 import os
 import sys
 
-from netdef.errors import EngineError
+from netdef.errors import DataError
+from netdef.snapshot_format import atomic_writer
+from solver.cli import add_device_arguments, exit_status, select_device
+from solver.datasets import load_dataset
+from solver.detector import Detector, generic_classes, load_test_net, read_class_names
+from solver.draw import draw_detections
+from solver.preprocess import load_image_bgr
 
 __all__ = ["main", "detections_json", "dumps"]
 
@@ -51,7 +57,6 @@ def dumps(results):
 
 
 def build_parser():
-    from solver.test import add_device_arguments
     parser = argparse.ArgumentParser(
         prog="python -m solver.detect",
         description="Detect objects in images with a trained net: JSON detections and the "
@@ -89,19 +94,10 @@ def main(argv=None, stream=None, messages=None):
     args = build_parser().parse_args(argv)
     stream = sys.stdout if stream is None else stream
     messages = sys.stderr if messages is None else messages
-    try:
-        return _run(args, stream, messages)
-    except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: _run(args, stream, messages))
 
 
 def _run(args, stream, messages):
-    from solver.detector import Detector, generic_classes, load_test_net, read_class_names
-    from solver.draw import draw_detections
-    from solver.preprocess import load_image_bgr
-    from solver.test import select_device
-
     def say(text):
         print(text, file=messages, flush=True)
 
@@ -112,7 +108,6 @@ def _run(args, stream, messages):
                               stream=messages)
     names = info.classes
     if names is None and args.data:
-        from solver.datasets import load_dataset
         names = load_dataset(args.data, "test").classes
     count = net.blobs["cls_prob"].shape[-1] if "cls_prob" in net.blobs else None
     if names is None:
@@ -120,7 +115,6 @@ def _run(args, stream, messages):
         say(f"no class names (no --classes, --data or snapshot metadata): using "
             f"{', '.join(names[1:])}")
     if count is not None and len(names) != count:
-        from netdef.errors import DataError
         raise DataError(f"{len(names)} class names ({', '.join(names)}) for a net that scores "
                         f"{count} classes (background included)")
     detector = Detector(net, scale=info.scale, max_size=info.max_size,
@@ -142,7 +136,6 @@ def _run(args, stream, messages):
             say(f"  drawn: {target}")
     text = dumps(results)
     if args.json:
-        from netdef.snapshot_format import atomic_writer
         with atomic_writer(args.json) as handle:
             handle.write((text + "\n").encode("utf-8"))
         say(f"wrote {args.json}")

@@ -38,11 +38,21 @@ import dataclasses
 import json
 import os
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from layers.boxes import bbox_transform_inv, clip_boxes
+from layers.nms import nms
+from layers.python_compat import parse_param_str
+from netdef import caffe_pb2
 from netdef.device import to_numpy
 from netdef.errors import DataError, NetDefinitionError, WeightsError
+from netdef.net import Net
+from netdef.schema import read_net
+from netdef.weights import copy_layers, group_param_keys
+from solver.preprocess import load_image_bgr, prepare_image
+from solver.snapshot import SolverState
 
 __all__ = ["Detector", "im_detect", "postprocess", "BoxNormalization", "TestNetInfo",
            "resolve_test_net", "load_test_net", "load_weights", "find_data_layer_scale",
@@ -114,8 +124,6 @@ def im_detect(net, image_bgr, scale=DEFAULT_SCALE, max_size=DEFAULT_MAX_SIZE,
     pixels, clipped to it (class-agnostic nets: the foreground box for every
     class, column block 0 the background box).
     """
-    from layers.boxes import bbox_transform_inv, clip_boxes
-    from solver.preprocess import prepare_image
     height, width = image_bgr.shape[:2]
     blob, im_scale = prepare_image(image_bgr, scale, max_size)
     im_info = np.array([[blob.shape[2], blob.shape[3], im_scale]], dtype=np.float32)
@@ -142,7 +150,6 @@ def postprocess(scores, boxes, score_thresh=DEFAULT_SCORE_THRESH, nms_thresh=DEF
     """Detections of one image from ``im_detect``'s output: a list indexed
     by class (entry 0 empty) of ``(N, 5)`` float32 ``[x1, y1, x2, y2,
     score]``, highest score first."""
-    from layers.nms import nms
     classes = scores.shape[1]
     out = [np.zeros((0, 5), np.float32)]
     # One NMS per class: a loop over the (few) classes, each step vectorized.
@@ -184,8 +191,6 @@ class Detector:
     def detect_dataset(self, dataset, progress=None):
         """``all_boxes[c][i]`` for every record of ``dataset``;
         ``progress(done, total)`` is called after each image."""
-        from concurrent.futures import ThreadPoolExecutor
-        from solver.preprocess import load_image_bgr
         records = list(dataset.records)
         classes = len(dataset.classes)
         all_boxes = [[None] * len(records) for _ in range(classes)]
@@ -293,33 +298,6 @@ def _meta_only(path):
     return meta if isinstance(meta, dict) else {}
 
 
-def _copy_arrays(net, stored, path):
-    """Copy ``stored`` ("<layer>/<i>" -> array) into ``net`` by layer name."""
-    from netdef.caffemodel import conform_blob
-    from netdef.weights import WeightsReport
-    report = WeightsReport(str(path))
-    layers = {}
-    for key, array in stored.items():
-        name, index = key.rsplit("/", 1)
-        layers.setdefault(name, {})[int(index)] = array
-    for name, layer in net.layer_dict.items():
-        if not layer.blobs:
-            continue
-        if name not in layers:
-            report.missing.append(name)
-            continue
-        arrays = layers[name]
-        if sorted(arrays) != list(range(len(layer.blobs))):
-            raise WeightsError(f"{path}: layer '{name}': the file has {len(arrays)} blob(s), "
-                               f"the net has {len(layer.blobs)}")
-        for i, blob in enumerate(layer.blobs):
-            value = conform_blob(arrays[i], blob.shape, f"layer '{name}' param {i}")
-            blob.data[...] = net.device.asarray(value, dtype=blob.dtype)
-        report.loaded.append(name)
-    report.unused = [name for name in layers if name not in net.layer_dict]
-    return report
-
-
 def load_weights(net, path):
     """Load ``path`` into ``net`` by layer name: a solver snapshot
     (``.solverstate.npz``), a native weights file (``Net.save_weights``) or
@@ -330,9 +308,8 @@ def load_weights(net, path):
     if zipfile.is_zipfile(path):
         meta = _meta_only(path)
         if meta.get("kind") == "solverstate":
-            from solver.snapshot import SolverState
             state = SolverState.load(path)
-            report = _copy_arrays(net, state.weights, path)
+            report = copy_layers(net, group_param_keys(state.weights), path)
             metadata = dict(state.metadata or {})
             return LoadedWeights(report, metadata, bool(metadata.get("bbox_normalization")),
                                  "solverstate")
@@ -360,7 +337,6 @@ def _is_data_layer(lp):
 def _phases(lp):
     """Phases named by ``lp``'s include rules ("TRAIN"/"TEST"), and those
     excluded."""
-    from netdef import caffe_pb2
     names = {caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}
     include = {names[r.phase] for r in lp.include if r.HasField("phase")}
     exclude = {names[r.phase] for r in lp.exclude if r.HasField("phase")}
@@ -372,7 +348,6 @@ def resolve_test_net(path):
     docstring): ``(test path, phase-split)`` where phase-split says the
     file holds both phases. Raises NetDefinitionError when a training file
     has no test file beside it."""
-    from netdef.schema import read_net
     path = os.fspath(path)
     param = read_net(path)
     has_test_layers = False
@@ -407,8 +382,6 @@ def resolve_test_net(path):
 def find_data_layer_scale(*paths):
     """``(scale, max_size)`` from the first RoIData / roi_data_layer layer
     found in ``paths`` (its first scale), else (600, 1000)."""
-    from layers.python_compat import parse_param_str
-    from netdef.schema import read_net
     for path in paths:
         if path is None:
             continue
@@ -446,7 +419,6 @@ def load_test_net(net_path, weights, *, device=None, test_net=None, scale=None, 
     else the training metadata, else the net file's data layer, else
     600 / 1000. Class names: ``classes``, else the metadata's. The weights
     report goes to ``stream``. Returns ``(net, TestNetInfo)``."""
-    from netdef import Net
     test_path = os.fspath(test_net) if test_net else resolve_test_net(net_path)[0]
     net = Net(test_path, "TEST", device=device)
     keep_detection_blobs(net)

@@ -34,8 +34,9 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from netdef.errors import DataError, EngineError
+from netdef.errors import DataError
 from netdef.snapshot_format import atomic_writer
+from solver.cli import exit_status
 
 __all__ = ["TrainingLog", "read_log", "plot_log", "main"]
 
@@ -409,13 +410,13 @@ def main(argv=None):
     parser.add_argument("--log-y", action="store_true", help="loss axis in log scale")
     parser.add_argument("--title", help="heading (default: the log's file name)")
     args = parser.parse_args(argv)
+    return exit_status(lambda: _run(args), errors=(ValueError,))
+
+
+def _run(args):
     out = args.out or os.path.splitext(args.log)[0] + ".png"
-    try:
-        log = read_log(args.log)
-        plot_log(log, out, size=args.size, smooth=args.smooth, log_y=args.log_y, title=args.title)
-    except (EngineError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    log = read_log(args.log)
+    plot_log(log, out, size=args.size, smooth=args.smooth, log_y=args.log_y, title=args.title)
     print(f"{out}: {len(log.iters)} points, iterations {log.iters[0]}..{log.iters[-1]}, "
           f"losses: {', '.join(log.losses) or 'none'}")
     return 0

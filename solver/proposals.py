@@ -38,7 +38,10 @@ import time
 
 import numpy as np
 
+from netdef.device import to_numpy
 from netdef.errors import DataError, NetDefinitionError, WeightsError
+from netdef.snapshot_format import load_arrays, save_arrays
+from solver.preprocess import prefetched_images, prepare_image
 
 __all__ = ["Proposals", "generate_proposals", "proposals_key", "load_or_generate",
            "cache_path", "KIND", "VERSION"]
@@ -83,7 +86,6 @@ class Proposals:
 
     def save(self, path):
         """Write to ``path`` atomically (see the module docstring)."""
-        from netdef.snapshot_format import save_arrays
         counts = np.array([len(b) for b in self.boxes], np.int64)
         arrays = {"boxes": np.concatenate(self.boxes) if self.boxes
                   else np.zeros((0, 4), np.float32), "counts": counts}
@@ -97,7 +99,6 @@ class Proposals:
     def load(cls, path):
         """Read a file written by ``save``; a foreign, damaged or
         inconsistent file raises DataError naming it."""
-        from netdef.snapshot_format import load_arrays
         path = os.fspath(path)
         try:
             arrays, meta = load_arrays(path)
@@ -142,7 +143,6 @@ class Proposals:
 
 
 def _blob_array(net, name, what):
-    from netdef.device import to_numpy
     if name not in net.blobs:
         raise NetDefinitionError(
             f"{net.source}: the RPN net has no blob '{name}' ({what}); its blobs: "
@@ -157,7 +157,6 @@ def generate_proposals(net, records, *, scale=600, max_size=1000, rois_blob="roi
     order. ``progress(done, total)`` is called after each image. The next
     image is read in a background thread while the net runs. Returns
     ``Proposals`` (scores kept when the net has ``scores_blob``)."""
-    from solver.preprocess import prefetched_images, prepare_image
     for name in ("data", "im_info"):
         if name not in net.blobs:
             raise NetDefinitionError(

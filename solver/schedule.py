@@ -1195,7 +1195,7 @@ def _resume_folder(value, out, source):
     return folder
 
 
-def run(path, args):
+def run(path, args, stream=None):
     """solver.train's dispatch point for schedule files: runs the schedule
     with solver.train's parsed arguments and returns the exit status (0
     done, 130 interrupted; errors propagate to solver.train). Its
@@ -1221,7 +1221,8 @@ def run(path, args):
                      test_split=None if test_split in (None, "test") else test_split,
                      test_images=getattr(args, "test_images", None),
                      on_error=getattr(args, "on_error", "raise"),
-                     blas_threads=getattr(args, "blas_threads", None))
+                     blas_threads=getattr(args, "blas_threads", None),
+                     stream=sys.stdout if stream is None else stream)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -52,6 +52,7 @@ import numpy as np
 from netdef.device import array_module, default_device, to_numpy
 from netdef.errors import DeviceError, NetDefinitionError, NumericalError
 from netdef.net import normalize_phase
+from netdef.weights import share_layers
 from solver.lr_policy import LRPolicy
 from solver.nan_guard import finite_all, locate_non_finite, locate_non_finite_weights, \
     numerical_error
@@ -416,23 +417,7 @@ class Solver:
     def _share_weights(self, test_net):
         """Copy the train net's parameters into same-named layers of
         ``test_net`` (Caffe's ShareTrainedLayersWith, as a copy)."""
-        train = self.net.layer_dict
-        with self.device.context():
-            for name, layer in test_net.layer_dict.items():
-                source = train.get(name)
-                if source is None or not layer.blobs:
-                    continue
-                if len(source.blobs) != len(layer.blobs):
-                    raise NetDefinitionError(
-                        f"{self.source}: layer '{name}' has {len(source.blobs)} parameter "
-                        f"blob(s) in the train net but {len(layer.blobs)} in the test net")
-                for i, (src, dst) in enumerate(zip(source.blobs, layer.blobs)):
-                    if src.shape != dst.shape:
-                        raise NetDefinitionError(
-                            f"{self.source}: layer '{name}' parameter {i} has shape {src.shape} "
-                            f"in the train net but {dst.shape} in the test net")
-                    if src is not dst:
-                        dst.data[...] = src.data
+        share_layers(self.net, test_net, self.source)
 
     # -- random state -------------------------------------------------------------------------
     def _nets(self):

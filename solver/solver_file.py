@@ -20,7 +20,22 @@ from netdef.errors import NetDefinitionError
 from netdef.net import Net
 from netdef.schema import read_solver, upgrade_solver
 
-__all__ = ["SolverFile"]
+__all__ = ["SolverFile", "resolve_input"]
+
+
+def resolve_input(path, base_dir, source, field, *, current_dir=True, note=""):
+    """The file ``path`` names, found by Caffe's rule for the paths in a
+    solver file: relative to ``base_dir`` first (the folder of the file that
+    names it; None: none), then, with ``current_dir``, relative to the
+    current directory; absolute paths as they are. NetDefinitionError
+    "SOURCE: FIELD 'PATH' not found (looked for ...NOTE)" when none exists."""
+    candidates = [path] if os.path.isabs(path) else \
+        ([os.path.join(base_dir, path)] if base_dir else []) + ([path] if current_dir else [])
+    for candidate in candidates:
+        if os.path.exists(candidate):
+            return candidate
+    looked = " and ".join(f"'{os.path.abspath(c)}'" for c in candidates)
+    raise NetDefinitionError(f"{source}: {field} '{path}' not found (looked for {looked}{note})")
 
 
 class SolverFile:
@@ -72,13 +87,7 @@ class SolverFile:
         """An input path from the solver file: the solver's folder first,
         then the current directory; NetDefinitionError naming both when
         neither has it."""
-        candidates = [path] if os.path.isabs(path) else \
-            ([os.path.join(self.base_dir, path)] if self.base_dir else []) + [path]
-        for candidate in candidates:
-            if os.path.exists(candidate):
-                return candidate
-        looked = " and ".join(f"'{os.path.abspath(c)}'" for c in candidates)
-        raise NetDefinitionError(f"{self.source}: {field} '{path}' not found (looked for {looked})")
+        return resolve_input(path, self.base_dir, self.source, field)
 
     def net_sources(self):
         """``(train source or None, generic source or None)``: a NetParameter

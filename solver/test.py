@@ -20,105 +20,21 @@ import argparse
 import json
 import os
 import sys
-import time
 
-from netdef.errors import DataError, DeviceError, EngineError
+from netdef.errors import DataError
+from netdef.snapshot_format import atomic_writer
+from solver.classes import pad_classes
+# The helpers every entry point shares live in solver.cli and
+# solver.detection_eval; importable from here as before.
+from solver.cli import (add_device_arguments, builtin_dataset, exit_status, is_coco_path,
+                        open_dataset, select_device)
+from solver.detection_eval import (detection_progress, evaluate_detections, evaluate_detector,
+                                   open_test_set, summary_line)
+from solver.detector import Detector, load_test_net, read_class_names
+from solver.evaluation import dump_detections
 
 __all__ = ["main", "select_device", "open_dataset", "builtin_dataset", "is_coco_path",
-           "evaluate_detections", "add_device_arguments"]
-
-
-# -- helpers shared by the entry points ----------------------------------------------------
-
-def add_device_arguments(parser):
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--gpu", type=int, metavar="N",
-                       help="run on GPU N through CuPy (an error when CuPy sees no GPU)")
-    group.add_argument("--cpu", action="store_true", help="run on the CPU (the default)")
-
-
-def select_device(gpu):
-    """The CPU for ``gpu`` None, else GPU ``gpu``; DeviceError, saying so,
-    when CuPy sees no GPU."""
-    from netdef.device import CPU, Device, gpu_available
-    if gpu is None:
-        return CPU
-    if not gpu_available():
-        raise DeviceError(
-            f"--gpu {gpu}: no CUDA GPU is visible to CuPy on this machine (CuPy not installed, "
-            "no NVIDIA driver, or no device); install the GPU extra (pip install -e '.[gpu]') "
-            "on a machine with a GPU, or run on the CPU (--cpu, the default)")
-    return Device("gpu", gpu)
-
-
-def builtin_dataset(say=print):
-    """The root of the built-in synthetic dataset (generated on first use),
-    announced through ``say``."""
-    from solver.datasets.synthetic import default_dataset_root, ensure_dataset
-    root = default_dataset_root()
-    fresh = not os.path.isfile(os.path.join(root, "synthetic.json"))
-    started = time.perf_counter()
-    if fresh:
-        say(f"no --data: generating the built-in synthetic dataset (6 shape classes, 1000 "
-            f"trainval + 200 test images of 192x256) in {root} ...")
-    root = ensure_dataset()
-    if fresh:
-        say(f"generated in {time.perf_counter() - started:.1f}s")
-    else:
-        say(f"no --data: using the built-in synthetic dataset (6 shape classes, 1000 trainval "
-            f"+ 200 test images of 192x256) in {root}")
-    return root
-
-
-def is_coco_path(path):
-    """True for a COCO instances JSON or a COCO root folder."""
-    from solver.datasets.voc import find_voc_years, is_voc_layout
-    path = os.fspath(path)
-    if os.path.isfile(path):
-        return path.lower().endswith(".json")
-    return os.path.isdir(path) and not (is_voc_layout(path) or find_voc_years(path))
-
-
-def open_dataset(root, split, *, on_error="raise", for_testing=False):
-    """``load_dataset`` with the options an entry point wants: a test split
-    keeps images without objects (they can still get false positives)."""
-    from solver.datasets import load_dataset
-    options = {"keep_empty": True} if for_testing else {}
-    return load_dataset(root, split, on_error=on_error, **options)
-
-
-def evaluate_detections(dataset, all_boxes, coco=False):
-    """``(result, table text, summary dict)`` of VOC or COCO evaluation."""
-    from solver.evaluation import evaluate_coco, evaluate_voc, format_table
-    if coco:
-        result = evaluate_coco(dataset, all_boxes)
-        summary = {"metric": "coco", "ap": result.ap, "ap50": result.ap50, "ap75": result.ap75,
-                   "ar": result.ar}
-    else:
-        result = evaluate_voc(dataset, all_boxes, use_07_metric=True)
-        summary = {"metric": "voc", "map_07": result.mean_ap_07,
-                   "map_area": result.mean_ap_area}
-    return result, format_table(result, dataset.classes), summary
-
-
-def summary_line(summary):
-    if summary["metric"] == "coco":
-        return (f"COCO AP {summary['ap']:.4f} (AP50 {summary['ap50']:.4f}, AP75 "
-                f"{summary['ap75']:.4f}, AR {summary['ar']:.4f})")
-    return (f"mAP {summary['map_07']:.4f} (VOC07 11-point), {summary['map_area']:.4f} "
-            f"(area), IoU > 0.5, difficult objects excluded")
-
-
-def detection_progress(stream, every=50):
-    """A progress callback printing every ``every`` images."""
-    started = time.perf_counter()
-
-    def report(done, total):
-        if done == total or done % every == 0:
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            print(f"  detected {done}/{total} images ({rate:.1f} images/s)", file=stream,
-                  flush=True)
-    return report
+           "evaluate_detections", "add_device_arguments", "summary_line", "detection_progress"]
 
 
 # -- the entry point -------------------------------------------------------------------------
@@ -163,33 +79,22 @@ def build_parser():
 def main(argv=None, stream=None):
     args = build_parser().parse_args(argv)
     stream = sys.stdout if stream is None else stream
-    try:
-        return _run(args, stream)
-    except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: _run(args, stream))
 
 
 def _run(args, stream):
-    from solver.detector import Detector, load_test_net, read_class_names
-
     def say(text):
         print(text, file=stream, flush=True)
 
     device = select_device(args.gpu)
     root = args.data if args.data else builtin_dataset(say)
-    dataset = open_dataset(root, args.split, on_error=args.on_error, for_testing=True)
-    if args.images is not None:
-        from solver.datasets import DetectionDataset
-        dataset = DetectionDataset(dataset.name, dataset.classes,
-                                   dataset.records[:max(args.images, 0)])
+    dataset = open_test_set(root, args.split, on_error=args.on_error, images=args.images)
     classes = read_class_names(args.classes) if args.classes else None
     net, info = load_test_net(args.net, args.weights, device=device, test_net=args.test_net,
                               scale=args.scale, max_size=args.max_size, classes=classes,
                               stream=stream)
     scored = net.blobs["cls_prob"].shape[-1] if "cls_prob" in net.blobs else None
     if not args.data and scored is not None and dataset.num_classes < scored:
-        from solver.train import pad_classes
         say(f"note: the net scores {scored - 1} classes, the built-in dataset has "
             f"{dataset.num_classes - 1}: the others have no test objects")
         dataset = pad_classes(dataset, scored)
@@ -210,19 +115,14 @@ def _run(args, stream):
                         bbox_normalization=info.bbox_normalization,
                         score_thresh=args.score_threshold, nms_thresh=args.nms,
                         max_per_image=args.max_per_image)
-    started = time.perf_counter()
-    all_boxes = detector.detect_dataset(dataset, detection_progress(stream))
-    elapsed = time.perf_counter() - started
-    _, table, summary = evaluate_detections(dataset, all_boxes, coco=is_coco_path(root))
-    say(table)
+    all_boxes, _, summary, elapsed = evaluate_detector(detector, dataset, is_coco_path(root),
+                                                       stream, every=50)
     say(summary_line(summary))
     say(f"{len(dataset)} images in {elapsed:.1f}s")
     if args.dump:
-        from solver.evaluation import dump_detections
         count = dump_detections(args.dump, dataset, all_boxes)
         say(f"wrote {count} detections to {args.dump}")
     if args.results:
-        from netdef.snapshot_format import atomic_writer
         with atomic_writer(args.results) as handle:
             handle.write(json.dumps(dict(summary, weights=os.fspath(args.weights),
                                          images=len(dataset)), indent=1).encode("utf-8"))

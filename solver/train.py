@@ -18,6 +18,11 @@ What the first argument may be:
 - a staged schedule: handed to ``solver.schedule.run(path, args)``
   (``is_schedule`` decides; see ``run_schedule``).
 
+The run is one ``solver.session.TrainingSession`` (the same one each
+training stage of ``solver.schedule`` runs); this module reads the
+arguments, the settings (solver.train_settings), the dataset and the test
+net around it.
+
 Solver settings: the solver file; for a net file ``--solver FILE``, else
 ``<net stem>_solver.prototxt`` beside the net (prototxt/rfcn_tiny_solver.prototxt),
 else the reference R-FCN settings (solver/defaults.py). ``--iters N``
@@ -53,192 +58,38 @@ evaluated: VOC07 11-point and area mAP per class (COCO AP for COCO data).
 import argparse
 import json
 import os
-import re
-import secrets
+import argparse
+import json
+import os
 import sys
 import time
 
-import numpy as np
-
-from netdef.errors import DataError, EngineError, NetDefinitionError, NumericalError
+from netdef.errors import DataError
+from netdef.net import Net
+from netdef.schema import read_net
+from netdef.snapshot_format import atomic_writer
+from netdef.weights import share_layers
+from solver import schedule
+from solver.blas import SMALL_NET_MACS, multiply_adds, set_blas_threads  # noqa: F401 (re-export)
+from solver.classes import class_mismatch_hint, pad_classes  # noqa: F401 (re-export)
+from solver.cli import (add_device_arguments, builtin_dataset, exit_status, is_coco_path,
+                        open_dataset, select_device)
+from solver.detection_eval import evaluate_detector, open_test_set, summary_line
+from solver.detector import Detector, keep_detection_blobs, load_weights, resolve_test_net
+from solver.plot import plot_log
+from solver.progress import Progress, format_duration
+from solver.session import TrainingSession, choose_seed
+from solver.train_settings import (apply_reference_config, classify_file,  # noqa: F401
+                                   is_schedule, train_settings)
 
 __all__ = ["main", "classify_file", "is_schedule", "run_schedule", "apply_reference_config",
            "class_mismatch_hint"]
 
-SCHEDULE_MODULE = "solver.schedule"
 
-
-# -- what the first argument is --------------------------------------------------------------
-
-_SCHEDULE_RE = re.compile(r"^\s*stage\s*\{", re.MULTILINE)
-
-
-def is_schedule(text):
-    """True for a staged schedule file: one with top-level ``stage { ... }``
-    blocks (neither a NetParameter nor a SolverParameter has that field)."""
-    return bool(_SCHEDULE_RE.search(text))
-
-
-def classify_file(path):
-    """"net", "solver" or "schedule" for the file at ``path``."""
-    from netdef import caffe_pb2
-    from netdef.errors import ParseError
-    from netdef.schema import _read_source, parse_text
-    text, filename = _read_source(os.fspath(path))
-    if is_schedule(text):
-        return "schedule"
-    try:
-        parse_text(text, caffe_pb2.NetParameter(), filename)
-        return "net"
-    except ParseError as net_error:
-        try:
-            parse_text(text, caffe_pb2.SolverParameter(), filename)
-            return "solver"
-        except ParseError:
-            raise net_error from None
-
-
-def run_schedule(path, args):
+def run_schedule(path, args, stream=None):
     """The dispatch point for staged schedules: ``solver.schedule.run(path,
     args)`` (args: this parser's namespace) returns the exit status."""
-    import importlib
-    try:
-        schedule = importlib.import_module(SCHEDULE_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != SCHEDULE_MODULE:
-            raise
-        raise NetDefinitionError(
-            f"{path}: a staged schedule (stage {{ ... }} blocks), but this installation has no "
-            f"{SCHEDULE_MODULE} module to run it") from None
-    return schedule.run(path, args)
-
-
-# -- py-R-FCN's experiment config ---------------------------------------------------------------
-
-def apply_reference_config(net_param):
-    """Add py-R-FCN's experiment config values (solver.defaults.PY_RFCN_CONFIG)
-    to the ``param_str`` of its Python layers where they are missing, in
-    place, for R-FCN nets (those with a PSROIPooling layer). Returns
-    ``[(layer name, key, value), ...]`` applied."""
-    from layers.python_compat import parse_param_str
-    from solver.defaults import PY_RFCN_CONFIG
-    types = {lp.type for lp in net_param.layer}
-    if "PSROIPooling" not in types:
-        return []
-    chosen = dict(PY_RFCN_CONFIG["both"])
-    for module, values in PY_RFCN_CONFIG["ohem" if "BoxAnnotatorOHEM" in types
-                                          else "plain"].items():
-        chosen[module] = {**chosen.get(module, {}), **values}
-    applied = []
-    for lp in net_param.layer:
-        if lp.type != "Python" or lp.python_param.module not in chosen:
-            continue
-        text = lp.python_param.param_str
-        present = parse_param_str(text)
-        extra = {k: v for k, v in chosen[lp.python_param.module].items() if k not in present}
-        if not extra:
-            continue
-        added = ", ".join(f"{k!r}: {v!r}" for k, v in extra.items())
-        stripped = text.strip()
-        if stripped.startswith("{") and stripped.endswith("}"):
-            body = stripped[1:-1].strip()
-            lp.python_param.param_str = "{" + (body + ", " if body else "") + added + "}"
-        else:
-            lp.python_param.param_str = (stripped + ", " if stripped else "") + added
-        applied += [(lp.name, k, v) for k, v in extra.items()]
-    return applied
-
-
-# -- BLAS threads ------------------------------------------------------------------------
-
-#: Nets below this many multiply-adds per forward pass run their matrix
-#: products on one BLAS thread: their products are small, a second thread
-#: gains nothing, and when the cores are shared with other work OpenBLAS's
-#: threads wait on each other (measured: the tiny R-FCN at 20 iterations/s on
-#: one thread, 2/s on two beside one other busy process on 2 cores).
-SMALL_NET_MACS = 2e9
-
-
-def multiply_adds(net):
-    """Multiply-adds of one forward pass through the convolutions and inner
-    products of ``net`` at its current blob shapes."""
-    total = 0
-    for lp, layer, tops in zip(net.layer_params, net.layers, net.top_blobs):
-        if lp.type in ("Convolution", "InnerProduct") and layer.blobs and tops:
-            weight = layer.blobs[0].shape
-            total += int(tops[0].count) * int(np.prod(weight[1:]))
-    return total
-
-
-def set_blas_threads(count):
-    """Set the thread count of the OpenBLAS that NumPy uses (its bundled
-    scipy-openblas or a system one), through its C API; returns True when
-    it did. Elsewhere (other BLAS libraries, no /proc) nothing happens."""
-    import ctypes
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as handle:
-            paths = sorted({line.split()[-1] for line in handle
-                            if "openblas" in line.lower() and ".so" in line.split()[-1]})
-    except OSError:
-        return False
-    names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-             "openblas_set_num_threads64_", "openblas_set_num_threads")
-    for path in paths:
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in names:
-            function = getattr(library, name, None)
-            if function is not None:
-                function(int(count))
-                return True
-    return False
-
-
-# -- class count ------------------------------------------------------------------------------
-
-def class_mismatch_hint(net_path, num_classes):
-    """How to regenerate the net at ``net_path`` for ``num_classes``: its
-    "# Generated by:" command with ``--classes`` replaced, else a generic
-    prototxt.rfcn command."""
-    command = None
-    try:
-        with open(net_path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("# Generated by: python -m prototxt.rfcn"):
-                    command = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    if command:
-        command = re.sub(r"--classes \d+", f"--classes {num_classes}", command)
-        if "--classes" not in command:
-            command += f" --classes {num_classes}"
-    else:
-        command = f"python -m prototxt.rfcn --depth 101 --classes {num_classes} --phase BOTH"
-    stem = os.path.splitext(os.path.basename(net_path))[0]
-    return f"{command} > {stem}_{num_classes}classes.prototxt"
-
-
-def pad_classes(dataset, num_classes):
-    """``dataset`` with placeholder classes ``unused<k>`` appended up to
-    ``num_classes`` (records unchanged): the built-in dataset's 6 shapes
-    fill the first classes of a net built for more (e.g. VOC's 20), whose
-    other classes then see no examples (and no evaluation)."""
-    from solver.datasets import DetectionDataset
-    extra = tuple(f"unused{k}" for k in range(dataset.num_classes, num_classes))
-    return DetectionDataset(dataset.name, tuple(dataset.classes) + extra, dataset.records)
-
-
-def _check_classes(dataset, data_layer, net_path, what):
-    if dataset.num_classes == data_layer.num_classes:
-        return
-    raise DataError(
-        f"dataset '{dataset.name}' has {dataset.num_classes} classes (background included: "
-        f"{', '.join(dataset.classes)}) but {net_path} is built for {data_layer.num_classes} "
-        f"({what}). Regenerate the net for this dataset:\n    "
-        f"{class_mismatch_hint(net_path, dataset.num_classes)}")
+    return schedule.run(path, args, stream=stream)
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -263,7 +114,6 @@ def build_parser():
                         help="split evaluated at the end (default test)")
     parser.add_argument("--weights", help="initial weights by layer name (.caffemodel, or a "
                                           "native snapshot), e.g. ImageNet ResNet-101")
-    from solver.test import add_device_arguments
     add_device_arguments(parser)
     parser.add_argument("--iters", type=int, help="train until this iteration (overrides "
                                                   "max_iter)")
@@ -296,35 +146,23 @@ def main(argv=None, stream=None):
     non-finite loss, 2 a user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     stream = sys.stdout if stream is None else stream
-    try:
+
+    def run():
         kind = classify_file(args.prototxt)
         if kind == "schedule":
-            return run_schedule(args.prototxt, args)
+            return run_schedule(args.prototxt, args, stream)
         return Training(args, kind, stream).run()
-    except NumericalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _resolve(path, base_dir, what, source):
-    candidates = [path] if os.path.isabs(path) else \
-        ([os.path.join(base_dir, path)] if base_dir else []) + [path]
-    for candidate in candidates:
-        if os.path.exists(candidate):
-            return candidate
-    raise NetDefinitionError(f"{source}: {what} '{path}' not found (looked for "
-                             f"{' and '.join(repr(os.path.abspath(c)) for c in candidates)})")
+    return exit_status(run)
 
 
 class Training:
-    """One ``solver.train`` run (see the module docstring)."""
+    """One ``solver.train`` run (see the module docstring): the settings,
+    the dataset and the test net around one TrainingSession."""
 
     def __init__(self, args, kind, stream):
         self.args, self.kind, self.stream = args, kind, stream
         self.progress = None
+        self.session, self.test_net, self.test_set = None, None, None
 
     def say(self, text):
         if self.progress is not None:
@@ -332,213 +170,49 @@ class Training:
         else:
             print(text, file=self.stream, flush=True)
 
-    # -- settings ------------------------------------------------------------------------
-    def _solver_and_net(self):
-        """(SolverParameter, its source text, its folder, net path, test net path or None)."""
-        from netdef.schema import read_solver
-        from solver.defaults import reference_solver
-        args = self.args
-        if self.kind == "solver":
-            if args.solver:
-                raise NetDefinitionError(
-                    f"{args.prototxt} is a solver file already; --solver is for net files")
-            param = read_solver(args.prototxt)
-            base = os.path.dirname(os.path.abspath(args.prototxt))
-            given = [f for f in ("net", "train_net") if param.HasField(f)]
-            if len(given) != 1:
-                raise NetDefinitionError(
-                    f"{args.prototxt}: give the net to train as exactly one of net: or "
-                    f"train_net: (found {', '.join(given) or 'neither'}); inline net_param is "
-                    f"not supported by solver.train")
-            net_path = _resolve(getattr(param, given[0]), base, given[0], args.prototxt)
-            test_net = _resolve(param.test_net[0], base, "test_net", args.prototxt) \
-                if param.test_net else None
-            return param, f"solver file {args.prototxt}", base, net_path, test_net
-        net_path = args.prototxt
-        beside = os.path.splitext(net_path)[0] + "_solver.prototxt"
-        if args.solver:
-            param, source = read_solver(args.solver), f"--solver {args.solver}"
-            base = os.path.dirname(os.path.abspath(args.solver))
-        elif os.path.isfile(beside):
-            param, source = read_solver(beside), f"{beside} (beside the net)"
-            base = os.path.dirname(os.path.abspath(beside))
-        else:
-            param = reference_solver()
-            source, base = "the reference R-FCN settings (solver/defaults.py)", None
-        test_net = None
-        if param.test_net and args.solver:
-            test_net = _resolve(param.test_net[0], base, "test_net", args.solver)
-        return param, source, base, net_path, test_net
-
-    def _device(self):
-        from solver.test import select_device
-        return select_device(self.args.gpu)
-
-    # -- the run ---------------------------------------------------------------------------
     def run(self):
-        from solver.progress import Progress
-        args = self.args
         started = time.perf_counter()
-        self.device = self._device()
-        param, solver_source, base, net_path, test_net = self._solver_and_net()
-        stem = os.path.splitext(os.path.basename(net_path))[0]
-        out = args.out or os.path.join("out", stem)
-        os.makedirs(out, exist_ok=True)
-        self.out = out
-        self.progress = Progress(os.path.join(out, "train_log.jsonl"), stream=self.stream)
+        self.device = select_device(self.args.gpu)
+        settings = train_settings(self.args, self.kind)
+        stem = os.path.splitext(os.path.basename(settings.net_path))[0]
+        self.out = self.args.out or os.path.join("out", stem)
+        os.makedirs(self.out, exist_ok=True)
+        self.progress = Progress(os.path.join(self.out, "train_log.jsonl"), stream=self.stream)
         try:
-            return self._run(param, solver_source, base, net_path, test_net, stem, started)
+            seed = choose_seed(self.args.seed, settings.seed)
+            self.say(f"solver.train {settings.net_path} on {self.device}; output in {self.out}; "
+                     f"seed {seed}")
+            self.say(settings.describe())
+            net = self._train_net(settings.net_path, seed)
+            with TrainingSession(net, settings.net_path, device=self.device, say=self.say,
+                                 blas_threads=self.args.blas_threads) as session:
+                self.session = session
+                return self._run(settings, stem, seed, started)
         finally:
             self.progress.close()
 
-    def _run(self, param, solver_source, base, net_path, test_net, stem, started):
-        from layers.proposal_target import ProposalTargetLayer
-        from layers.roi_data import RoIDataLayer
-        from netdef import Net
-        from netdef.schema import read_net
-        from solver.detector import (BoxNormalization, bbox_export_transform, bbox_param_layer,
-                                     keep_detection_blobs, load_weights, resolve_test_net)
-        from solver.sgd import SGDSolver
-        from solver.test import builtin_dataset, is_coco_path, open_dataset
-        args = self.args
-        device = self.device
-
-        # Seed: one for the net (fillers, layer sampling) and the solver.
-        if args.seed is not None:
-            seed = args.seed
-        elif param.random_seed >= 0:
-            seed = int(param.random_seed)
-        else:
-            seed = secrets.randbits(31)
-        self.say(f"solver.train {net_path} on {device}; output in {self.out}; seed {seed}")
-
-        # The solver settings.
-        param.type = param.type or "SGD"
-        if args.iters is not None:
-            if args.iters < 0:
-                raise NetDefinitionError(f"--iters must be >= 0, found {args.iters}")
-            param.max_iter = args.iters
-        eval_interval = args.eval_interval if args.eval_interval is not None \
-            else int(param.test_interval)
-        weights = [_resolve(w, base, "weights", solver_source) for w in param.weights]
-        for field in ("test_iter", "test_interval", "test_net", "test_net_param", "test_state",
-                      "weights", "net", "train_net", "net_param", "train_net_param",
-                      "snapshot_prefix", "random_seed"):
-            param.ClearField(field)
-        self.say(f"solver settings from {solver_source}: base_lr {param.base_lr:g}, lr_policy "
-                 f"{param.lr_policy}, max_iter {param.max_iter}, iter_size {param.iter_size}, "
-                 f"momentum {param.momentum:g}, weight_decay {param.weight_decay:g}")
-
-        # The train net, with py-R-FCN's config values where it uses them.
+    def _train_net(self, net_path, seed):
+        """The TRAIN net, with py-R-FCN's config values where it uses them."""
         net_param = read_net(net_path)
         applied = apply_reference_config(net_param)
         if applied:
             self.say("py-R-FCN Python layers: applied its experiment config where param_str "
                      "leaves them out: " + ", ".join(f"{layer}.{key}={value!r}"
                                                      for layer, key, value in applied))
-        train_net = Net(net_param if applied else net_path, "TRAIN", device=device, seed=seed,
-                        keep=[])  # lean memory: the solver reads the outputs only
-        data_layers = [l for l in train_net.layers if isinstance(l, RoIDataLayer)]
-        if len(data_layers) != 1:
-            raise NetDefinitionError(
-                f"{net_path}: the TRAIN phase needs exactly one data layer (type RoIData, or "
-                f"py-R-FCN's Python roi_data_layer.layer.RoIDataLayer) for solver.train to feed "
-                f"the dataset through; found {len(data_layers)}")
-        data_layer = data_layers[0]
-        self._choose_blas_threads(train_net, device)
+        return Net(net_param if applied else net_path, "TRAIN", device=self.device, seed=seed,
+                   keep=[])  # lean memory: the solver reads the outputs only
 
-        # Data.
-        if args.data:
-            root = args.data
-            self.say(f"dataset: {root} (splits {args.train_split} / {args.test_split})")
-        else:
-            root = builtin_dataset(self.say)
-        train_set = open_dataset(root, args.train_split, on_error=args.on_error)
-        padded = not args.data and train_set.num_classes < data_layer.num_classes
-        if padded:
-            self.say(f"note: the net is built for {data_layer.num_classes - 1} classes, the "
-                     f"built-in dataset has {train_set.num_classes - 1}: they train as the first "
-                     f"{train_set.num_classes - 1}, the others get no examples (a net for this "
-                     f"dataset: {class_mismatch_hint(net_path, train_set.num_classes)})")
-            train_set = pad_classes(train_set, data_layer.num_classes)
-        what = f"{data_layer.name}'s num_classes"
-        _check_classes(train_set, data_layer, net_path, what)
-        data_layer.set_dataset(train_set)
-        left_out = f" ({len(data_layer.skipped)} without objects left out)" \
-            if data_layer.skipped else ""
-        self.say(f"training on {len(train_set) - len(data_layer.skipped)} images of "
-                 f"'{train_set.name}'{left_out} ({train_set.num_classes - 1} classes: "
-                 f"{', '.join(train_set.classes[1:])}), "
-                 f"{'with' if data_layer.use_flipped else 'without'} flips, shorter side "
-                 f"{'/'.join(str(v) for v in data_layer.scales)}, longer at most "
-                 f"{data_layer.max_size}")
-        test_set = None
-        if not args.no_eval:
-            try:
-                test_set = open_dataset(root, args.test_split, on_error=args.on_error,
-                                        for_testing=True)
-            except DataError as exc:
-                self.say(f"no evaluation: cannot read the test split: {exc}")
-            if test_set is not None and padded:
-                test_set = pad_classes(test_set, data_layer.num_classes)
-            if test_set is not None and args.test_images is not None:
-                from solver.datasets import DetectionDataset
-                test_set = DetectionDataset(test_set.name, test_set.classes,
-                                            test_set.records[:max(args.test_images, 0)])
-        self.coco = is_coco_path(root)
-
-        # Initial weights.
-        if args.weights:
-            weights.append(args.weights)
-        for path in weights:
-            loaded = load_weights(train_net, path)
-            self.say(f"initial {loaded.report.summary()}")
-        if not weights and not args.resume:
-            self.say("no --weights: starting from random initialization (the net's fillers)")
-
-        # Box-target normalization: folded into the .caffemodel export.
-        targets = [l for l in train_net.layers if isinstance(l, ProposalTargetLayer)]
-        normalization, transform, bbox_layer = None, None, None
-        if targets and targets[0].normalize:
-            normalization = BoxNormalization(tuple(targets[0].means.tolist()),
-                                             tuple(targets[0].stds.tolist()))
-            found = bbox_param_layer(train_net, "bbox_pred")
-            if found is None:
-                self.say("note: no layer with parameters produces bbox_pred; the .caffemodel "
-                         "export keeps normalized box deltas")
-            else:
-                bbox_layer = found
-                transform = bbox_export_transform(found[0], found[1], normalization)
-        test_scale = (int(data_layer.scales[0]), int(data_layer.max_size))
-        metadata = {
-            "classes": list(train_set.classes), "dataset": train_set.name,
-            "dataset_root": os.path.abspath(root), "net": os.path.abspath(net_path),
-            "bbox_normalization": normalization.as_dict() if normalization else None,
-            "bbox_layer": list(bbox_layer) if bbox_layer else None,
-            "test_scale": list(test_scale)}
-
-        # The test net (built now so that a missing one fails before training).
-        self.test_net_path = None
-        self.test_net = None
-        if test_set is not None:
-            self.test_net_path = test_net or resolve_test_net(net_path)[0]
-            if args.test_net:
-                self.test_net_path = args.test_net
-            self.test_net = Net(self.test_net_path, "TEST", device=device, seed=seed + 1)
-            keep_detection_blobs(self.test_net)
-            if "cls_prob" in self.test_net.blobs:
-                width = self.test_net.blobs["cls_prob"].shape[-1]
-                if width != test_set.num_classes:
-                    raise DataError(
-                        f"dataset '{test_set.name}' has {test_set.num_classes} classes but the "
-                        f"test net {self.test_net_path} scores {width}. Regenerate the net for "
-                        f"this dataset:\n    {class_mismatch_hint(net_path, test_set.num_classes)}")
-        self.test_set, self.normalization, self.test_scale = test_set, normalization, test_scale
-
-        solver = SGDSolver(param, net=train_net, test_nets=[], log=self.progress, seed=seed,
-                           snapshot_prefix=os.path.join(self.out, stem), metadata=metadata,
-                           export_transform=transform, base_dir=base)
-        self.solver = solver
+    def _run(self, settings, stem, seed, started):
+        session, args = self.session, self.args
+        train_set, root = self._feed(settings.net_path)
+        self._initial_weights(settings.weights)
+        export = session.box_export()
+        self.normalization, self.test_scale = export.normalization, session.test_scale
+        metadata = session.metadata(train_set, root, export)
+        self._build_test_net(settings, seed)
+        solver = session.create_solver(settings.param, progress=self.progress, seed=seed,
+                                       prefix=os.path.join(self.out, stem), metadata=metadata,
+                                       export=export, base_dir=settings.base_dir)
         if args.resume:
             restored = solver.restore(args.resume)
             if restored.get("classes") and list(restored["classes"]) != list(train_set.classes):
@@ -547,28 +221,82 @@ class Training:
                          f"{', '.join(train_set.classes[1:])}")
             solver.metadata.update({k: v for k, v in metadata.items() if k != "classes"})
         self.say(f"ready in {time.perf_counter() - started:.1f}s; training to iteration "
-                 f"{param.max_iter}")
-
+                 f"{settings.param.max_iter}")
         try:
-            while solver.iter < param.max_iter:
-                stop = param.max_iter
-                if eval_interval and eval_interval > 0:
-                    stop = min(stop, (solver.iter // eval_interval + 1) * eval_interval)
-                solver.step(stop - solver.iter)
-                if solver.iter < param.max_iter and self.test_net is not None:
-                    self.evaluate()
-            state_path = self._final_snapshot()
+            state_path, model_path = session.train(
+                every=settings.eval_interval,
+                between=self.evaluate if self.test_net is not None else None)
         except KeyboardInterrupt:
             where = solver.interrupt_snapshot
             if where:
-                print(f"interrupted: resume with python -m solver.train {self.args.prototxt} "
-                      f"--resume {where}" + (f" --out {self.out}" if self.args.out else ""),
+                print(f"interrupted: resume with python -m solver.train {args.prototxt} "
+                      f"--resume {where}" + (f" --out {self.out}" if args.out else ""),
                       file=self.stream)
             else:
                 print("interrupted", file=self.stream)
             return 130
-        finally:
-            data_layer.close()
+        return self._finish(state_path, model_path, started)
+
+    def _feed(self, net_path):
+        """The training split handed to the data layer and the test split
+        (``self.test_set``, None without evaluation); returns
+        ``(training split, dataset root)``."""
+        args, layer = self.args, self.session.data_layer
+        if args.data:
+            root = args.data
+            self.say(f"dataset: {root} (splits {args.train_split} / {args.test_split})")
+        else:
+            root = builtin_dataset(self.say)
+        train_set = open_dataset(root, args.train_split, on_error=args.on_error)
+        padded = not args.data and train_set.num_classes < layer.num_classes
+        train_set = self.session.prepare(train_set, builtin=not args.data)
+        self.session.feed(train_set)
+        left_out = f" ({len(layer.skipped)} without objects left out)" if layer.skipped else ""
+        self.say(f"training on {len(train_set) - len(layer.skipped)} images of "
+                 f"'{train_set.name}'{left_out} ({train_set.num_classes - 1} classes: "
+                 f"{', '.join(train_set.classes[1:])}), "
+                 f"{'with' if layer.use_flipped else 'without'} flips, shorter side "
+                 f"{'/'.join(str(v) for v in layer.scales)}, longer at most {layer.max_size}")
+        if not args.no_eval:
+            try:
+                self.test_set = open_test_set(root, args.test_split, on_error=args.on_error,
+                                              pad_to=layer.num_classes if padded else None,
+                                              images=args.test_images)
+            except DataError as exc:
+                self.say(f"no evaluation: cannot read the test split: {exc}")
+        self.coco = is_coco_path(root)
+        return train_set, root
+
+    def _initial_weights(self, weights):
+        if self.args.weights:
+            weights.append(self.args.weights)
+        for path in weights:
+            loaded = load_weights(self.session.net, path)
+            self.say(f"initial {loaded.report.summary()}")
+        if not weights and not self.args.resume:
+            self.say("no --weights: starting from random initialization (the net's fillers)")
+
+    def _build_test_net(self, settings, seed):
+        """The test net (built now so that a missing one fails before
+        training), with the lean memory plan of detection."""
+        if self.test_set is None:
+            return
+        path = settings.test_net or resolve_test_net(settings.net_path)[0]
+        self.test_net_path = self.args.test_net or path
+        self.test_net = Net(self.test_net_path, "TEST", device=self.device, seed=seed + 1)
+        keep_detection_blobs(self.test_net)
+        if "cls_prob" in self.test_net.blobs:
+            width = self.test_net.blobs["cls_prob"].shape[-1]
+            if width != self.test_set.num_classes:
+                raise DataError(
+                    f"dataset '{self.test_set.name}' has {self.test_set.num_classes} classes but "
+                    f"the test net {self.test_net_path} scores {width}. Regenerate the net for "
+                    f"this dataset:\n    "
+                    f"{class_mismatch_hint(settings.net_path, self.test_set.num_classes)}")
+
+    def _finish(self, state_path, model_path, started):
+        """The final evaluation, the plot and the closing lines."""
+        solver, args = self.session.solver, self.args
         training_s = time.perf_counter() - started
         try:
             summary = self.evaluate() if self.test_net is not None else None
@@ -577,58 +305,30 @@ class Training:
                   file=self.stream)
             return 130
         self._plot()
-        model_path = state_path[:-len(".solverstate.npz")] + ".caffemodel"
-        lines = [f"done: {solver.iter} iterations in {_duration(training_s)} (total "
-                 f"{_duration(time.perf_counter() - started)})",
+        lines = [f"done: {solver.iter} iterations in {format_duration(training_s)} (total "
+                 f"{format_duration(time.perf_counter() - started)})",
                  f"snapshot {state_path}",
                  f"weights  {model_path} (box regression un-normalized)",
-                 f"test:    python -m solver.test {self.args.prototxt} --weights {model_path}"
-                 + (f" --data {self.args.data}" if self.args.data else "")]
+                 f"test:    python -m solver.test {args.prototxt} --weights {model_path}"
+                 + (f" --data {args.data}" if args.data else "")]
         if summary is not None:
-            from solver.test import summary_line
             lines.insert(1, "final " + summary_line(summary))
         for line in lines:
             self.say(line)
         return 0
 
-    def _choose_blas_threads(self, net, device):
-        threads, why = self.args.blas_threads, "--blas-threads"
-        if threads is None:
-            if device.is_gpu or "OPENBLAS_NUM_THREADS" in os.environ:
-                return
-            macs = multiply_adds(net)
-            if macs >= SMALL_NET_MACS:
-                return
-            threads, why = 1, f"a small net: {macs / 1e9:.2f} G multiply-adds per pass"
-        if set_blas_threads(threads):
-            self.say(f"BLAS on {threads} thread(s) ({why})")
-
-    def _final_snapshot(self):
-        from solver.snapshot import snapshot_paths
-        solver = self.solver
-        state_path, _ = snapshot_paths(solver.snapshot_prefix, solver.iter)
-        if solver.last_snapshot != state_path or not os.path.isfile(state_path):
-            state_path = solver.snapshot()
-        return state_path
-
     def evaluate(self):
         """Detection on the test split with the current weights; prints the
         table, logs an "eval" record, writes eval_iter_N.json."""
-        from solver.detector import Detector
-        from solver.test import detection_progress, evaluate_detections, summary_line
-        solver, test_net = self.solver, self.test_net
-        _copy_params(solver.net, test_net)
-        detector = Detector(test_net, scale=self.test_scale[0], max_size=self.test_scale[1],
+        solver = self.session.solver
+        share_layers(solver.net, self.test_net, self.test_net_path)
+        detector = Detector(self.test_net, scale=self.test_scale[0], max_size=self.test_scale[1],
                             bbox_normalization=self.normalization)
-        started = time.perf_counter()
         self.say(f"evaluating iteration {solver.iter} on {len(self.test_set)} test images ...")
-        all_boxes = detector.detect_dataset(self.test_set, detection_progress(self.stream, 100))
-        _, table, summary = evaluate_detections(self.test_set, all_boxes, self.coco)
-        elapsed = time.perf_counter() - started
-        print(table, file=self.stream, flush=True)
+        _, table, summary, elapsed = evaluate_detector(detector, self.test_set, self.coco,
+                                                       self.stream)
         self.progress.event("eval", f"iteration {solver.iter}: {summary_line(summary)} "
                             f"({elapsed:.1f}s)", iter=solver.iter, seconds=elapsed, **summary)
-        from netdef.snapshot_format import atomic_writer
         with atomic_writer(os.path.join(self.out, f"eval_iter_{solver.iter}.json")) as handle:
             handle.write(json.dumps(dict(summary, iter=solver.iter, table=table),
                                     indent=1).encode("utf-8"))
@@ -637,31 +337,11 @@ class Training:
 
     def _plot(self):
         try:
-            from solver.plot import plot_log
             path = os.path.join(self.out, "train_log.png")
             plot_log(os.path.join(self.out, "train_log.jsonl"), path)
             self.say(f"training curves: {path}")
         except Exception as exc:  # a plot is a convenience: never fail the run for it
             self.say(f"note: no plot of the training log ({type(exc).__name__}: {exc})")
-
-
-def _copy_params(source, target):
-    """Copy ``source``'s parameters into same-named layers of ``target``."""
-    layers = source.layer_dict
-    with target.device.context():
-        for name, layer in target.layer_dict.items():
-            if name in layers and layer.blobs:
-                for src, dst in zip(layers[name].blobs, layer.blobs):
-                    if src.shape != dst.shape:
-                        raise NetDefinitionError(
-                            f"layer '{name}' has parameter shape {src.shape} in the train net "
-                            f"but {dst.shape} in the test net")
-                    dst.data[...] = src.data
-
-
-def _duration(seconds):
-    from solver.progress import format_duration
-    return format_duration(seconds)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+"""The BLAS thread rule of a training session: small nets on the CPU run
+their matrix products on one thread; the count is set for the session and
+restored after it.
+
+    with blas_threads_for(net, device, given=None, say=print):
+        ...   # train, evaluate
+"""
+import contextlib
+import ctypes
+import os
+
+import numpy as np
+
+__all__ = ["SMALL_NET_MACS", "multiply_adds", "set_blas_threads", "get_blas_threads",
+           "blas_choice", "blas_threads_for"]
+
+#: Nets below this many multiply-adds per forward pass run their matrix
+#: products on one BLAS thread: their products are small, a second thread
+#: gains nothing, and when the cores are shared with other work OpenBLAS's
+#: threads wait on each other (measured: the tiny R-FCN at 20 iterations/s on
+#: one thread, 2/s on two beside one other busy process on 2 cores).
+SMALL_NET_MACS = 2e9
+
+_SET_NAMES = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+              "openblas_set_num_threads64_", "openblas_set_num_threads")
+_GET_NAMES = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+              "openblas_get_num_threads64_", "openblas_get_num_threads")
+
+
+def multiply_adds(net):
+    """Multiply-adds of one forward pass through the convolutions and inner
+    products of ``net`` at its current blob shapes."""
+    total = 0
+    for lp, layer, tops in zip(net.layer_params, net.layers, net.top_blobs):
+        if lp.type in ("Convolution", "InnerProduct") and layer.blobs and tops:
+            weight = layer.blobs[0].shape
+            total += int(tops[0].count) * int(np.prod(weight[1:]))
+    return total
+
+
+def _openblas_function(names):
+    """The first of ``names`` exported by an OpenBLAS mapped into this
+    process (NumPy's bundled scipy-openblas or a system one), or None
+    (another BLAS library, or no /proc to find it through)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as handle:
+            paths = sorted({line.split()[-1] for line in handle
+                            if "openblas" in line.lower() and ".so" in line.split()[-1]})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            function = getattr(library, name, None)
+            if function is not None:
+                return function
+    return None
+
+
+def set_blas_threads(count):
+    """Set the thread count of the OpenBLAS that NumPy uses, through its C
+    API; returns True when it did (elsewhere nothing happens)."""
+    function = _openblas_function(_SET_NAMES)
+    if function is None:
+        return False
+    function(int(count))
+    return True
+
+
+def get_blas_threads():
+    """The thread count of the OpenBLAS that NumPy uses, or None when it
+    cannot be read."""
+    function = _openblas_function(_GET_NAMES)
+    if function is None:
+        return None
+    function.restype = ctypes.c_int
+    return int(function())
+
+
+def blas_choice(net, device, given=None):
+    """``(threads, why)`` for a session training ``net`` on ``device``:
+    ``given`` when given; one thread for a net under SMALL_NET_MACS on the
+    CPU; None (leave the library's count) on a GPU, for a large net, or
+    when OPENBLAS_NUM_THREADS chooses."""
+    if given is not None:
+        return given, "--blas-threads"
+    if device.is_gpu or "OPENBLAS_NUM_THREADS" in os.environ:
+        return None
+    macs = multiply_adds(net)
+    if macs >= SMALL_NET_MACS:
+        return None
+    return 1, f"a small net: {macs / 1e9:.2f} G multiply-adds per pass"
+
+
+@contextlib.contextmanager
+def blas_threads_for(net, device, given=None, say=print):
+    """Within the block, BLAS on the threads ``blas_choice`` gives (``say``
+    announces it); the count before is restored after."""
+    choice = blas_choice(net, device, given)
+    before = (get_blas_threads() or os.cpu_count() or 1) if choice else None
+    changed = bool(choice) and set_blas_threads(choice[0])
+    if changed:
+        say(f"BLAS on {choice[0]} thread(s) ({choice[1]})")
+    try:
+        yield
+    finally:
+        if changed:
+            set_blas_threads(before)

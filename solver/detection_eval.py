@@ -1,0 +1,78 @@
+"""The evaluation call every entry point makes: open the test split, detect
+every image, score the detections (VOC mAP or COCO AP), print the table.
+
+    test_set = open_test_set(root, "test", pad_to=None, images=None)
+    all_boxes, table, summary, seconds = evaluate_detector(detector, test_set, coco, stream)
+    summary_line(summary)    # "mAP 0.8123 (VOC07 11-point), ..."
+"""
+import sys
+import time
+
+from solver.classes import pad_classes
+from solver.cli import open_dataset
+from solver.datasets import DetectionDataset
+from solver.evaluation import evaluate_coco, evaluate_voc, format_table
+
+__all__ = ["evaluate_detections", "summary_line", "detection_progress", "open_test_set",
+           "evaluate_detector"]
+
+
+def evaluate_detections(dataset, all_boxes, coco=False):
+    """``(result, table text, summary dict)`` of VOC or COCO evaluation of
+    ``all_boxes[c][i]`` (``(N, 5)`` per class and image)."""
+    if coco:
+        result = evaluate_coco(dataset, all_boxes)
+        summary = {"metric": "coco", "ap": result.ap, "ap50": result.ap50, "ap75": result.ap75,
+                   "ar": result.ar}
+    else:
+        result = evaluate_voc(dataset, all_boxes, use_07_metric=True)
+        summary = {"metric": "voc", "map_07": result.mean_ap_07,
+                   "map_area": result.mean_ap_area}
+    return result, format_table(result, dataset.classes), summary
+
+
+def summary_line(summary):
+    """One line for an ``evaluate_detections`` summary."""
+    if summary["metric"] == "coco":
+        return (f"COCO AP {summary['ap']:.4f} (AP50 {summary['ap50']:.4f}, AP75 "
+                f"{summary['ap75']:.4f}, AR {summary['ar']:.4f})")
+    return (f"mAP {summary['map_07']:.4f} (VOC07 11-point), {summary['map_area']:.4f} "
+            f"(area), IoU > 0.5, difficult objects excluded")
+
+
+def detection_progress(stream, every=50):
+    """A progress callback printing every ``every`` images."""
+    started = time.perf_counter()
+
+    def report(done, total):
+        if done == total or done % every == 0:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            print(f"  detected {done}/{total} images ({rate:.1f} images/s)", file=stream,
+                  flush=True)
+    return report
+
+
+def open_test_set(root, split, *, on_error="raise", pad_to=None, images=None):
+    """The split to evaluate on (images without objects kept), padded with
+    placeholder classes up to ``pad_to`` (the built-in dataset under a
+    larger net), cut to its first ``images`` records when given."""
+    test_set = open_dataset(root, split, on_error=on_error, for_testing=True)
+    if pad_to is not None and pad_to > test_set.num_classes:
+        test_set = pad_classes(test_set, pad_to)
+    if images is not None:
+        test_set = DetectionDataset(test_set.name, test_set.classes,
+                                    test_set.records[:max(images, 0)])
+    return test_set
+
+
+def evaluate_detector(detector, test_set, coco, stream=sys.stdout, every=100):
+    """Detect every image of ``test_set`` with ``detector`` (a
+    solver.detector.Detector), score them and print the table to
+    ``stream``; returns ``(all_boxes, table, summary, seconds)``
+    (``all_boxes[c][i]``: ``(N, 5)`` detections of class ``c`` in image
+    ``i``)."""
+    started = time.perf_counter()
+    all_boxes = detector.detect_dataset(test_set, detection_progress(stream, every))
+    _, table, summary = evaluate_detections(test_set, all_boxes, coco)
+    print(table, file=stream, flush=True)
+    return all_boxes, table, summary, time.perf_counter() - started
