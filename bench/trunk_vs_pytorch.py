@@ -52,6 +52,7 @@ import numpy as np
 
 from bench.train_iteration import finite_params
 from netdef import Net, caffe_pb2, graph
+from netdef.device import CPU, Device, to_numpy
 from netdef.errors import NetDefinitionError
 from netdef.schema import read_net
 
@@ -60,6 +61,12 @@ PROTOTXT = ROOT / "prototxt" / "rfcn_resnet101.prototxt"
 FIRST, LAST = "conv1", "conv_new_1_relu"
 SEED_BLOB, SEED_LOSS = "output_diff", "output_diff_loss"
 TORCH_THREADS = 2
+# float32 relative errors accepted by the check before timing. Gradients get
+# more room: rounding moves a few of the millions of ReLU inputs across 0,
+# which flips whole terms of the weight gradients (at 600x1000 our Net with
+# and without its plan differ by about 3e-3 as well); the translation is
+# checked tightly, in float64, by tests/bench.
+FORWARD_TOLERANCE, GRADIENT_TOLERANCE = 1e-4, 2e-2
 
 
 # -- the graph -----------------------------------------------------------------
@@ -223,7 +230,6 @@ def build_ours(net_param, phase, device, keep=None, plan=None):
 
 def our_device(gpu):
     """Our Device: GPU 0 (a clear error when CuPy sees none) or the CPU."""
-    from netdef.device import CPU, Device
     if not gpu:
         return CPU
     from solver.test import select_device
@@ -240,12 +246,12 @@ def synchronizer(device, torch=None):
     return lambda: None
 
 
-def inputs(shape, output_shape, xp=np):
-    """The fixed random image and output diff (float32, seed 0)."""
+def inputs(shape, output_shape):
+    """The fixed random image and output diff (float32 NumPy arrays, seed 0)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
     diff = rng.standard_normal(output_shape).astype(np.float32)
-    return xp.asarray(x), xp.asarray(diff)
+    return x, diff
 
 
 def _relative_error(ours, theirs):
@@ -259,7 +265,6 @@ def check_same(sides, torch):
     returns (forward relative error, largest relative error of a trained
     parameter's gradient, number of trained parameters). The trained
     parameters (lr_mult != 0 / requires_grad) must be the same blobs."""
-    from netdef.device import to_numpy
     test_net, train_net, model = sides["test_net"], sides["train_net"], sides["model"]
     output = model.output_name
     ours = to_numpy(test_net.forward(blobs=[output])[output])
@@ -435,7 +440,7 @@ def main(argv=None):
     load = os.getloadavg()[0]
     sides = build_sides(args, torch, torch_graph)
     forward_error, gradient_error, trained = check_same(sides, torch)
-    if max(forward_error, gradient_error) > 1e-3:
+    if forward_error > FORWARD_TOLERANCE or gradient_error > GRADIENT_TOLERANCE:
         print(f"error: the two sides differ (forward relative error {forward_error:.2e}, "
               f"gradient {gradient_error:.2e})", file=sys.stderr)
         return 1
