@@ -52,9 +52,10 @@ import numpy as np
 
 from bench.train_iteration import finite_params
 from netdef import Net, caffe_pb2, graph
-from netdef.device import CPU, Device, to_numpy
-from netdef.errors import NetDefinitionError
+from netdef.device import to_numpy
+from netdef.errors import EngineError, NetDefinitionError
 from netdef.schema import read_net
+from solver.cli import select_device
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOTXT = ROOT / "prototxt" / "rfcn_resnet101.prototxt"
@@ -229,12 +230,9 @@ def build_ours(net_param, phase, device, keep=None, plan=None):
 
 
 def our_device(gpu):
-    """Our Device: GPU 0 (a clear error when CuPy sees none) or the CPU."""
-    if not gpu:
-        return CPU
-    from solver.test import select_device
-    select_device(0)
-    return Device("gpu", 0)
+    """Our Device: GPU 0 (a DeviceError saying why when CuPy sees none) or
+    the CPU."""
+    return select_device(0 if gpu else None)
 
 
 def synchronizer(device, torch=None):
@@ -438,8 +436,12 @@ def main(argv=None):
     torch = torch_graph.torch
     torch.set_num_threads(TORCH_THREADS)
     load = os.getloadavg()[0]
-    sides = build_sides(args, torch, torch_graph)
-    forward_error, gradient_error, trained = check_same(sides, torch)
+    try:
+        sides = build_sides(args, torch, torch_graph)
+        forward_error, gradient_error, trained = check_same(sides, torch)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if forward_error > FORWARD_TOLERANCE or gradient_error > GRADIENT_TOLERANCE:
         print(f"error: the two sides differ (forward relative error {forward_error:.2e}, "
               f"gradient {gradient_error:.2e})", file=sys.stderr)
