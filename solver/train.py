@@ -58,9 +58,6 @@ evaluated: VOC07 11-point and area mAP per class (COCO AP for COCO data).
 import argparse
 import json
 import os
-import argparse
-import json
-import os
 import sys
 import time
 
@@ -70,8 +67,8 @@ from netdef.schema import read_net
 from netdef.snapshot_format import atomic_writer
 from netdef.weights import share_layers
 from solver import schedule
-from solver.blas import SMALL_NET_MACS, multiply_adds, set_blas_threads  # noqa: F401 (re-export)
-from solver.classes import class_mismatch_hint, pad_classes  # noqa: F401 (re-export)
+from solver.blas import SMALL_NET_MACS
+from solver.classes import class_mismatch_hint, pad_classes
 from solver.cli import (add_device_arguments, builtin_dataset, exit_status, is_coco_path,
                         open_dataset, select_device)
 from solver.detection_eval import evaluate_detector, open_test_set, summary_line
@@ -79,11 +76,12 @@ from solver.detector import Detector, keep_detection_blobs, load_weights, resolv
 from solver.plot import plot_log
 from solver.progress import Progress, format_duration
 from solver.session import TrainingSession, choose_seed
-from solver.train_settings import (apply_reference_config, classify_file,  # noqa: F401
+from solver.train_settings import (apply_reference_config, classify_file,
                                    is_schedule, train_settings)
 
-__all__ = ["main", "classify_file", "is_schedule", "run_schedule", "apply_reference_config",
-           "class_mismatch_hint"]
+# classify_file ... pad_classes: importable from here as before they moved.
+__all__ = ["main", "Training", "classify_file", "is_schedule", "run_schedule",
+           "apply_reference_config", "class_mismatch_hint", "pad_classes"]
 
 
 def run_schedule(path, args, stream=None):
