@@ -411,3 +411,64 @@ def test_foreign_npz_and_npy_are_refused(tmp_path):
 def test_missing_snapshot(tmp_path):
     with pytest.raises(WeightsError, match="gone.npz: no such file"):
         load_arrays(tmp_path / "gone.npz")
+
+
+# ---------------------------------------------------------------------------
+# The one copy by layer name (netdef.weights): files, snapshots, nets
+
+NET_TEXT = """name: "pair"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 5 dim: 5 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 2 kernel_size: 3 weight_filler { type: "gaussian" } } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc"
+        inner_product_param { num_output: NUM weight_filler { type: "gaussian" } } }
+"""
+
+
+def pair_net(num_output=4, seed=0):
+    from netdef import Net
+    return Net(NET_TEXT.replace("NUM", str(num_output)), "TRAIN", seed=seed)
+
+
+def test_copy_layers_reports_loaded_missing_unused_and_conforms_legacy_shapes():
+    from netdef.weights import copy_layers
+    net = pair_net()
+    weight = values(72, 4).astype(np.float32)
+    stored = {"fc": [weight.reshape(1, 1, 4, 18), np.arange(4, dtype=np.float32)],
+              "gone": [np.zeros(3)]}
+    report = copy_layers(net, stored, "mine")
+    assert (report.loaded, report.missing, report.unused) == (["fc"], ["conv1"], ["gone"])
+    assert np.array_equal(net.params["fc"][0].data, weight.reshape(4, 18))
+    assert "mine: 1 layers loaded; 1 not in the file (conv1)" in report.summary()
+    with pytest.raises(WeightsError, match=r"^mine: layer 'fc': the file has 1 blob\(s\), "
+                                           r"the net has 2 \(hint\)$"):
+        copy_layers(net, {"fc": [weight]}, "mine", hint=" (hint)")
+    skipped = copy_layers(net, {"fc": [weight]}, "mine", skip_mismatched=True)
+    assert skipped.loaded == [] and skipped.skipped[0][0] == "fc"
+
+
+def test_share_layers_copies_a_train_net_into_a_test_net_with_exact_shapes():
+    from netdef.weights import share_layers
+    train, test = pair_net(seed=1), pair_net(seed=2)
+    report = share_layers(train, test, "solver.prototxt")
+    assert report.loaded == ["conv1", "fc"]
+    for name in ("conv1", "fc"):
+        for a, b in zip(train.params[name], test.params[name]):
+            assert np.array_equal(a.data, b.data) and a.data is not b.data
+    with pytest.raises(WeightsError, match=r"solver.prototxt: layer 'fc' param 0: shape "
+                                           r"\(4, 18\) in the train net but \(5, 18\) in the "
+                                           r"test net"):
+        share_layers(train, pair_net(5), "solver.prototxt")
+
+
+def test_solver_snapshot_weights_load_through_the_same_copy(tmp_path):
+    from netdef.weights import group_param_keys, read_layer_arrays
+    net = pair_net(seed=3)
+    net.save_weights(str(tmp_path / "w.npz"))
+    layers = read_layer_arrays(str(tmp_path / "w.npz"))
+    assert list(layers) == ["conv1", "fc"] and len(layers["conv1"]) == 2
+    grouped = group_param_keys({"a/10": 10, "a/2": 2, "b/0": 0})
+    assert grouped == {"a": [2, 10], "b": [0]}
+    other = pair_net(seed=4)
+    assert other.copy_from(str(tmp_path / "w.npz")).loaded == ["conv1", "fc"]
+    assert np.array_equal(other.params["conv1"][0].data, net.params["conv1"][0].data)
