@@ -205,3 +205,15 @@ def test_check_same_on_the_benchmark_sides():
     sides = bench.build_sides(Args, torch, torch_graph)
     forward, gradient, trained = bench.check_same(sides, torch)
     assert forward < 1e-5 and gradient < 1e-4 and trained == 95
+
+
+def test_tables_give_ratios():
+    times = bench.format_times({"trunk forward": ([2.0, 3.0, 2.5], [1.0, 2.0, 1.2])})
+    assert "2.500 (2.000)" in times and "2.00 (2.00)" in times  # median of 2, 1.5, 2.08
+    reports = {"ours": {"peak_bytes": 2**30, "baseline_bytes": 2**25, "plan": "Net()"},
+               "torch": {"peak_bytes": 2**31, "baseline_bytes": 2**28},
+               "iteration": {"error": "exit status 1: MemoryError"}}
+    memory = bench.format_memory(reports, gpu=False).splitlines()
+    assert memory[2].split()[-3:] == ["1024", "32", "0.50"]
+    assert memory[3].split()[-1] == "1.00"
+    assert "failed: exit status 1: MemoryError" in memory[4]
