@@ -30,11 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
+from layers.base import create_layer, layer_class
 from layers.workspace import Workspace
 from netdef import graph
 from netdef.blob import Blob
+from netdef.caffemodel import write_caffemodel
 from netdef.memory import MemoryPlan
 from netdef.plan import LayerStep, make_steps
+from netdef.schema import read_net
+from netdef.weights import load_weights_into, save_native
 from netdef.device import default_device, to_numpy
 from netdef.errors import EngineError, NetDefinitionError, ShapeError
 
@@ -84,7 +88,6 @@ class Net:
         if isinstance(phase, (str, Path)) and str(phase).upper() not in (TRAIN, TEST) \
                 and weights in (TRAIN, TEST, 0, 1):
             phase, weights = weights, phase  # pycaffe: Net(model, weights, phase)
-        from netdef.schema import read_net
         self.phase = normalize_phase(phase)
         self.device = device if device is not None else default_device()
         self.dtype = np.dtype(dtype)
@@ -105,9 +108,6 @@ class Net:
     def _build(self, stages, level, plan):
         filtered, decisions = graph.filter_net(self.param, self.phase, level, stages)
         self.build_log += decisions
-        # Imported here: layers.base imports netdef.device, so a module-level
-        # import would make `import layers` alone circular.
-        from layers.base import create_layer, layer_class
         classes = [layer_class(lp, self.allow_python_modules) for lp in filtered.layer]
         weights = [self._loss_weights(lp, cls) for lp, cls in zip(filtered.layer, classes)]
         net_param, weights, decisions = graph.insert_splits(filtered, weights)
@@ -388,21 +388,18 @@ class Net:
         Returns a ``WeightsReport`` (loaded, missing, unused, skipped). A shape
         mismatch raises ``WeightsError`` naming both shapes unless
         ``skip_mismatched``."""
-        from netdef.weights import load_weights_into
         report = load_weights_into(self, path, skip_mismatched=skip_mismatched)
         self.build_log.append(report.summary())
         return report
 
     def save(self, path):
         """Write the weights as a Caffe binary .caffemodel (atomically)."""
-        from netdef.caffemodel import write_caffemodel
         write_caffemodel(path, [(lp.name, lp.type, [to_numpy(b.data) for b in layer.blobs])
                                 for lp, layer in zip(self.layer_params, self.layers)
                                 if layer.blobs])
 
     def save_weights(self, path, meta=None):
         """Write the weights in the native, pickle-free snapshot format."""
-        from netdef.weights import save_native
         save_native(self, path, meta)
 
     def __repr__(self):
