@@ -130,6 +130,10 @@ class Layer:
         # (False for lr_mult 0). Layers may skip the work for those that do
         # not; an empty tuple means every parameter needs one.
         self.param_propagate_down = ()
+        # Set by the Net: False when no backward will run through this layer
+        # (a TEST net, frozen layers), so forward may skip what only
+        # backward reads (e.g. MAX pooling's argmax).
+        self.need_backward = True
         # Scratch arrays (layers/workspace.py): private to the layer until
         # the Net assigns one Workspace shared by all its layers.
         self.workspace = Workspace(device)

@@ -218,6 +218,28 @@ class PoolingLayer(Layer):
             y[empty] = 0
             arg[empty] = -1
 
+    def _max_values(self, x, y):
+        """MAX forward without the argmax (no backward will read it): the
+        running maximum over the kernel offsets, each a strided view of
+        ``x`` clipped to the windows it reaches, so no padded copy is made
+        and each offset is one pass."""
+        (ph, pw), (kh, kw), (sh, sw), (pad_h, pad_w) = \
+            self.pooled, self.kernel, self.stride, self.pad
+        h, w = x.shape[2:]
+        y.fill(-np.inf)
+        for i in range(kh):
+            r0, r1 = _reach(ph, h, sh, pad_h, i)
+            for j in range(kw):
+                c0, c1 = _reach(pw, w, sw, pad_w, j)
+                if r0 >= r1 or c0 >= c1:
+                    continue
+                view = x[:, :, r0 * sh - pad_h + i:(r1 - 1) * sh - pad_h + i + 1:sh,
+                         c0 * sw - pad_w + j:(c1 - 1) * sw - pad_w + j + 1:sw]
+                target = y[:, :, r0:r1, c0:c1]
+                np.maximum(target, view, out=target)
+        if (ph - 1) * sh - pad_h >= h or (pw - 1) * sw - pad_w >= w:
+            y[y == -np.inf] = 0  # windows with no real cell
+
     def _max_by_windows(self, x, y, arg):
         """MAX forward looping over the (few) windows, each a slice of x."""
         n, c, h, w = x.shape
@@ -249,7 +271,9 @@ class PoolingLayer(Layer):
     def forward_cpu(self, bottoms, tops):
         x, y = bottoms[0].data, tops[0].data
         if self.pool == MAX:
-            if self._by_offsets():
+            if not self.need_backward and len(tops) == 1 and self._by_offsets():
+                self._max_values(x, y)
+            elif self._by_offsets():
                 self._max_by_offsets(x, y, self.argmax)
             else:
                 self._max_by_windows(x, y, self.argmax)
@@ -321,6 +345,15 @@ class PoolingLayer(Layer):
         else:
             launch("pooling.cu", "ave_pool_backward", dx.dtype, dx.size,
                    (np.int64(dx.size), dy) + geometry + (dx,))
+
+
+def _reach(pooled, size, stride, pad, offset):
+    """``(first, end)``: the output positions along one axis whose window
+    holds a real cell at kernel ``offset`` (0 <= p * stride - pad + offset
+    < size)."""
+    first = max(0, -(-(pad - offset) // stride))
+    end = min(pooled, (size - 1 + pad - offset) // stride + 1)
+    return first, end
 
 
 def _given(p, field):

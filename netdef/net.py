@@ -119,15 +119,16 @@ class Net:
         self.bottom_blobs, self.top_blobs = [], []
         self.loss_weights = weights
         self.inputs = []
-        consumed = set()
+        available = set()  # Caffe's rule: a blob no later layer reads is an output
         with self.device.context():
             for index, lp in enumerate(self.layer_params):
                 layer = create_layer(lp, phase=self.phase, device=self.device, dtype=self.dtype,
                                      seed=self.seed * 100003 + index,
                                      allow_python_modules=self.allow_python_modules)
                 bottoms = [self._bottom(lp, name) for name in lp.bottom]
-                consumed.update(lp.bottom)
+                available.difference_update(lp.bottom)
                 tops = [self._top(lp, i, name) for i, name in enumerate(lp.top)]
+                available.update(lp.top)
                 if lp.type in ("Input",):
                     self.inputs += list(lp.top)
                 self._setup(layer, lp, bottoms, tops)
@@ -141,7 +142,7 @@ class Net:
         for layer in self.layers:
             layer.workspace = self.workspace
         self.layer_dict = collections.OrderedDict(zip(self._layer_names, self.layers))
-        self.outputs = [name for name in self.blobs if name not in consumed]
+        self.outputs = [name for name in self.blobs if name in available]
         self._bind_params()
         self._plan_backward(net_param.force_backward)
         self.steps, decisions = make_steps(self, fuse=plan)
@@ -273,6 +274,7 @@ class Net:
                     needs or layer.allow_force_backward(j)
                     for j, needs in enumerate(self.bottom_need_backward[i])]
         for i, lp in enumerate(self.layer_params):
+            self.layers[i].need_backward = self.layer_need_backward[i]
             if self.layer_need_backward[i]:
                 self.build_log.append(f"{lp.name} needs backward")
             else:

@@ -154,6 +154,23 @@ def test_forward_backward_match_reference(pool, path, fields, shape, kernel, str
     np.testing.assert_allclose(bottoms[0].diff, dx, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("fields,shape,kernel,stride,pad,ceil_mode,global_", CASES, ids=CASE_IDS)
+def test_max_without_backward_skips_the_argmax(fields, shape, kernel, stride, pad, ceil_mode,
+                                               global_):
+    """A layer no backward runs through (need_backward False, set by the
+    Net) takes the values-only path: same outputs as the reference."""
+    x = distinct(shape)
+    expected, _ = reference(x, "MAX", kernel, stride, pad, ceil_mode, global_)
+    layer = build_layer(spec("MAX", fields, 1), dtype=np.float64)
+    layer.need_backward = False
+    calls = []
+    layer._max_by_offsets = lambda *args: calls.append("argmax path")
+    bottoms, tops = setup_layer(layer, [x])
+    layer.forward(bottoms, tops)
+    np.testing.assert_allclose(tops[0].data, expected, rtol=1e-12, atol=1e-12)
+    assert not calls
+
+
 @pytest.mark.parametrize("path", ["offsets", "windows"])
 def test_max_ties_pick_first_cell_in_row_major_order(path):
     x = np.zeros((1, 1, 4, 4))

@@ -249,3 +249,16 @@ def test_weights_shape_mismatch_error_and_skip(tmp_path):
     # fc's input size changed with conv1's output: both are skipped.
     assert [name for name, _ in report.skipped] == ["conv1", "fc"]
     assert report.loaded == []
+
+
+def test_a_blob_last_written_in_place_is_an_output():
+    """Caffe's rule: a blob no later layer reads is an output, also when
+    its last writer works in place (a deploy net ending in a ReLU)."""
+    text = TINY.replace(
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }',
+        'layer { name: "fc_relu" type: "ReLU" bottom: "fc" top: "fc" }')
+    text = text[:text.index('layer { name: "acc"')]
+    net = Net(text, "TEST")
+    assert net.outputs == ["label", "fc"]
+    out = net.forward(**tiny_inputs())
+    assert (out["fc"] >= 0).all()
