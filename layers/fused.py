@@ -20,6 +20,9 @@ work in place, so only the last value of the blob was ever visible):
 The element-wise work is written once per device: NumPy in cache-sized
 chunks on the CPU, one kernel of ``layers/cuda/fused.cu`` on the GPU.
 """
+import concurrent.futures
+import os
+
 import numpy as np
 
 from layers.kernels import launch
@@ -28,12 +31,36 @@ from netdef.device import array_module, is_gpu_array
 # Rows of a (rows, spatial) view processed per NumPy call: about this many
 # bytes, so the two or three passes of one fused operation run in L2 cache.
 CHUNK_BYTES = 1 << 18
+# Arrays of at least this many bytes are split between two threads (NumPy
+# releases the GIL in its loops): element-wise passes are bound by one
+# core's memory bandwidth, and a second core nearly doubles it (measured
+# 1.4-1.6x on the development machine). Smaller arrays, e.g. the tiny
+# R-FCN's, stay on one thread, where the hand-off would cost more.
+PARALLEL_BYTES = 1 << 22
+_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+_executor = None
 
 
-def _row_chunks(rows, row_bytes):
+def _each_chunk(rows, row_bytes, work):
+    """Call ``work(slice)`` over [0, rows) in cache-sized slices, on two
+    threads (one half each) for large arrays."""
     step = max(1, CHUNK_BYTES // max(row_bytes, 1))
-    for start in range(0, rows, step):
-        yield slice(start, min(start + step, rows))
+
+    def run(lo, hi):
+        for start in range(lo, hi, step):
+            work(slice(start, min(start + step, hi)))
+
+    if _THREADS < 2 or rows * row_bytes < PARALLEL_BYTES or rows < 2 * step:
+        run(0, rows)
+        return
+    global _executor
+    if _executor is None:
+        _executor = concurrent.futures.ThreadPoolExecutor(_THREADS - 1)
+    half = (rows // 2 + step - 1) // step * step
+    other = _executor.submit(run, half, rows)
+    run(0, half)
+    other.result()
 
 
 def _planes(array):
@@ -55,11 +82,13 @@ def affine_forward(x, a, b, y, relu):
         return
     rows_a, rows_b = np.tile(a, x.shape[0])[:, None], np.tile(b, x.shape[0])[:, None]
     x2, y2 = _planes(x), _planes(y)
-    for r in _row_chunks(x2.shape[0], x2[:1].nbytes):
+
+    def work(r):
         np.multiply(x2[r], rows_a[r], out=y2[r])
         np.add(y2[r], rows_b[r], out=y2[r])
         if relu:
             np.maximum(y2[r], 0, out=y2[r])
+    _each_chunk(x2.shape[0], x2[:1].nbytes, work)
 
 
 def bias_relu(y, b, relu):
@@ -70,10 +99,12 @@ def bias_relu(y, b, relu):
         return
     rows_b = np.tile(b, y.shape[0])[:, None]
     y2 = _planes(y)
-    for r in _row_chunks(y2.shape[0], y2[:1].nbytes):
+
+    def work(r):
         np.add(y2[r], rows_b[r], out=y2[r])
         if relu:
             np.maximum(y2[r], 0, out=y2[r])
+    _each_chunk(y2.shape[0], y2[:1].nbytes, work)
 
 
 def affine_backward(y, dy, a, dx, relu):
@@ -88,13 +119,15 @@ def affine_backward(y, dy, a, dx, relu):
     rows_a = None if a is None else np.tile(a, y.shape[0])[:, None]
     in_place = dx is dy
     y2, dy2, dx2 = _planes(y), _planes(dy), _planes(dx)
-    for r in _row_chunks(y2.shape[0], y2[:1].nbytes):
+
+    def work(r):
         if rows_a is not None:
             np.multiply(dy2[r], rows_a[r], out=dx2[r])
         elif not in_place:
             dx2[r] = dy2[r]
         if relu:
             np.multiply(dx2[r], y2[r] > 0, out=dx2[r])
+    _each_chunk(y2.shape[0], y2[:1].nbytes, work)
 
 
 def sum2_forward(x0, x1, c0, c1, y, relu):
@@ -105,14 +138,16 @@ def sum2_forward(x0, x1, c0, c1, y, relu):
                 np.int32(relu)))
         return
     x0, x1, y = x0.reshape(-1), x1.reshape(-1), y.reshape(-1)
-    for r in _row_chunks(y.size, y.itemsize):
-        _scaled(x0[r], c0, y[r])
-        if c1 == 1:
-            np.add(y[r], x1[r], out=y[r])
+
+    def work(r):
+        if c0 == 1 and c1 == 1:
+            np.add(x0[r], x1[r], out=y[r])
         else:
+            _scaled(x0[r], c0, y[r])
             y[r] += x1[r] * y.dtype.type(c1)
         if relu:
             np.maximum(y[r], 0, out=y[r])
+    _each_chunk(y.size, y.itemsize, work)
 
 
 def _scaled(x, c, out):
@@ -128,11 +163,15 @@ def masked_scale(y, dy, coeff, dx, relu):
         launch("fused.cu", "masked_scale", y.dtype, y.size,
                (np.int64(y.size), y, dy, y.dtype.type(coeff), dx, np.int32(relu)))
         return
+    skip_copy = dx is dy and coeff == 1
     y, dy, dx = y.reshape(-1), dy.reshape(-1), dx.reshape(-1)
-    for r in _row_chunks(y.size, y.itemsize):
-        _scaled(dy[r], coeff, dx[r])
+
+    def work(r):
+        if not skip_copy:
+            _scaled(dy[r], coeff, dx[r])
         if relu:
             np.multiply(dx[r], y[r] > 0, out=dx[r])
+    _each_chunk(y.size, y.itemsize, work)
 
 
 def compose_affine(layers):

@@ -242,8 +242,10 @@ def test_fused_kernels_match_numpy(dtype, relu):
     np.testing.assert_allclose(found, expected, rtol=1e-6)
 
 
-def test_fused_numpy_functions_against_plain_formulas():
-    x, y, dy = _arrays((2, 4, 3, 3), np.float64)
+@pytest.mark.parametrize("shape", [(2, 4, 3, 3), (2, 4, 300, 251)])
+def test_fused_numpy_functions_against_plain_formulas(shape):
+    """Small arrays run on one thread, large ones split between two."""
+    x, y, dy = _arrays(shape, np.float64)
     a, b = np.array([1.0, -2.0, 0.5, 3.0]), np.array([0.1, 0.2, -0.3, 0.0])
     out = np.empty_like(x)
     fused.affine_forward(x, a, b, out, True)
@@ -255,6 +257,10 @@ def test_fused_numpy_functions_against_plain_formulas():
     np.testing.assert_allclose(out, np.maximum(x + b[:, None, None], 0))
     fused.sum2_forward(x, y, 2.0, 1.0, out, False)
     np.testing.assert_allclose(out, 2 * x + y)
+    fused.sum2_forward(x, y, 1.0, 1.0, out, True)
+    np.testing.assert_allclose(out, np.maximum(x + y, 0))
+    fused.masked_scale(y, dy, 0.5, out, False)
+    np.testing.assert_allclose(out, 0.5 * dy)
     in_place = dy.copy()
     fused.masked_scale(y, in_place, 1.0, in_place, True)
     np.testing.assert_allclose(in_place, np.where(y > 0, dy, 0))
