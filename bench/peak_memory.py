@@ -108,7 +108,7 @@ def training_iteration(gpu):
     finally:
         data_layer.close()
     plan = (f"training iteration: the full TRAIN net as bench.train_iteration.build makes it "
-            f"(default plan), iter_size {solver.param.iter_size} + 1 update")
+            f"(lean memory plan, as solver.train), iter_size {solver.param.iter_size} + 1 update")
     if gpu:
         return cupy_pool_bytes(), baseline, "CuPy pool total_bytes", plan
     return resident_bytes(), baseline, "VmHWM", plan

@@ -73,7 +73,8 @@ def build(gpu=False, ohem=False):
     name = "rfcn_resnet101_ohem.prototxt" if ohem else "rfcn_resnet101.prototxt"
     path = Path(__file__).resolve().parents[1] / "prototxt" / name
     device = Device("gpu", 0) if gpu else CPU
-    net = Net(str(path), "TRAIN", device=device, seed=0)
+    # The lean memory plan, as solver.train uses it (it reads the outputs only).
+    net = Net(str(path), "TRAIN", device=device, seed=0, keep=[])
     data_layer = next(l for l in net.layers if isinstance(l, RoIDataLayer))
     data_layer.set_dataset(dataset())
     finite_params(net)
