@@ -5,7 +5,7 @@ import importlib
 import pkgutil
 
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in ("base", "kernels", "python_layer"):
+    if _module.name not in ("base", "kernels"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 from .base import Layer, create_layer, register, register_python  # noqa: E402,F401

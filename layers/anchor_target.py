@@ -2,12 +2,10 @@
 import numpy as np
 
 from layers.base import NoGradientLayer, register, register_python
-from layers.boxes import (DEFAULT_RATIOS, DEFAULT_SCALES, bbox_overlaps, bbox_transform,
-                          generate_anchors, shifted_anchors)
+from layers.boxes import DEFAULT_RATIOS, DEFAULT_SCALES, generate_anchors, shifted_anchors
+from layers.detection_targets import AnchorTargetCreator
 from layers.python_compat import field_or_default, layer_settings
 from netdef.device import array_module, to_numpy
-
-LABEL_FG, LABEL_BG, LABEL_IGNORE = 1, 0, -1
 
 
 def check_single_image_inputs(layer, bottoms, gt_index, im_info_index):
@@ -81,7 +79,8 @@ class AnchorTargetLayer(NoGradientLayer):
     every anchor whose IoU equals that box's best IoU (all ties, as the
     reference); ``clobber_positives`` applies the background rule last.
     Then foreground is randomly cut down to ``fg_fraction * batch_size`` and
-    background to ``batch_size - #fg`` (the cut anchors become -1), with the
+    background to ``batch_size - #fg`` (the cut anchors become -1). The rules
+    are ``layers.detection_targets.AnchorTargetCreator``'s, drawing from the
     layer's own generator (``self.sampler``, seeded: deterministic).
     One deliberate departure: a gt box whose best IoU is 0 (it overlaps no
     inside anchor) marks no anchor, where the reference would make every
@@ -102,21 +101,14 @@ class AnchorTargetLayer(NoGradientLayer):
     def layer_setup(self, bottoms, tops):
         p = layer_settings(self, "anchor_target_param")
         setup_anchors(self, p)
-        self.allowed_border = float(p.allowed_border)
-        self.positive_overlap = float(p.positive_overlap)
-        self.negative_overlap = float(p.negative_overlap)
-        self.clobber_positives = bool(p.clobber_positives)
-        self.batch_size = int(p.batch_size)
-        self.fg_fraction = float(p.fg_fraction)
-        self.positive_weight = float(p.positive_weight)
-        if self.batch_size <= 0:
-            raise self.definition_error(f"batch_size must be positive, found {self.batch_size}")
-        if not 0 <= self.fg_fraction <= 1:
-            raise self.definition_error(f"fg_fraction must lie in [0, 1], found {self.fg_fraction}")
-        if self.positive_weight >= 0 and not 0 < self.positive_weight < 1:
-            raise self.definition_error(
-                "positive_weight must be negative (uniform weights) or lie in (0, 1), "
-                f"found {self.positive_weight}")
+        try:
+            self.creator = AnchorTargetCreator(
+                batch_size=p.batch_size, fg_fraction=p.fg_fraction,
+                positive_overlap=p.positive_overlap, negative_overlap=p.negative_overlap,
+                clobber_positives=p.clobber_positives, positive_weight=p.positive_weight,
+                allowed_border=p.allowed_border)
+        except ValueError as exc:
+            raise self.definition_error(str(exc)) from None
         self.sampler = rpn_sampling_rng(self, p.seed, salt=0)
 
     def reshape(self, bottoms, tops):
@@ -142,82 +134,14 @@ class AnchorTargetLayer(NoGradientLayer):
 
     # -- the computation, one code for both devices -----------------------------
     def _forward(self, bottoms, tops):
-        xp = array_module(bottoms[0].data)
         height, width = bottoms[0].shape[2:]
-        im_height, im_width = (float(v) for v in to_numpy(bottoms[2].data)[0, :2])
+        im_size = to_numpy(bottoms[2].data)[0, :2]
         gt = bottoms[1].data[:, :4].astype(np.float64)
-        anchors = self.anchors
-        total = anchors.shape[0]
-        border = self.allowed_border
-        inside = xp.flatnonzero((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border) &
-                                (anchors[:, 2] < im_width + border) &
-                                (anchors[:, 3] < im_height + border))
-
-        labels = xp.full(total, LABEL_IGNORE, dtype=np.int8)
-        targets = xp.zeros((total, 4), dtype=np.float64)
-        inside_w = xp.zeros((total, 4), dtype=np.float64)
-        outside_w = xp.zeros((total, 4), dtype=np.float64)
-        if inside.size:
-            anchors_in = anchors[inside]
-            lab, matched = self._label(anchors_in, gt, xp)
-            lab = self._subsample(lab, xp)
-            labels[inside] = lab
-            if matched is not None:
-                targets[inside] = bbox_transform(anchors_in, matched)
-            fg, bg = lab == LABEL_FG, lab == LABEL_BG
-            ones = xp.ones((1, 4), dtype=np.float64)
-            inside_w[inside] = fg[:, None] * ones
-            outside_w[inside] = self._outside_weights(fg, bg, xp)[:, None] * ones
-
+        labels, targets, inside_w, outside_w = self.creator(
+            self.anchors, gt, im_size, self.sampler)
         a = self.num_anchors
         # (H*W*A,) -> (1, A, H, W) -> (1, 1, A*H, W); (H*W*A, 4) -> (1, 4A, H, W)
         tops[0].data[...] = labels.reshape(height, width, a).transpose(2, 0, 1) \
             .reshape(1, 1, a * height, width)
         for top, values in zip(tops[1:], (targets, inside_w, outside_w)):
             top.data[...] = values.reshape(height, width, 4 * a).transpose(2, 0, 1)[None]
-
-    def _label(self, anchors, gt, xp):
-        """Labels before sampling ``(n,)`` int8 and each anchor's best gt box
-        ``(n, 4)`` (None without gt boxes)."""
-        n = anchors.shape[0]
-        labels = xp.full(n, LABEL_IGNORE, dtype=np.int8)
-        if gt.shape[0] == 0:
-            labels[:] = LABEL_BG if 0.0 < self.negative_overlap else LABEL_IGNORE
-            return labels, None
-        overlaps = bbox_overlaps(anchors, gt)                   # (n, G)
-        best_gt = overlaps.argmax(axis=1)
-        best = overlaps.max(axis=1)
-        gt_best = overlaps.max(axis=0)                          # (G,)
-        # every anchor tied at some gt box's best IoU (a positive one)
-        is_gt_best = ((overlaps == gt_best[None, :]) & (gt_best[None, :] > 0)).any(axis=1)
-        negative = best < self.negative_overlap
-        if not self.clobber_positives:
-            labels[negative] = LABEL_BG
-        labels[is_gt_best | (best >= self.positive_overlap)] = LABEL_FG
-        if self.clobber_positives:
-            labels[negative] = LABEL_BG
-        return labels, gt[best_gt]
-
-    def _subsample(self, labels, xp):
-        """Disable random foreground beyond ``fg_fraction * batch_size`` and
-        background beyond ``batch_size - #fg`` (host-side choice)."""
-        host = to_numpy(labels).copy()
-        fg = np.flatnonzero(host == LABEL_FG)
-        max_fg = int(self.fg_fraction * self.batch_size)
-        if fg.size > max_fg:
-            host[self.sampler.choice(fg, size=fg.size - max_fg, replace=False)] = LABEL_IGNORE
-        bg = np.flatnonzero(host == LABEL_BG)
-        max_bg = self.batch_size - int(np.count_nonzero(host == LABEL_FG))
-        if bg.size > max_bg:
-            host[self.sampler.choice(bg, size=bg.size - max_bg, replace=False)] = LABEL_IGNORE
-        return xp.asarray(host)
-
-    def _outside_weights(self, fg, bg, xp):
-        num_fg, num_bg = int(fg.sum()), int(bg.sum())
-        if self.positive_weight < 0:
-            examples = num_fg + num_bg
-            w_fg = w_bg = 1.0 / examples if examples else 0.0
-        else:
-            w_fg = self.positive_weight / num_fg if num_fg else 0.0
-            w_bg = (1.0 - self.positive_weight) / num_bg if num_bg else 0.0
-        return xp.where(fg, w_fg, xp.where(bg, w_bg, 0.0))

@@ -16,12 +16,17 @@ import difflib
 
 import numpy as np
 
-from netdef.device import CPU, is_gpu_array
 from layers.workspace import Workspace
+from netdef.blob import Blob
+from netdef.device import CPU, is_gpu_array
 from netdef.errors import NetDefinitionError, ShapeError
 
+# Filled as the layer modules are imported. Importing ``layers.base`` imports
+# the ``layers`` package first, whose __init__ imports every layer module, so
+# the tables are complete before anyone can look a type up.
 _REGISTRY = {}
 _PYTHON_LAYERS = {}
+_USER_PYTHON_LAYER = []
 
 
 def register(type_name):
@@ -46,19 +51,19 @@ def register_python(module, layer):
     return decorate
 
 
+def register_user_python(cls):
+    """Class decorator: the adapter that runs users' own ``type: "Python"``
+    layers (layers/python_layer.py), for the modules a Net allows."""
+    _USER_PYTHON_LAYER[:] = [cls]
+    return cls
+
+
 def registered_types():
-    _load_all()
     return sorted(_REGISTRY)
 
 
 def python_layer_table():
-    _load_all()
     return dict(_PYTHON_LAYERS)
-
-
-def _load_all():
-    # Importing the package imports every layer module (see layers/__init__).
-    import layers  # noqa: F401
 
 
 def layer_class(param, allow_python_modules=()):
@@ -68,14 +73,12 @@ def layer_class(param, allow_python_modules=()):
     known py-faster-rcnn / py-R-FCN one; any other module is refused unless
     it is listed in ``allow_python_modules``.
     """
-    _load_all()
     if param.type == "Python":
         key = (param.python_param.module, param.python_param.layer)
         if key in _PYTHON_LAYERS:
             return _PYTHON_LAYERS[key]
         if key[0] in allow_python_modules:
-            from layers.python_layer import UserPythonLayer
-            return UserPythonLayer
+            return _USER_PYTHON_LAYER[0]
         known = ", ".join(f"{m}.{l}" for m, l in sorted(_PYTHON_LAYERS)) or "none"
         raise NetDefinitionError(
             f"layer '{param.name}': Python layer {key[0]}.{key[1]} is not a known native "
@@ -224,7 +227,6 @@ class Layer:
     # -- helpers ------------------------------------------------------------------
     def new_param_blob(self, shape):
         """A parameter Blob of ``shape`` on this layer's device and dtype."""
-        from netdef.blob import Blob
         return Blob(shape, dtype=self.dtype, xp=self.device.xp)
 
     def rng(self, salt=0):

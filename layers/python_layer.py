@@ -15,7 +15,7 @@ code decides what it does with NumPy or CuPy arrays).
 """
 import importlib
 
-from layers.base import Layer
+from layers.base import Layer, register_user_python
 from netdef.errors import NetDefinitionError
 
 
@@ -34,6 +34,7 @@ def load_user_class(param):
     return user_class
 
 
+@register_user_python
 class UserPythonLayer(Layer):
     """Adapter running a user's pycaffe-style layer class as a native layer."""
 

@@ -4,9 +4,12 @@ import warnings
 import numpy as np
 
 from layers.base import Layer, register, register_python
-from layers.proposal_target import DEFAULT_MEANS, DEFAULT_STDS
+from layers.detection_targets import DEFAULT_MEANS, DEFAULT_STDS, ProposalTargetCreator
+from layers.input_pipeline.minibatch import (E2E_TOPS, ROI_TOPS, MinibatchBuilder, TrainingOrder,
+                                             select_entries)
+from layers.input_pipeline.prefetch import DEFAULT_DEPTH, Prefetcher
 from layers.python_compat import field_or_default, layer_settings
-from netdef.errors import DataError
+from netdef.errors import DataError, DataWarning
 
 DEFAULT_SCALES = (600,)
 
@@ -18,7 +21,8 @@ class RoIDataLayer(Layer):
 
     The images come from a dataset that a prototxt cannot name: the trainer
     calls ``layer.set_dataset(dataset, proposals=None)`` (``dataset``: a
-    ``solver.datasets.DetectionDataset``; ``proposals``: per record
+    ``solver.datasets.DetectionDataset``, or anything with its ``records``,
+    ``name`` and ``num_classes``; ``proposals``: per record
     ``(R, 4)`` boxes ``[x1, y1, x2, y2]`` in the record's pixels, for the
     precomputed form). Until then the tops have the reference shapes (so a
     net builds and reports its shapes) and ``forward`` raises a
@@ -48,13 +52,15 @@ class RoIDataLayer(Layer):
         labels ``(R,)``; bbox_targets, bbox_inside_weights,
         bbox_outside_weights ``(R, C)`` (``C = 4 * num_classes``, or 8
         class-agnostic): ``batch_size / N`` RoIs per image sampled from its
-        proposals plus its ground truth by the ProposalTarget layer's code
-        on the unscaled boxes, the RoIs then scaled.
+        proposals plus its ground truth on the unscaled boxes by the
+        ProposalTarget layer's code (``self.target_creator``, a
+        ``layers.detection_targets.ProposalTargetCreator``), the RoIs then
+        scaled.
     Unset ``has_rpn`` means end-to-end unless the tops are the precomputed
     form's (six tops, or the second named "rois"), which is how the
     reference prototxts, which carry no flag, are told apart.
 
-    Order (solver/minibatch.py): TRAIN visits every usable image and, with
+    Order (layers/input_pipeline/minibatch.py): TRAIN visits every usable image and, with
     use_flipped, its mirror image, once per epoch, in a seeded permutation
     with aspect grouping; TEST visits the images in order without flips,
     at ``scales[0]``. Images without ground truth are left out in the
@@ -68,7 +74,7 @@ class RoIDataLayer(Layer):
     so a snapshot resumes with the same minibatches; each minibatch's
     random choices come from a seed derived from its position.
 
-    Loading runs ahead in a background thread (solver/prefetch.py) with
+    Loading runs ahead in a background thread (layers/input_pipeline/prefetch.py) with
     ``prefetch``; the batches are the same either way. forward_gpu is the
     same code as forward_cpu: the minibatch is built on the host and copied
     into the tops (``Blob.set_data``). No backward.
@@ -120,7 +126,11 @@ class RoIDataLayer(Layer):
         self._size_reference_tops(tops)
 
     def _read_sampling(self, p):
-        self.sampler_settings = None
+        """The precomputed form's RoI sampler (``target_creator``) and its
+        box-target normalization as given (``bbox_normalization``: ``(means,
+        stds)``, or None)."""
+        self.target_creator = None
+        self.bbox_normalization = None
         self.batch_size = int(p.batch_size)
         self.class_agnostic = bool(p.class_agnostic)
         self.bg_thresh_lo = float(p.bg_thresh_lo)
@@ -136,21 +146,22 @@ class RoIDataLayer(Layer):
             raise self.definition_error(
                 f"ims_per_batch ({self.ims_per_batch}) must divide batch_size "
                 f"({self.batch_size}): each image gives batch_size / ims_per_batch RoIs")
-        # ProposalTarget validates the rest (fractions, thresholds, stds)
-        # when the sampler is built in set_dataset.
-        self.sampler_settings = dict(
-            num_classes=self.num_classes,
-            batch_size=self.batch_size // self.ims_per_batch if self.batch_size > 0 else -1,
-            fg_fraction=float(p.fg_fraction), fg_thresh=float(p.fg_thresh),
-            bg_thresh_hi=self.bg_thresh_hi, bg_thresh_lo=self.bg_thresh_lo,
-            bbox_normalize_targets=bool(p.bbox_normalize_targets),
-            bbox_normalize_means=list(means), bbox_normalize_stds=list(stds),
-            class_agnostic=self.class_agnostic)
-        from solver.minibatch import ProposalTargetSampler
-        ProposalTargetSampler(self.sampler_settings, name=f"{self.name}/sampling")  # checks them
+        if p.bbox_normalize_targets:
+            self.bbox_normalization = (tuple(means), tuple(stds))
+        try:   # the creator checks the rest (fractions, thresholds, stds)
+            self.target_creator = ProposalTargetCreator(
+                self.num_classes,
+                batch_size=self.batch_size // self.ims_per_batch if self.batch_size > 0 else -1,
+                fg_fraction=p.fg_fraction, fg_thresh=p.fg_thresh,
+                bg_thresh_hi=self.bg_thresh_hi, bg_thresh_lo=self.bg_thresh_lo,
+                normalize=p.bbox_normalize_targets,
+                # sampled with the float32 values a ProposalTargetParameter holds
+                means=np.float32(means), stds=np.float32(stds),
+                class_agnostic=self.class_agnostic)
+        except ValueError as exc:
+            raise self.definition_error(str(exc)) from None
 
     def _check_tops(self, count):
-        from solver.minibatch import E2E_TOPS, ROI_TOPS
         if self.has_rpn:
             if count != 3:
                 raise self.definition_error(
@@ -193,7 +204,6 @@ class RoIDataLayer(Layer):
         Raises ``DataError`` for a class count that does not match the net,
         missing or malformed proposals, or too few usable images.
         """
-        from solver.minibatch import select_entries
         records = list(dataset.records)
         name = getattr(dataset, "name", "dataset")
         classes = getattr(dataset, "num_classes", None)
@@ -207,7 +217,6 @@ class RoIDataLayer(Layer):
             use_difficult=self.use_difficult, bg_thresh_lo=self.bg_thresh_lo,
             bg_thresh_hi=self.bg_thresh_hi)
         if entries.skipped:
-            from solver.datasets import DataWarning
             reason = "ground-truth boxes" if self.has_rpn else \
                 "ground-truth boxes or background proposals"
             shown = ", ".join(entries.skipped[:5]) + (", ..." if len(entries.skipped) > 5 else "")
@@ -287,15 +296,12 @@ class RoIDataLayer(Layer):
 
     # -- running ---------------------------------------------------------------------------
     def _start_pipeline(self):
-        from solver.minibatch import MinibatchBuilder, TrainingOrder
-        from solver.prefetch import DEFAULT_DEPTH, Prefetcher
         order = TrainingOrder(self._entries.horizontal, self.ims_per_batch, self.order_seed,
                               shuffle=self.training, aspect_grouping=self.aspect_grouping)
         build = MinibatchBuilder(
             self._dataset.records, self._entries, self.scales, self.max_size,
             random_scales=self.training, proposals=self._proposals,
-            sampler_settings=self.sampler_settings, tops=self.top_keys,
-            name=self.name)
+            target_creator=self.target_creator, tops=self.top_keys, name=self.where)
         self._pipeline = Prefetcher(build, order.plans(self.epoch, self.cursor),
                                     depth=DEFAULT_DEPTH if self.prefetch else 0,
                                     name=f"{self.name} prefetch")

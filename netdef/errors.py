@@ -44,6 +44,11 @@ class NumericalError(EngineError):
     """A blob turned NaN or Inf."""
 
 
+class DataWarning(UserWarning):
+    """An annotation or image was skipped (``on_error="skip"``) or an image
+    without objects was left out; the message names file, object and reason."""
+
+
 def layer_context(layer_name, layer_type):
     """The prefix every layer-level message starts with."""
     return f"layer '{layer_name}' (type {layer_type})"

@@ -51,7 +51,7 @@ from netdef.errors import DataError, NetDefinitionError, WeightsError
 from netdef.net import Net
 from netdef.schema import read_net
 from netdef.weights import copy_layers, group_param_keys
-from solver.preprocess import load_image_bgr, prepare_image
+from layers.input_pipeline.preprocess import load_image_bgr, prepare_image
 from solver.snapshot import SolverState
 
 __all__ = ["Detector", "im_detect", "postprocess", "BoxNormalization", "TestNetInfo",
@@ -114,7 +114,7 @@ def im_detect(net, image_bgr, scale=DEFAULT_SCALE, max_size=DEFAULT_MAX_SIZE,
 
     Args:
         net: a TEST-phase detection Net (inputs ``data``, ``im_info``).
-        image_bgr: ``(H, W, 3)`` BGR pixels (``solver.preprocess.load_image_bgr``).
+        image_bgr: ``(H, W, 3)`` BGR pixels (``layers.input_pipeline.preprocess.load_image_bgr``).
         scale, max_size: the image scaling rule (shorter side, longer cap).
         bbox_normalization: a ``BoxNormalization`` when the net predicts
             normalized deltas, else None.

@@ -43,7 +43,7 @@ def class_colour(name, classes=None):
 
 def _to_image(image):
     """A path, a PIL image, or an (H, W, 3) BGR / (H, W) gray array (uint8,
-    or floats on the 0..255 scale as solver.preprocess.load_image_bgr gives)
+    or floats on the 0..255 scale as layers.input_pipeline.preprocess.load_image_bgr gives)
     -> an RGB PIL image (a copy)."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)

@@ -41,7 +41,7 @@ import numpy as np
 from netdef.device import to_numpy
 from netdef.errors import DataError, NetDefinitionError, WeightsError
 from netdef.snapshot_format import load_arrays, save_arrays
-from solver.preprocess import prefetched_images, prepare_image
+from layers.input_pipeline.preprocess import prefetched_images, prepare_image
 
 __all__ = ["Proposals", "generate_proposals", "proposals_key", "load_or_generate",
            "cache_path", "KIND", "VERSION"]

@@ -137,15 +137,14 @@ class TrainingSession:
         precomputed-RoI data layer's sampler or from a ProposalTarget layer;
         the layer producing ``bbox_pred`` gets the export transform."""
         normalization = None
-        settings = self.data_layer.sampler_settings
-        if not self.data_layer.has_rpn and settings and settings["bbox_normalize_targets"]:
-            normalization = BoxNormalization(tuple(settings["bbox_normalize_means"]),
-                                             tuple(settings["bbox_normalize_stds"]))
+        if self.data_layer.bbox_normalization is not None:
+            normalization = BoxNormalization(*self.data_layer.bbox_normalization)
         else:
             targets = [l for l in self.net.layers if isinstance(l, ProposalTargetLayer)]
-            if targets and targets[0].normalize:
-                normalization = BoxNormalization(tuple(targets[0].means.tolist()),
-                                                 tuple(targets[0].stds.tolist()))
+            creator = targets[0].creator if targets else None
+            if creator is not None and creator.normalize:
+                normalization = BoxNormalization(tuple(creator.means.tolist()),
+                                                 tuple(creator.stds.tolist()))
         if normalization is None:
             return BoxExport()
         found = bbox_param_layer(self.net, "bbox_pred")

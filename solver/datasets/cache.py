@@ -23,6 +23,8 @@ import warnings
 
 import numpy as np
 
+from .records import ImageRecord
+
 CACHE_VERSION = 1
 
 # cache="auto" caches only loads at least this big (images of a VOC split,
@@ -112,7 +114,6 @@ def entry_path(cache_dir, kind, key):
 def load(path):
     """``(records, messages)`` from a cache entry, or None when absent or
     unreadable. ``messages`` are re-emitted by the caller."""
-    from . import ImageRecord
     try:
         with open(path, "r", encoding="utf-8") as f:
             payload = json.load(f)

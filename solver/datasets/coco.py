@@ -27,7 +27,7 @@ import numpy as np
 
 from netdef.errors import DataError
 
-from . import (DetectionDataset, ImageRecord, Issues, box_problems,
+from .records import (DetectionDataset, ImageRecord, Issues, box_problems,
                empty_images_note, read_image_size)
 from . import cache as _cache
 

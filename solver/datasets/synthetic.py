@@ -37,6 +37,7 @@ generated once (safe against concurrent and interrupted runs), or
 import argparse
 import colorsys
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -45,6 +46,8 @@ import tempfile
 import numpy as np
 
 from netdef.errors import DataError
+
+from .cache import cache_base_dir
 
 __all__ = ["CLASSES", "SyntheticConfig", "generate", "ensure_dataset",
            "default_dataset_root", "render_image", "place_objects"]
@@ -391,7 +394,6 @@ def default_dataset_root(seed=0, num_train=1000, num_test=200,
     ``<base>/synthetic-v1-seed<seed>-<train>-<test>-<H>x<W>[-<hash>]`` with
     ``base`` the cache folder (``$NETDEF_CACHE_DIR`` or ``~/.cache/netdef``);
     a hash of the other options is appended when they are not the defaults."""
-    from .cache import cache_base_dir
     config = _config(num_train, num_test, image_size, seed, options)
     name = (f"synthetic-v{VERSION}-seed{seed}-{num_train}-{num_test}-"
             f"{_size_text(config.image_size)}")
@@ -400,7 +402,6 @@ def default_dataset_root(seed=0, num_train=1000, num_test=200,
         extra = {k: v for k, v in config.as_json().items()
                  if k in options and getattr(defaults, k) != getattr(config, k)}
         if extra:
-            import hashlib
             digest = hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()
             name += "-" + digest[:8]
     return os.path.join(base or cache_base_dir(), name)

@@ -23,7 +23,7 @@ import numpy as np
 
 from netdef.errors import DataError
 
-from . import (VOC_CLASSES, BACKGROUND, DetectionDataset, ImageRecord, Issues,
+from .records import (VOC_CLASSES, BACKGROUND, DetectionDataset, ImageRecord, Issues,
                box_problems, empty_images_note, read_image_size,
                unknown_class_reason)
 from . import cache as _cache

@@ -205,7 +205,7 @@ def test_python_layer_reads_param_str():
           'python_param { module: "rpn.anchor_target_layer" layer: "AnchorTargetLayer" '
           "param_str: \"'feat_stride': 16\" }")
     layer, tops = run(py, inputs() + [np.zeros((1, 3, 240, 300))], seed=3)
-    assert layer.feat_stride == 16 and layer.batch_size == 256
+    assert layer.feat_stride == 16 and layer.creator.batch_size == 256
     _, native = run(spec(), inputs(), seed=3)
     for a, b in zip(tops, native):
         np.testing.assert_array_equal(a, b)

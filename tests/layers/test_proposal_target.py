@@ -182,7 +182,7 @@ def test_python_layer_reads_param_str():
           "layer: \"ProposalTargetLayer\" param_str: \"'num_classes': 21\" }")
     layer, _, tops = run(py, seed=2)
     _, _, native = run(spec(), seed=2)
-    assert layer.num_classes == 21 and layer.batch_size == 128
+    assert layer.num_classes == 21 and layer.creator.batch_size == 128
     for a, b in zip(tops, native):
         np.testing.assert_array_equal(a, b)
     # py-R-FCN's class-agnostic nets say 'num_classes': 2: 8 columns, slot 1

@@ -13,7 +13,7 @@ from layers.roi_data import RoIDataLayer
 from netdef.errors import DataError, NetDefinitionError
 from netdef.gradcheck import build_layer, setup_layer
 from solver.datasets import DataWarning, load_dataset
-from solver.preprocess import PIXEL_MEANS
+from layers.input_pipeline.preprocess import PIXEL_MEANS
 
 CLASSES = ("cat", "dog")
 # (id, width, height, objects [(class, x1, y1, x2, y2, difficult)], 1-based as in VOC XML)

@@ -1,7 +1,7 @@
 """Helpers shared by the dataset reader tests (VOC, COCO)."""
 import warnings
 
-from solver.datasets import DataWarning
+from netdef.errors import DataWarning
 
 
 def quiet(fn, *args, **kwargs):

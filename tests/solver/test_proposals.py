@@ -94,7 +94,7 @@ def images(tmp_path_factory):
 
 
 def test_generation_matches_a_plain_forward_per_image(images):
-    from solver.preprocess import load_image_bgr, prepare_image
+    from layers.input_pipeline.preprocess import load_image_bgr, prepare_image
     _, dataset = images
     net = Net(RPN_TEST, "TEST", seed=7)
     proposals = generate_proposals(net, dataset.records, scale=192, max_size=256,

@@ -16,7 +16,7 @@ from solver.datasets.synthetic import generate
 from solver.detector import (BoxNormalization, Detector, bbox_export_transform,
                              bbox_param_layer, im_detect, load_test_net, postprocess,
                              read_class_names, resolve_test_net)
-from solver.preprocess import load_image_bgr
+from layers.input_pipeline.preprocess import load_image_bgr
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "prototxt" / "rfcn_tiny.prototxt")

@@ -1,5 +1,5 @@
 """Training order, example selection, minibatch building and background
-prefetching (solver/minibatch.py, solver/prefetch.py)."""
+prefetching (layers/input_pipeline/minibatch.py, prefetch.py)."""
 import gc
 import threading
 
@@ -8,12 +8,13 @@ import pytest
 from PIL import Image
 
 from layers.boxes import bbox_overlaps
+from layers.detection_targets import ProposalTargetCreator
 from netdef.errors import DataError
 from solver.datasets import ImageRecord
-from solver.minibatch import (E2E_TOPS, ROI_TOPS, MinibatchBuilder, TrainingOrder,
+from layers.input_pipeline.minibatch import (E2E_TOPS, ROI_TOPS, MinibatchBuilder, TrainingOrder,
                               select_entries)
-from solver.preprocess import PIXEL_MEANS
-from solver.prefetch import Prefetcher
+from layers.input_pipeline.preprocess import PIXEL_MEANS
+from layers.input_pipeline.prefetch import Prefetcher
 
 
 # -- order ---------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def images(tmp_path):
 
 
 def plan_for(examples, seed=(1, 2, 0, 0)):
-    from solver.minibatch import BatchPlan
+    from layers.input_pipeline.minibatch import BatchPlan
     return BatchPlan(tuple(examples), 0, 0, 0, len(examples), seed)
 
 
@@ -214,16 +215,16 @@ def proposals_for(records, count=40, seed=0):
     return out
 
 
-SAMPLING = dict(num_classes=4, batch_size=16, fg_fraction=0.25, fg_thresh=0.5, bg_thresh_hi=0.5,
-                bg_thresh_lo=0.0, bbox_normalize_targets=True, bbox_normalize_means=[0, 0, 0, 0],
-                bbox_normalize_stds=[0.1, 0.1, 0.2, 0.2], class_agnostic=False)
+SAMPLING = ProposalTargetCreator(4, batch_size=16, fg_fraction=0.25, fg_thresh=0.5,
+                                 bg_thresh_hi=0.5, bg_thresh_lo=0.0, normalize=True,
+                                 means=[0, 0, 0, 0], stds=[0.1, 0.1, 0.2, 0.2])
 
 
 def test_precomputed_batch_samples_rois_per_image(images):
     proposals = proposals_for(images)
     entries = select_entries(images, has_rpn=False, proposals=proposals, bg_thresh_lo=0.0)
     build = MinibatchBuilder(images, entries, scales=(60,), proposals=proposals,
-                             sampler_settings=SAMPLING, tops=ROI_TOPS)
+                             target_creator=SAMPLING, tops=ROI_TOPS)
     batch = build(plan_for([0, 5]))                       # record 0, and record 2 flipped
     assert tuple(batch) == ROI_TOPS
     assert batch["data"].shape[0] == 2
@@ -261,9 +262,9 @@ def test_builder_output_is_deterministic(images):
     proposals = proposals_for(images)
     entries = select_entries(images, has_rpn=False, proposals=proposals, bg_thresh_lo=0.0)
     first = MinibatchBuilder(images, entries, scales=(30, 40), proposals=proposals,
-                             sampler_settings=SAMPLING, tops=ROI_TOPS)(plan_for([1, 2]))
+                             target_creator=SAMPLING, tops=ROI_TOPS)(plan_for([1, 2]))
     second = MinibatchBuilder(images, entries, scales=(30, 40), proposals=proposals,
-                              sampler_settings=SAMPLING, tops=ROI_TOPS)(plan_for([1, 2]))
+                              target_creator=SAMPLING, tops=ROI_TOPS)(plan_for([1, 2]))
     for name in ROI_TOPS:
         np.testing.assert_array_equal(first[name], second[name])
 

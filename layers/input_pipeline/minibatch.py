@@ -15,8 +15,8 @@ free of Blob and Net so it can be tested and reused on its own:
   ``BatchPlan`` and produces the tops: end-to-end ``data``, ``im_info``,
   ``gt_boxes``; or, for precomputed proposals, ``data``, ``rois``,
   ``labels``, ``bbox_targets``, ``bbox_inside_weights``,
-  ``bbox_outside_weights`` sampled by the ProposalTarget layer's own code
-  (``ProposalTargetSampler``).
+  ``bbox_outside_weights`` sampled by the code the ProposalTarget layer runs
+  (``layers.detection_targets.ProposalTargetCreator``).
 
 Every random choice of a minibatch (its image scales, its RoI sample) comes
 from a generator seeded by the plan's seed, so the batches do not depend on
@@ -26,12 +26,12 @@ import dataclasses
 
 import numpy as np
 
+from layers.input_pipeline.preprocess import (PIXEL_MEANS, flip_boxes, flip_image,
+                                              images_to_blob, load_image_bgr, prepare_image)
 from netdef.errors import DataError, EngineError
-from solver.preprocess import (PIXEL_MEANS, flip_boxes, flip_image, images_to_blob,
-                               load_image_bgr, prepare_image)
 
 __all__ = ["Entries", "select_entries", "TrainingOrder", "BatchPlan", "MinibatchBuilder",
-           "ProposalTargetSampler", "E2E_TOPS", "ROI_TOPS"]
+           "E2E_TOPS", "ROI_TOPS"]
 
 #: Top names of the two forms, in top order.
 E2E_TOPS = ("data", "im_info", "gt_boxes")
@@ -199,49 +199,6 @@ class TrainingOrder:
 
 # -- the blobs of a minibatch ---------------------------------------------------------
 
-class ProposalTargetSampler:
-    """The ProposalTarget layer (layers/proposal_target.py) run on one
-    image's RoIs, so the precomputed-RoI form samples and computes targets
-    with exactly the end-to-end code.
-
-    ``settings``: ProposalTargetParameter field values (num_classes,
-    batch_size, fg_fraction, fg_thresh, bg_thresh_hi, bg_thresh_lo,
-    bbox_normalize_targets, bbox_normalize_means, bbox_normalize_stds,
-    class_agnostic). Calling it with rois ``(R, 5)``, gt_boxes ``(G, 5)``
-    and a NumPy generator returns ``(rois (M, 5), labels (M,),
-    bbox_targets (M, C), bbox_inside_weights (M, C), bbox_outside_weights
-    (M, C))`` in float64, the sample drawn from that generator. Not
-    thread-safe: one instance per worker.
-    """
-
-    def __init__(self, settings, name="roi_data/proposal_target"):
-        from layers.base import create_layer
-        from netdef import caffe_pb2
-        from netdef.blob import Blob
-        param = caffe_pb2.LayerParameter(name=name, type="ProposalTarget")
-        param.bottom.extend(["rois", "gt_boxes"])
-        param.top.extend(ROI_TOPS[1:])
-        target = param.proposal_target_param
-        for key, value in settings.items():
-            if isinstance(value, (list, tuple)):
-                getattr(target, key).extend(value)
-            else:
-                setattr(target, key, value)
-        self.layer = create_layer(param, phase="TRAIN", dtype=np.float64)
-        self.bottoms = [Blob((0, 5), np.float64), Blob((0, 5), np.float64)]
-        self.tops = [Blob((), np.float64) for _ in range(5)]
-        self.layer.setup(self.bottoms, self.tops)
-
-    def __call__(self, rois, gt_boxes, rng):
-        self.bottoms[0].set_data(np.asarray(rois, np.float64).reshape(-1, 5))
-        self.bottoms[1].set_data(np.asarray(gt_boxes, np.float64).reshape(-1, 5))
-        self.layer.reshape(self.bottoms, self.tops)
-        self.layer.set_random_state({"sampler": rng.bit_generator.state})
-        self.layer.forward(self.bottoms, self.tops)
-        rois, labels, targets, inside, outside = (t.data.copy() for t in self.tops)
-        return rois, labels.reshape(-1), targets, inside, outside
-
-
 class MinibatchBuilder:
     """Builds the arrays of a ``BatchPlan`` (callable; runs in the
     prefetch thread).
@@ -254,9 +211,11 @@ class MinibatchBuilder:
         random_scales: draw the scale (TRAIN) or use ``scales[0]`` (TEST).
         proposals: per record ``(R, 4)`` boxes for the precomputed form, or
             None for the end-to-end form.
-        sampler_settings: ProposalTargetParameter values for the
-            precomputed form (see ``ProposalTargetSampler``).
+        target_creator: the precomputed form's RoI sampler, a
+            ``layers.detection_targets.ProposalTargetCreator`` (stateless:
+            each image draws from its own generator).
         tops: the names to produce (a prefix of ``E2E_TOPS`` or ``ROI_TOPS``).
+        name: how messages name the builder's owner (the RoIData layer).
 
     Returns (per call) a dict of NumPy arrays: ``data`` ``(N, 3, H, W)``
     float32 (images zero-padded to the largest); end-to-end: ``im_info``
@@ -269,7 +228,7 @@ class MinibatchBuilder:
     """
 
     def __init__(self, records, entries, scales=(600,), max_size=1000, *, random_scales=True,
-                 proposals=None, sampler_settings=None, tops=E2E_TOPS, pixel_means=PIXEL_MEANS,
+                 proposals=None, target_creator=None, tops=E2E_TOPS, pixel_means=PIXEL_MEANS,
                  name="roi_data"):
         self.records = records
         self.entries = entries
@@ -280,9 +239,9 @@ class MinibatchBuilder:
         self.tops = tuple(tops)
         self.pixel_means = pixel_means
         self.name = name
-        self.sampler = None
-        if proposals is not None:
-            self.sampler = ProposalTargetSampler(sampler_settings, name=f"{name}/sampling")
+        self.target_creator = target_creator
+        if proposals is not None and target_creator is None:
+            raise ValueError("the precomputed-RoI form (proposals) needs a target_creator")
 
     def __call__(self, plan):
         n = len(plan.examples)
@@ -339,7 +298,8 @@ class MinibatchBuilder:
         if flipped:
             proposals = flip_boxes(proposals, record.width)
         rois = np.concatenate([np.zeros((len(proposals), 1)), proposals], axis=1)
-        rois, labels, targets, inside, outside = self.sampler(rois, gt, rng)
+        rois, labels, targets, inside, outside = self.target_creator(
+            rois, gt, rng, source=f"{self.name}: gt_boxes")
         rois[:, 0] = position
         rois[:, 1:] *= scale
         return blob, scale, (rois, labels, targets, inside, outside)

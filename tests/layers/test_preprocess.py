@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from netdef.errors import DataError
-from solver.preprocess import (PIXEL_MEANS, flip_boxes, flip_image, image_scale, images_to_blob,
+from layers.input_pipeline.preprocess import (PIXEL_MEANS, flip_boxes, flip_image, image_scale, images_to_blob,
                                load_image_bgr, prepare_image, resized_shape)
 
 
