@@ -1,7 +1,5 @@
 """ProposalTarget: sample RoIs for the detection head and give them labels
 and box regression targets."""
-import numpy as np
-
 from layers.anchor_target import rpn_sampling_rng
 from layers.base import NoGradientLayer, register, register_python
 from layers.detection_targets import DEFAULT_MEANS, DEFAULT_STDS, ProposalTargetCreator

@@ -13,7 +13,7 @@ import os
 from netdef.errors import DataError
 
 from .coco import find_coco_json, load_coco
-from .records import (BACKGROUND, VOC_CLASSES, DataWarning, DetectionDataset,  # noqa: F401
+from .records import (VOC_CLASSES, DataWarning, DetectionDataset,  # noqa: F401
                       ImageRecord)
 from .voc import find_voc_years, is_voc_layout, load_voc
 
