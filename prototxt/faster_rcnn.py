@@ -39,10 +39,10 @@ import sys
 from pathlib import Path
 
 from prototxt.resnet import Word, layer, specs
-from prototxt.rfcn import (CONSTANT_0, SPATIAL_SCALE, TEST_IMAGE_PY, TRAIN_IMAGE,
-                           gaussian, input_layer, legacy_inputs, python_layer, rpn_head,
-                           rpn_losses, rpn_proposals, rpn_score_reshape, rpn_train_data,
-                           proposal_targets)
+from prototxt.rpn_parts import (CONSTANT_0, SPATIAL_SCALE, TEST_IMAGE_PY, TRAIN_IMAGE,
+                                gaussian, input_layer, legacy_inputs, python_layer, rpn_head,
+                                rpn_losses, rpn_proposals, rpn_score_reshape, rpn_train_data,
+                                proposal_targets)
 
 # (name, output channels) per block; max pooling between blocks.
 VGG16_BLOCKS = ((("conv1_1", 64), ("conv1_2", 64)),

@@ -162,6 +162,33 @@ def _is_number(v):
 
 
 def _parse(json_path, data, image_root, issues, keep_empty):
+    doc = _document(json_path, data)
+    classes, label_of = _categories(json_path, doc["categories"])
+    images = _images(json_path, doc["images"], image_root, issues)
+    table, where = _annotation_rows(json_path, doc, images, classes, label_of, issues)
+    table, boxes = _valid_boxes(json_path, table, where, images, issues)
+    img_idx = table[:, 0].astype(np.int64)
+    order = np.argsort(img_idx, kind="stable")
+    starts = np.searchsorted(img_idx[order], np.arange(len(images) + 1))
+    records, empty = [], []
+    for k, (img_id, _file, path, wk, hk) in enumerate(images):
+        sel = order[starts[k]:starts[k + 1]]
+        if len(sel) == 0 and not keep_empty:
+            empty.append(img_id)
+            continue
+        records.append(ImageRecord(
+            image_id=img_id, path=path, width=int(wk), height=int(hk),
+            boxes=boxes[sel].astype(np.float32),
+            labels=table[sel, 1].astype(np.int32),
+            difficult=table[sel, 2].astype(bool)))
+    if empty:
+        issues.note(empty_images_note(json_path, empty))
+    return classes, records
+
+
+def _document(json_path, data):
+    """The parsed JSON object, its 'images', 'categories' and
+    'annotations' (default empty) checked to be lists."""
     try:
         doc = json.loads(data)
     except UnicodeDecodeError as exc:
@@ -180,16 +207,18 @@ def _parse(json_path, data, image_root, issues, keep_empty):
     if not isinstance(annotations, list):
         raise DataError(f"{json_path}: expected a list under 'annotations', "
                         f"found {type(annotations).__name__}")
+    return doc
 
-    classes, label_of = _categories(json_path, doc["categories"])
-    images = _images(json_path, doc["images"], image_root, issues)
+
+def _annotation_rows(json_path, doc, images, classes, label_of, issues):
+    """The structurally valid annotations as ``(A, 7)`` rows ``(image
+    index, label, crowd, x, y, w, h)`` and how messages name each."""
     index_of = {img_id: k for k, (img_id, *_rest) in enumerate(images)}
     all_ids = {str(im.get("id")) for im in doc["images"] if isinstance(im, dict)}
-
     # Structure of each annotation (a Python pass is unavoidable over JSON),
-    # then the box rules on all boxes at once.
-    rows, where = [], []       # (image index, label, crowd, x, y, w, h)
-    for k, ann in enumerate(annotations):
+    # then the box rules on all boxes at once (_valid_boxes).
+    rows, where = [], []
+    for k, ann in enumerate(doc.get("annotations", [])):
         ident = _ann_ident(k, ann)
         if not isinstance(ann, dict):
             issues.object(f"{json_path}: annotation {ident}: not a JSON object")
@@ -221,8 +250,12 @@ def _parse(json_path, data, image_root, issues, keep_empty):
             continue
         rows.append((index_of[img_key], label_of[cat], bool(crowd), *bbox))
         where.append(where_text)
+    return np.array(rows, dtype=np.float64).reshape(-1, 7), where
 
-    table = np.array(rows, dtype=np.float64).reshape(-1, 7)
+
+def _valid_boxes(json_path, table, where, images, issues):
+    """The rows whose box passes the box rules, and their boxes ``(n, 4)``
+    ``[x1, y1, x2, y2]`` inclusive; the others reported."""
     img_idx = table[:, 0].astype(np.int64)
     sizes = np.array([(w, h) for _, _, _, w, h in images], dtype=np.float64).reshape(-1, 2)
     width, height = sizes[img_idx, 0], sizes[img_idx, 1]
@@ -240,24 +273,7 @@ def _parse(json_path, data, image_root, issues, keep_empty):
         if reason:
             issues.object(f"{json_path}: annotation {where[i]}: {reason}")
             keep[i] = False
-
-    table, boxes, img_idx = table[keep], boxes[keep], img_idx[keep]
-    order = np.argsort(img_idx, kind="stable")
-    starts = np.searchsorted(img_idx[order], np.arange(len(images) + 1))
-    records, empty = [], []
-    for k, (img_id, _file, path, wk, hk) in enumerate(images):
-        sel = order[starts[k]:starts[k + 1]]
-        if len(sel) == 0 and not keep_empty:
-            empty.append(img_id)
-            continue
-        records.append(ImageRecord(
-            image_id=img_id, path=path, width=int(wk), height=int(hk),
-            boxes=boxes[sel].astype(np.float32),
-            labels=table[sel, 1].astype(np.int32),
-            difficult=table[sel, 2].astype(bool)))
-    if empty:
-        issues.note(empty_images_note(json_path, empty))
-    return classes, records
+    return table[keep], boxes[keep]
 
 
 def _categories(json_path, categories):
