@@ -16,12 +16,19 @@ Usage::
     result = check_layer('type: "ReLU"', [np.random.randn(2, 3, 4, 4)])
     assert result.passed, result.report()
 """
+import argparse
 import dataclasses
+import sys
 
 import numpy as np
 
+from layers.base import Layer, create_layer
+from netdef import caffe_pb2
 from netdef.blob import Blob
 from netdef.device import CPU
+from netdef.errors import EngineError
+from netdef.net import Net
+from netdef.schema import parse_text
 
 
 @dataclasses.dataclass
@@ -73,12 +80,9 @@ class GradCheckResult:
 def build_layer(spec, phase="TRAIN", device=CPU, dtype=np.float64, seed=0):
     """A Layer from prototxt text of one LayerParameter, a LayerParameter, or
     an existing Layer (returned as is)."""
-    from layers.base import Layer, create_layer
     if isinstance(spec, Layer):
         return spec
-    from netdef import caffe_pb2
     if isinstance(spec, str):
-        from netdef.schema import parse_text
         spec = parse_text(spec, caffe_pb2.LayerParameter(), "<layer spec>")
     if not spec.name:
         spec.name = spec.type.lower() or "layer"
@@ -226,7 +230,6 @@ def check_net(model, *, phase="TRAIN", inputs=None, seed=0, max_per_blob=20,
     received during one forward pass and the net's own parameter values.
     Returns a list of ``LayerCheckRow``.
     """
-    from netdef.net import Net
     net = Net(model, phase, device=CPU, dtype=np.float64, stages=stages, level=level, seed=seed)
     rng = np.random.default_rng(seed)
     values = inputs if inputs is not None else random_inputs(net, rng)
@@ -271,9 +274,6 @@ def format_net_check(rows):
 
 
 def main(argv=None):
-    import argparse
-    import sys
-    from netdef.errors import EngineError
     parser = argparse.ArgumentParser(
         prog="python -m netdef.gradcheck",
         description="Finite-difference gradient check of every layer of a network "

@@ -22,6 +22,7 @@ import numpy as np
 from netdef.device import device_from_index
 from netdef.errors import EngineError
 from netdef.gradcheck import random_inputs
+from netdef.inspect import set_input_shapes
 from netdef.net import Net
 
 
@@ -105,7 +106,6 @@ def format_times(times):
 
 
 def main(argv=None):
-    from netdef.inspect import set_input_shapes
     parser = argparse.ArgumentParser(prog="python -m netdef.layer_times",
                                      description="Per-layer forward/backward times of a net.")
     parser.add_argument("prototxt")

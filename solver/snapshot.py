@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from netdef.caffemodel import write_caffemodel
+from netdef.device import to_numpy
 from netdef.errors import WeightsError
 from netdef.snapshot_format import load_arrays, save_arrays
 
@@ -135,9 +137,6 @@ def write_export(path, net, export_transform=None):
     a layer's arrays on the way out (e.g. fold a normalization into them); it
     gets NumPy copies and must return as many arrays of the same shapes.
     """
-    from netdef.caffemodel import write_caffemodel
-    from netdef.device import to_numpy
-
     def layers():
         for lp, layer in zip(net.layer_params, net.layers):
             if not layer.blobs:
