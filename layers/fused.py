@@ -209,7 +209,11 @@ class FoldedConvolution:
         if self.affine:
             a, b = compose_affine(self.affine)
             self.scale = a
-            weight = weight * a.reshape(-1, 1, 1, 1)
+            # Scratch: the convolution consumes the folded weights at once
+            # (a fresh array per pass would page-fault in megabytes).
+            folded = self.conv.workspace.array("folded_weight", weight.shape, weight.dtype)
+            array_module(weight).multiply(weight, a.reshape(-1, 1, 1, 1), out=folded)
+            weight = folded
             bias = b if bias is None else bias * a + b
         if is_gpu_array(weight):
             # The bias and the ReLU as one kernel after the GEMMs.
