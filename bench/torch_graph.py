@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.trunk_vs_pytorch import blob_shapes, conv_geometry, pool_geometry, trunk_output
+from bench.trunk_graph import blob_shapes, conv_geometry, pool_geometry, trunk_output
 from netdef.device import to_numpy
 from netdef.errors import NetDefinitionError
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from bench import trunk_graph
 from bench import trunk_vs_pytorch as bench
 from bench.train_iteration import finite_params
 from netdef import Net, graph
@@ -22,11 +23,11 @@ needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
 
 @pytest.fixture(scope="module")
 def trunk():
-    return bench.read_trunk(HEIGHT, WIDTH)
+    return trunk_graph.read_trunk(HEIGHT, WIDTH)
 
 
 def test_cut_keeps_exactly_the_trunk_layers(trunk):
-    test_layers = graph.filter_net(read_net(str(bench.PROTOTXT)), "TEST")[0].layer
+    test_layers = graph.filter_net(read_net(str(trunk_graph.PROTOTXT)), "TEST")[0].layer
     names = [lp.name for lp in test_layers]
     span = names[names.index("conv1"):names.index("conv_new_1_relu") + 1]
     heads = [n for n in span if n.startswith("rpn") or n == "proposal"]
@@ -38,7 +39,7 @@ def test_cut_keeps_exactly_the_trunk_layers(trunk):
     assert list(data.input_param.shape[0].dim) == [1, 3, HEIGHT, WIDTH]
     assert {lp.type for lp in layers} == {"Convolution", "BatchNorm", "Scale", "ReLU",
                                           "Eltwise", "Pooling"}
-    assert bench.trunk_output(trunk) == "conv_new_1"
+    assert trunk_graph.trunk_output(trunk) == "conv_new_1"
 
 
 def test_cut_keeps_the_prototxt_settings(trunk):
@@ -56,7 +57,7 @@ def test_cut_keeps_the_prototxt_settings(trunk):
 
 def test_blob_shapes_follow_the_net(trunk):
     net = Net(trunk, "TEST")
-    shapes = bench.blob_shapes(trunk)
+    shapes = trunk_graph.blob_shapes(trunk)
     assert shapes["conv_new_1"] == (1, 1024, HEIGHT // 16, WIDTH // 16)
     assert shapes["pool1"] == (1, 64, 16, 24)  # Caffe's ceil mode: floor would give 15x23
     assert {name: net.blobs[name].shape for name in shapes} == shapes
@@ -64,15 +65,15 @@ def test_blob_shapes_follow_the_net(trunk):
 
 def test_cut_names_a_missing_layer():
     with pytest.raises(NetDefinitionError, match="no TEST-phase layer named 'conv9'"):
-        bench.cut_trunk(read_net(str(bench.PROTOTXT)), first="conv9")
+        trunk_graph.cut_trunk(read_net(str(trunk_graph.PROTOTXT)), first="conv9")
 
 
 def test_seeded_loss_adds_an_input_and_a_product(trunk):
-    seeded = bench.with_seeded_loss(trunk)
+    seeded = trunk_graph.with_seeded_loss(trunk)
     seed, loss = seeded.layer[-2:]
     assert list(seed.input_param.shape[0].dim) == [1, 1024, HEIGHT // 16, WIDTH // 16]
     assert (loss.type, list(loss.bottom), list(loss.loss_weight)) == \
-        ("Eltwise", ["conv_new_1", bench.SEED_BLOB], [1.0])
+        ("Eltwise", ["conv_new_1", trunk_graph.SEED_BLOB], [1.0])
     assert len(trunk.layer) + 2 == len(seeded.layer)
 
 
@@ -146,14 +147,14 @@ def _compare(graph_param, dtype, rtol, seed=1):
     to ``rtol`` of their largest magnitude. Returns the trained count."""
     import torch
     from bench.torch_graph import TorchGraph
-    seeded = bench.with_seeded_loss(graph_param)
+    seeded = trunk_graph.with_seeded_loss(graph_param)
     seeded.force_backward = True
     net = Net(seeded, "TRAIN", dtype=dtype)
     finite_params(net)
     rng = np.random.default_rng(seed)
     _random_statistics(net, rng)
-    shapes = bench.blob_shapes(graph_param)
-    output = bench.trunk_output(graph_param)
+    shapes = trunk_graph.blob_shapes(graph_param)
+    output = trunk_graph.trunk_output(graph_param)
     x = rng.normal(0, 1, shapes["data"])
     diff = rng.normal(0, 1, shapes[output])
     ours = net.forward(blobs=[output], data=x, output_diff=diff)[output].copy()
@@ -182,7 +183,7 @@ def test_translation_of_every_layer_type_is_exact():
     ReLU and leaky ReLU in place; Eltwise SUM with coeffs; MAX pooling in
     Caffe's ceil mode; a blob read twice (our Split); frozen parameters."""
     param = read_net(SMALL)
-    assert bench.blob_shapes(param)["pool"] == (1, 8, 5, 6)  # floor mode: 4 x 5
+    assert trunk_graph.blob_shapes(param)["pool"] == (1, 8, 5, 6)  # floor mode: 4 x 5
     # trained: conv_a weight and bias, scale_a weight, conv_c and out weight and bias
     assert _compare(param, np.float64, 1e-10) == 7
 
