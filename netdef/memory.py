@@ -104,8 +104,9 @@ class MemoryPlan:
             self._plan_data(net, members)
             for blob in members:
                 self._plan_diff(net, blob)
-            # Storage from the build goes now: the first pass takes from the pool.
-            _release_group(members)
+        self.groups = [g for g in groups.values() if g[0].pool is self.pool]
+        # Storage from the build goes now: the first pass takes from the pool.
+        self.release_all()
 
     def _plan_data(self, net, members):
         users = _steps_using(net, members)
@@ -121,6 +122,12 @@ class MemoryPlan:
         users = _steps_using(net, [blob])
         if users:
             self.diff_after_backward[min(users)].append(blob)
+
+    def release_all(self):
+        """Give back the storage of every blob the plan manages (after the
+        build, and after ``Net.reshape``, which sizes every blob at once)."""
+        for members in self.groups:
+            _release_group(members)
 
     def after_forward(self, step_index):
         for members in self.data_after_forward[step_index]:

@@ -378,6 +378,8 @@ class Net:
         with self.device.context():
             for layer, bottoms, tops in zip(self.layers, self.bottom_blobs, self.top_blobs):
                 layer.reshape(bottoms, tops)
+        if self.memory is not None:
+            self.memory.release_all()
 
     def clear_param_diffs(self):
         for p in self.learnable_params:

@@ -331,3 +331,23 @@ def test_storage_pool_hands_back_and_reuses():
     assert pool.allocated_bytes == 80 and b.nbytes == 72
     pool.give(np.zeros(3))        # not from the pool: ignored
     assert pool.free == []
+
+
+def test_lean_plan_follows_new_input_shapes_without_growing():
+    """Net.reshape sizes every blob at once; the plan then gives the storage
+    back, so going back to smaller shapes allocates nothing new."""
+    text = RESIDUAL[:RESIDUAL.index('layer { name: "fc"')] + (
+        'layer { name: "gp" type: "Pooling" bottom: "head" top: "gp" '
+        'pooling_param { pool: AVE global_pooling: true } }\n')
+    lean, full = Net(text, "TEST", keep=["head"]), Net(text, "TEST")
+    sizes = []
+    for shape in [(2, 3, 10, 12), (2, 3, 14, 9), (1, 3, 10, 12), (2, 3, 10, 12)]:
+        x = np.random.default_rng(0).random(shape)
+        for net in (lean, full):
+            net.blobs["data"].reshape(shape)
+            net.reshape()
+            net.forward(data=x, label=np.zeros(shape[0]))
+        np.testing.assert_array_equal(lean.blobs["gp"].data, full.blobs["gp"].data)
+        np.testing.assert_array_equal(lean.blobs["head"].data, full.blobs["head"].data)
+        sizes.append(lean.memory.pool.allocated_bytes)
+    assert sizes[2] == sizes[3] == sizes[1] > sizes[0]
