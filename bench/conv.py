@@ -20,10 +20,14 @@ the same run.
    training needs), our time / torch's per shape and for the whole trunk
    (each shape weighted by its layer count). Ours and torch's are
    alternated in each round; medians over rounds are reported.
-4. Scratch memory: what the layers' workspaces hold in all (one per layer,
+4. Plan choice (CPU): for every 3x3 stride-1 shape, the forward of the
+   ShiftPlan (GEMM) and of the WinogradPlan, alternated in each round
+   (medians), beside which one ``make_plans`` chose (the plan the tables
+   above timed): the evidence for conv_plans.WINOGRAD_MIN_CHANNELS.
+5. Scratch memory: what the layers' workspaces hold in all (one per layer,
    as before sharing) and the largest single one (what one shared
    Workspace holds).
-5. The whole ResNet-101 deploy net at 1x3x224x224, forward, through
+6. The whole ResNet-101 deploy net at 1x3x224x224, forward, through
    ``netdef.net.Net`` (reported as not available if it cannot be built).
 """
 import argparse
@@ -34,6 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.gemm import OtherLoad, array_module, best_time, gemm_gflops
+from layers.conv_plans import ShiftPlan
+from layers.conv_winograd import WinogradPlan
+from layers.workspace import Workspace
 
 # (name, layers, Cin, Cout, H, W, kernel, stride, pad, dilation, gradients)
 # gradients: "" (frozen), "w" (weight only), "wd" (weight and data).
@@ -83,7 +90,7 @@ class Case:
     def __init__(self, row, device, xp, torch=None):
         from netdef.gradcheck import build_layer, setup_layer
         name, self.count, cin, cout, h, w, kernel, stride, pad, dilation, grads = row
-        self.name, self.grads = name, grads
+        self.name, self.grads, self.row = name, grads, row
         self.layer = build_layer(conv_spec(name, cout, kernel, stride, pad, dilation),
                                  device=device, dtype=np.float32)
         self.layer.param_propagate_down = ("w" in grads,)
@@ -173,7 +180,7 @@ def print_gemm_table(results, gemm):
 
 def print_torch_table(results, threads):
     header = (f"{'layer':<26} {'n':>3} {'ms fwd':>8} {'torch':>8} {'ratio':>6} "
-              f"{'ms bwd':>8} {'torch':>8} {'ratio':>6}")
+              f"{'ms bwd':>8} {'torch':>8} {'ratio':>6}  plan")
     print(f"\nOurs vs PyTorch conv2d ({threads} threads), medians over rounds; ratio = ours / torch")
     print(header)
     print("-" * len(header))
@@ -183,7 +190,8 @@ def print_torch_table(results, threads):
             totals[key] += case.count * (t[key] or 0.0)
         print(f"{case.name:<26} {case.count:>3} {_ms(t['forward']):>8} {_ms(t['torch_forward']):>8} "
               f"{_ratio(t['forward'], t['torch_forward']):>6} {_ms(t['backward']):>8} "
-              f"{_ms(t['torch_backward']):>8} {_ratio(t['backward'], t['torch_backward']):>6}")
+              f"{_ms(t['torch_backward']):>8} {_ratio(t['backward'], t['torch_backward']):>6}  "
+              f"{_plan_name(case)}")
     ours_fb = totals["forward"] + totals["backward"]
     torch_fb = totals["torch_forward"] + totals["torch_backward"]
     print(f"{'trunk total (x layers)':<30} {_ms(totals['forward']):>8} {_ms(totals['torch_forward']):>8} "
@@ -191,6 +199,43 @@ def print_torch_table(results, threads):
           f"{_ms(totals['torch_backward']):>8} {_ratio(totals['backward'], totals['torch_backward']):>6}")
     print(f"trunk forward+backward: ours {_ms(ours_fb)} ms, torch {_ms(torch_fb)} ms, "
           f"ratio {_ratio(ours_fb, torch_fb)}")
+
+
+def _plan_name(case):
+    """The forward plan make_plans chose for the case's layer (CPU)."""
+    return type(case.layer.forward_plan).__name__
+
+
+def plan_evidence(results, rounds, repeat):
+    """[(case, ShiftPlan ms, WinogradPlan ms)] forward for each 3x3 stride-1
+    shape, the two alternated in each round (medians over rounds)."""
+    rows = []
+    for case, _, _ in results:
+        _, _, cin, cout, h, w, kernel, stride, pad, dilation, _ = case.row
+        if kernel != 3 or stride != 1:
+            continue
+        image, weight = case.bottoms[0].data[0], case.layer.blobs[0].data
+        plans = (ShiftPlan(cin, h, w, cout, (3, 3), (pad, pad), (dilation, dilation)),
+                 WinogradPlan(cin, h, w, cout, (pad, pad), (dilation, dilation)))
+        out = np.empty(case.tops[0].shape[1:], np.float32)
+        workspace = Workspace()
+        times = [[], []]
+        for _ in range(rounds):
+            for plan, found in zip(plans, times):
+                found.append(best_time(lambda: plan.forward(workspace, image, weight, out), np, repeat))
+        rows.append((case, statistics.median(times[0]), statistics.median(times[1])))
+    return rows
+
+
+def print_plan_evidence(rows):
+    header = f"{'layer':<26} {'n':>3} {'shift ms':>9} {'winograd':>9} {'ratio':>6}  chosen"
+    print("\n3x3 stride-1 forward, ShiftPlan vs WinogradPlan alternated (medians); "
+          "ratio = winograd / shift")
+    print(header)
+    print("-" * len(header))
+    for case, shift, winograd in rows:
+        print(f"{case.name:<26} {case.count:>3} {_ms(shift):>9} {_ms(winograd):>9} "
+              f"{_ratio(winograd, shift):>6}  {_plan_name(case)}")
 
 
 def print_scratch(results):
@@ -293,6 +338,7 @@ def main(argv=None):
         gemm = max(gemm, round_gemm)
         results.append((case, times, quiet))
         print(f"  timed {case.name}{'' if quiet else ' (no quiet round)'}", file=sys.stderr, flush=True)
+    evidence = [] if args.gpu else plan_evidence(results, args.rounds, args.repeat)
     net = None
     if not args.skip_net:
         with OtherLoad() as net_load:
@@ -303,6 +349,8 @@ def main(argv=None):
     failed = print_gemm_table(results, gemm)
     if torch is not None:
         print_torch_table(results, args.threads)
+    if evidence:
+        print_plan_evidence(evidence)
     print_scratch(results)
     if net is not None:
         print()

@@ -24,6 +24,10 @@
   pads crop): the same plan.
 - ``ColumnPlan``, stride > 1, and small maps: Caffe's im2col, chunked over
   output rows, with the data gradient by col2im (one strided add per tap).
+- ``WinogradPlan`` (layers/conv_winograd.py), Winograd F(2x2, 3x3), for
+  the forward and data gradient of the 3x3 stride-1 layers with many
+  channels (the rule at ``WINOGRAD_MIN_CHANNELS``); their weight gradient
+  stays on the ShiftPlan's GEMM.
 
 Work is chunked over output rows so that a chunk's columns and output stay
 in cache while the GEMM consumes them and the bias and ReLU are applied
@@ -32,6 +36,8 @@ image itself (a 1x1), the weight gradient is one GEMM over the whole image
 and the forward one GEMM unless a bias or ReLU follows.
 """
 import numpy as np
+
+from layers.conv_winograd import WinogradPlan
 
 # A chunk of work holds about this many column elements (4 MiB of float32)
 # and has at least this many columns, so each GEMM is wide enough to run
@@ -42,6 +48,19 @@ MIN_CHUNK_COLUMNS = 1024
 # elements (a small map, e.g. 14x14 or 7x7 at ImageNet size) takes the
 # im2col plan: on a padded 7x7 map the shift plan would waste 2 of 9 columns.
 SMALL_COLUMNS = CHUNK_ELEMENTS
+# A 3x3 stride-1 layer on a map past SMALL_COLUMNS with at least this many
+# input and output channels takes Winograd F(2x2, 3x3). It does 16 / 36 of
+# the GEMM work, plus transforms that cost O((C + O) * tiles), so it pays
+# where C * O / (C + O) is large. Measured on the 2-core development
+# machine (ms forward, ShiftPlan -> Winograd alternated in one run, medians;
+# ``python -m bench.conv`` prints this table):
+#   res4 3x3 256->256 38x63:     17.1 -> 13.9, 21.0 -> 16.3, 23.0 -> 18.7
+#   res5 3x3 d2 512->512 38x63:  77.5 -> 60.1, 81.4 -> 74.4, 71.2 -> 58.6
+#   res3 3x3 128->128 75x125:    19.3 -> 17.9, 26.4 -> 18.6, 21.5 -> 22.4
+#   res2 3x3 64->64 150x250:     22.9 -> 23.3, 39.0 -> 33.1, 26.8 -> 27.6
+# so 256 and up (res4, res5: 1.2-1.3x); res3 gains in some runs and loses
+# in others (its 128-deep GEMMs run slower), res2 does not gain.
+WINOGRAD_MIN_CHANNELS = 256
 
 
 def _chunk_rows(row_elements, row_columns, rows):
@@ -60,6 +79,11 @@ def make_plans(channels, height, width, outputs, kernel, pad, stride, dilation):
     out_h = (height + 2 * pad[0] - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
     out_w = (width + 2 * pad[1] - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
     columns = channels * kh * kw * out_h * out_w
+    if _takes_winograd(channels, outputs, kernel, stride, columns):
+        shift = ShiftPlan(channels, height, width, outputs, kernel, pad, dilation)
+        full_pad = tuple(2 * d - p for p, d in zip(pad, dilation))
+        return (WinogradPlan(channels, height, width, outputs, pad, dilation, fallback=shift),
+                WinogradPlan(outputs, out_h, out_w, channels, full_pad, dilation))
     # A 1x1 takes the shift plan at any size: it is then a GEMM on the image.
     if stride == (1, 1) and (kernel == (1, 1) or columns > SMALL_COLUMNS):
         forward = ShiftPlan(channels, height, width, outputs, kernel, pad, dilation)
@@ -67,6 +91,12 @@ def make_plans(channels, height, width, outputs, kernel, pad, stride, dilation):
         return forward, ShiftPlan(outputs, out_h, out_w, channels, kernel, full_pad, dilation)
     plan = ColumnPlan(channels, height, width, outputs, kernel, pad, stride, dilation)
     return plan, plan
+
+
+def _takes_winograd(channels, outputs, kernel, stride, columns):
+    """Whether a layer takes the WinogradPlan (see WINOGRAD_MIN_CHANNELS)."""
+    return (kernel == (3, 3) and stride == (1, 1) and columns > SMALL_COLUMNS
+            and min(channels, outputs) >= WINOGRAD_MIN_CHANNELS)
 
 
 def _epilogue(out, bias, relu):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import layers.conv_plans as conv
+import layers.conv_winograd as winograd
 from layers.workspace import Workspace
 from netdef.errors import NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
@@ -86,11 +87,27 @@ def reference_for(layer, x):
                           layer.dilation, layer.group)
 
 
-@pytest.fixture(params=["default", "row_shift", "row_shift_row_chunks", "im2col_row_chunks"])
+def force_winograd(monkeypatch, row_chunks=False):
+    """Every 3x3 stride-1 layer made after this takes the WinogradPlan;
+    with ``row_chunks``, one tile row per GEMM and the transforms on two
+    threads however small (chunk and thread boundaries exercised)."""
+    monkeypatch.setattr(conv, "SMALL_COLUMNS", 0)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    if row_chunks:
+        monkeypatch.setattr(winograd, "CHUNK_TILES", 1)
+        monkeypatch.setattr(winograd, "PARALLEL_BYTES", 0)
+
+
+@pytest.fixture(params=["default", "row_shift", "row_shift_row_chunks", "im2col_row_chunks",
+                        "winograd", "winograd_row_chunks"])
 def chunking(request, monkeypatch):
     """Run every CPU strategy at these small sizes: the default (im2col for
     small maps and strides), the row-shift plan for every stride-1 case,
-    each with one output row per chunk so chunk boundaries are exercised."""
+    Winograd for every 3x3 stride-1 case, each with one output (tile) row
+    per chunk so chunk boundaries are exercised."""
+    if request.param.startswith("winograd"):
+        force_winograd(monkeypatch, request.param.endswith("row_chunks"))
+        return request.param
     if request.param.startswith("row_shift"):
         monkeypatch.setattr(conv, "SMALL_COLUMNS", 0)
     if request.param.endswith("row_chunks"):
@@ -151,6 +168,89 @@ def test_reshape_to_a_new_image_size():
     layer.forward(bottoms, tops)
     np.testing.assert_allclose(tops[0].data, reference_for(layer, bottoms[0].data), rtol=1e-12,
                                atol=1e-12)
+
+
+# -- Winograd F(2x2, 3x3) ----------------------------------------------------------------
+
+# (id, convolution_param fields, bottom shape): 3x3 stride 1, odd and even
+# output sizes, dilation (pad == dilation and not), groups, several images.
+WINOGRAD_CASES = [
+    ("even_output", "num_output: 4 kernel_size: 3 pad: 1", (2, 3, 6, 8)),
+    ("odd_output", "num_output: 3 kernel_size: 3 pad: 1", (1, 2, 7, 5)),
+    ("no_pad", "num_output: 2 kernel_size: 3", (2, 3, 6, 7)),
+    ("dilation2_pad2", "num_output: 3 kernel_size: 3 dilation: 2 pad: 2", (2, 3, 9, 8)),
+    ("dilation2_pad1_odd", "num_output: 2 kernel_size: 3 dilation: 2 pad: 1", (1, 2, 8, 7)),
+    ("dilation_per_axis", "num_output: 2 kernel_size: 3 dilation: 2 dilation: 1 pad: 2 pad: 1",
+     (2, 2, 7, 6)),
+    ("grouped", "num_output: 4 kernel_size: 3 pad: 1 group: 2", (3, 4, 5, 6)),
+]
+WINOGRAD_IDS = [c[0] for c in WINOGRAD_CASES]
+
+
+def reference_data_gradient(top_diff, weight, pad, dilation, group):
+    """d(sum(top_diff * conv(x))) / dx of a 3x3 stride-1 convolution: the
+    full correlation of top_diff with each group's weights transposed and
+    flipped, pad' = 2 * dilation - pad, by ``reference_conv``."""
+    outputs, per_group = weight.shape[:2]
+    flipped = weight[:, :, ::-1, ::-1]
+    per_out = outputs // group
+    adjoint = np.concatenate([flipped[g * per_out:(g + 1) * per_out].transpose(1, 0, 2, 3)
+                              for g in range(group)])
+    full_pad = tuple(2 * d - p for p, d in zip(pad, dilation))
+    return reference_conv(top_diff, adjoint, None, (1, 1), full_pad, dilation, group)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=WINOGRAD_IDS)
+def test_winograd_forward_and_data_gradient_match_reference(case, dtype, monkeypatch):
+    """Forward with bias and ReLU, and the data gradient, on the Winograd
+    path against the plain references: float64 to 1e-10, float32 to 1e-5
+    of the output's scale (Winograd differs from direct sums by rounding)."""
+    _, params, shape = case
+    force_winograd(monkeypatch)
+    layer, bottoms, tops = make(params, shape, dtype=dtype)
+    assert isinstance(layer.forward_plan, winograd.WinogradPlan)
+    assert isinstance(layer.data_plan, winograd.WinogradPlan)
+    layer.workspace = PoisonedWorkspace()
+    rng = np.random.default_rng(13)
+    weight, bias = (rng.standard_normal(layer.blobs[0].shape).astype(dtype),
+                    rng.standard_normal(layer.num_output).astype(dtype))
+    x = bottoms[0].data.astype(np.float64)
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    layer.forward_with(bottoms, tops, weight, bias, relu=True)
+    expected = np.maximum(reference_conv(x, weight.astype(np.float64), bias, layer.stride,
+                                         layer.pad, layer.dilation, layer.group), 0)
+    np.testing.assert_allclose(tops[0].data, expected, rtol=0, atol=tol * np.abs(expected).max())
+    layer.blobs[0].data[...] = weight
+    tops[0].diff[...] = rng.standard_normal(tops[0].shape)
+    layer.param_propagate_down = (False, False)
+    layer.backward(tops, [True], bottoms)
+    expected = reference_data_gradient(tops[0].diff.astype(np.float64), weight.astype(np.float64),
+                                       layer.pad, layer.dilation, layer.group)
+    assert bottoms[0].diff.shape == expected.shape
+    np.testing.assert_allclose(bottoms[0].diff, expected, rtol=0, atol=tol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=WINOGRAD_IDS)
+def test_winograd_gradient_check(case, monkeypatch):
+    """Data gradient by Winograd, weight gradient by the ShiftPlan's GEMM."""
+    _, params, shape = case
+    force_winograd(monkeypatch, row_chunks=True)
+    result = check_layer(spec(params), [np.random.default_rng(14).standard_normal(shape)],
+                         max_per_blob=80)
+    assert result.passed, result.report()
+
+
+def test_winograd_is_chosen_for_many_channels_only():
+    """The rule of make_plans (conv_plans.WINOGRAD_MIN_CHANNELS)."""
+    big = conv.make_plans(256, 38, 63, 256, (3, 3), (1, 1), (1, 1), (1, 1))
+    dilated = conv.make_plans(512, 38, 63, 512, (3, 3), (2, 2), (1, 1), (2, 2))
+    few = conv.make_plans(64, 150, 250, 64, (3, 3), (1, 1), (1, 1), (1, 1))
+    strided = conv.make_plans(256, 38, 63, 256, (3, 3), (1, 1), (2, 2), (1, 1))
+    pointwise = conv.make_plans(256, 38, 63, 256, (1, 1), (0, 0), (1, 1), (1, 1))
+    assert all(isinstance(p, winograd.WinogradPlan) for p in big + dilated)
+    assert isinstance(big[0].fallback, conv.ShiftPlan)
+    assert not any(isinstance(p, winograd.WinogradPlan) for p in few + strided + pointwise)
 
 
 # -- backward -----------------------------------------------------------------------
