@@ -38,7 +38,6 @@ import dataclasses
 import json
 import os
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -51,7 +50,7 @@ from netdef.errors import DataError, NetDefinitionError, WeightsError
 from netdef.net import Net
 from netdef.schema import read_net
 from netdef.weights import copy_layers, group_param_keys
-from layers.input_pipeline.preprocess import load_image_bgr, prepare_image
+from layers.input_pipeline.preprocess import prefetched_images, prepare_image
 from solver.snapshot import SolverState
 
 __all__ = ["Detector", "im_detect", "postprocess", "BoxNormalization", "TestNetInfo",
@@ -194,21 +193,16 @@ class Detector:
         records = list(dataset.records)
         classes = len(dataset.classes)
         all_boxes = [[None] * len(records) for _ in range(classes)]
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(load_image_bgr, records[0].path) if records else None
-            for i, record in enumerate(records):
-                image = pending.result()
-                if i + 1 < len(records):
-                    pending = pool.submit(load_image_bgr, records[i + 1].path)
-                dets = self.detect(image)
-                if len(dets) != classes:
-                    raise DataError(
-                        f"{self.net.source}: the net scores {len(dets)} classes (background "
-                        f"included), dataset '{dataset.name}' has {classes}")
-                for c in range(classes):
-                    all_boxes[c][i] = dets[c]
-                if progress is not None:
-                    progress(i + 1, len(records))
+        for i, (_, image) in enumerate(prefetched_images(records)):
+            dets = self.detect(image)
+            if len(dets) != classes:
+                raise DataError(
+                    f"{self.net.source}: the net scores {len(dets)} classes (background "
+                    f"included), dataset '{dataset.name}' has {classes}")
+            for c in range(classes):
+                all_boxes[c][i] = dets[c]
+            if progress is not None:
+                progress(i + 1, len(records))
         return all_boxes
 
 
