@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["netdef", "netdef.*", "layers", "layers.*",
-                                    "solver", "solver.*", "prototxt", "bench"]),
+                                    "solver", "solver.*", "detection", "detection.*",
+                                    "prototxt", "bench"]),
     package_data={
         "layers": ["cuda/*.cu", "cuda/*.cuh"],
         "netdef": ["proto/*.proto"],

@@ -36,8 +36,8 @@ PASSES_PER_ITERATION = 2
 
 
 def dataset():
-    from solver.datasets import load_dataset
-    from solver.datasets.synthetic import ensure_dataset
+    from detection.datasets import load_dataset
+    from detection.datasets.synthetic import ensure_dataset
     from solver.train import pad_classes
     root = ensure_dataset(num_train=16, num_test=1, image_size=IMAGE, seed=0)
     return pad_classes(load_dataset(root, "trainval"), 21)

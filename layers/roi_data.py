@@ -21,7 +21,7 @@ class RoIDataLayer(Layer):
 
     The images come from a dataset that a prototxt cannot name: the trainer
     calls ``layer.set_dataset(dataset, proposals=None)`` (``dataset``: a
-    ``solver.datasets.DetectionDataset``, or anything with its ``records``,
+    ``detection.datasets.DetectionDataset``, or anything with its ``records``,
     ``name`` and ``num_classes``; ``proposals``: per record
     ``(R, 4)`` boxes ``[x1, y1, x2, y2]`` in the record's pixels, for the
     precomputed form). Until then the tops have the reference shapes (so a

@@ -15,9 +15,9 @@ import time
 
 from netdef.device import CPU, Device, gpu_available
 from netdef.errors import DeviceError, EngineError, NumericalError
-from solver.datasets import load_dataset
-from solver.datasets.synthetic import default_dataset_root, ensure_dataset
-from solver.datasets.voc import find_voc_years, is_voc_layout
+from detection.datasets import load_dataset
+from detection.datasets.synthetic import default_dataset_root, ensure_dataset
+from detection.datasets.voc import find_voc_years, is_voc_layout
 
 __all__ = ["add_device_arguments", "select_device", "builtin_dataset", "is_coco_path",
            "open_dataset", "exit_status", "EXIT_NUMERICAL", "EXIT_USER_ERROR",

@@ -24,9 +24,9 @@ import sys
 from netdef.errors import DataError
 from netdef.snapshot_format import atomic_writer
 from solver.cli import add_device_arguments, exit_status, select_device
-from solver.datasets import load_dataset
-from solver.detector import Detector, generic_classes, load_test_net, read_class_names
-from solver.draw import draw_detections
+from detection.datasets import load_dataset
+from detection.detector import Detector, generic_classes, load_test_net, read_class_names
+from detection.draw import draw_detections
 from layers.input_pipeline.preprocess import load_image_bgr
 
 __all__ = ["main", "detections_json", "dumps"]

@@ -51,7 +51,7 @@ What a stage does:
   latter with the box regression un-normalized as py-faster-rcnn saves it),
   then checks that every frozen parameter is bit-for-bit what it was.
 - generate_proposals: the RPN test net with the final ``.caffemodel`` of
-  ``from_stage`` over the training split (solver.proposals); the file
+  ``from_stage`` over the training split (detection.proposals); the file
   ``<out>/<stage>/<stage>_<key>.npz`` is keyed by its content, so an
   interrupted or repeated run reuses it.
 - assemble: the full TEST-phase detector with, layer by layer, the final

@@ -11,8 +11,8 @@ import os
 from netdef.errors import DataError, NetDefinitionError
 from solver.blas import blas_threads_for
 from solver.cli import is_coco_path
-from solver.detection_eval import evaluate_detector, open_test_set, summary_line
-from solver.detector import DETECTION_BLOBS, Detector, load_test_net
+from detection.evaluate import evaluate_detector, open_test_set, summary_line
+from detection.detector import DETECTION_BLOBS, Detector, load_test_net
 from solver.progress import format_duration
 from solver.schedule_state import digest, write_json
 

@@ -4,7 +4,7 @@
     entry = assemble_stage(runner, stage)    # the full detector from stages' weights
 
 generate_proposals: the RPN test net with the final ``.caffemodel`` of
-``from_stage`` over the training split (solver.proposals); the file
+``from_stage`` over the training split (detection.proposals); the file
 ``<out>/<stage>/<stage>_<key>.npz`` is keyed by its content, so an
 interrupted or repeated run reuses it. assemble: the full TEST-phase
 detector with, layer by layer, the final ``.caffemodel`` weights of the
@@ -21,9 +21,9 @@ from netdef.net import Net
 from netdef.schema import format_net, read_net
 from netdef.weights import copy_layers, read_layer_arrays
 from solver.blas import blas_threads_for
-from solver.detector import find_data_layer_scale
+from detection.detector import find_data_layer_scale
 from solver.progress import format_duration
-from solver.proposals import cache_path, generate_proposals, load_or_generate, proposals_key
+from detection.proposals import cache_path, generate_proposals, load_or_generate, proposals_key
 from solver.schedule_state import write_text
 
 __all__ = ["proposals_stage", "assemble_stage", "rate_counter"]

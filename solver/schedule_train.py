@@ -15,9 +15,9 @@ from netdef.errors import NetDefinitionError, NumericalError
 from netdef.graph import filter_net
 from netdef.net import Net
 from netdef.schema import format_net, read_net, upgrade_solver
-from solver.detector import load_weights
+from detection.detector import load_weights
 from solver.progress import Progress
-from solver.proposals import Proposals
+from detection.proposals import Proposals
 from solver.schedule_file import ScheduleError, match_layers
 from solver.schedule_state import resumable_snapshot, stage_seed, write_text
 from solver.session import TrainingSession

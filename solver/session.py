@@ -25,8 +25,8 @@ from layers.proposal_target import ProposalTargetLayer
 from layers.roi_data import RoIDataLayer
 from netdef.errors import NetDefinitionError
 from solver.blas import blas_threads_for
-from solver.classes import check_classes, class_mismatch_hint, pad_classes
-from solver.detector import BoxNormalization, bbox_export_transform, bbox_param_layer
+from detection.classes import check_classes, class_mismatch_hint, pad_classes
+from detection.detector import BoxNormalization, bbox_export_transform, bbox_param_layer
 from solver.sgd import SGDSolver
 from solver.snapshot import snapshot_paths
 

@@ -4,7 +4,7 @@
                           [--gpu N | --cpu] [--classes FILE] [--test-net FILE]
 
 NET is the net file given to ``solver.train`` (its TEST phase, or the test
-file beside a training file: see solver.detector) or a test net. W is a
+file beside a training file: see detection.detector) or a test net. W is a
 solver snapshot (``.solverstate.npz``: its box deltas are mapped back with
 the stored normalization) or a ``.caffemodel`` (normalization folded into
 the weights, as the solver exports them; py-R-FCN's own models too).
@@ -23,15 +23,15 @@ import sys
 
 from netdef.errors import DataError
 from netdef.snapshot_format import atomic_writer
-from solver.classes import pad_classes
+from detection.classes import pad_classes
 # The helpers every entry point shares live in solver.cli and
-# solver.detection_eval; importable from here as before.
+# detection.evaluate; importable from here as before.
 from solver.cli import (add_device_arguments, builtin_dataset, exit_status, is_coco_path,
                         open_dataset, select_device)
-from solver.detection_eval import (detection_progress, evaluate_detections, evaluate_detector,
+from detection.evaluate import (detection_progress, evaluate_detections, evaluate_detector,
                                    open_test_set, summary_line)
-from solver.detector import Detector, load_test_net, read_class_names
-from solver.evaluation import dump_detections
+from detection.detector import Detector, load_test_net, read_class_names
+from detection.evaluation import dump_detections
 
 __all__ = ["main", "select_device", "open_dataset", "builtin_dataset", "is_coco_path",
            "evaluate_detections", "add_device_arguments", "summary_line", "detection_progress"]

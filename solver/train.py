@@ -48,7 +48,7 @@ saying how to regenerate the net.
 
 Output in ``--out`` (default ``out/<net file stem>``): ``train_log.jsonl``
 (one JSON record per display iteration, snapshot, evaluation ...),
-``train_log.png`` (solver.plot), snapshots ``<stem>_iter_N.solverstate.npz``
+``train_log.png`` (detection.plot), snapshots ``<stem>_iter_N.solverstate.npz``
 (resumable with ``--resume``) and ``<stem>_iter_N.caffemodel`` (box
 regression un-normalized: the weights are multiplied by the target stds and
 the means added to the bias, as py-faster-rcnn's train_net saves them), and
@@ -68,12 +68,12 @@ from netdef.snapshot_format import atomic_writer
 from netdef.weights import share_layers
 from solver import schedule
 from solver.blas import SMALL_NET_MACS
-from solver.classes import class_mismatch_hint, pad_classes
+from detection.classes import class_mismatch_hint, pad_classes
 from solver.cli import (add_device_arguments, builtin_dataset, exit_status, is_coco_path,
                         open_dataset, select_device)
-from solver.detection_eval import evaluate_detector, open_test_set, summary_line
-from solver.detector import Detector, keep_detection_blobs, load_weights, resolve_test_net
-from solver.plot import plot_log
+from detection.evaluate import evaluate_detector, open_test_set, summary_line
+from detection.detector import Detector, keep_detection_blobs, load_weights, resolve_test_net
+from detection.plot import plot_log
 from solver.progress import Progress, format_duration
 from solver.session import TrainingSession, choose_seed
 from solver.train_settings import (apply_reference_config, classify_file,

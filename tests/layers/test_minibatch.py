@@ -10,7 +10,7 @@ from PIL import Image
 from layers.boxes import bbox_overlaps
 from layers.detection_targets import ProposalTargetCreator
 from netdef.errors import DataError
-from solver.datasets import ImageRecord
+from detection.datasets import ImageRecord
 from layers.input_pipeline.minibatch import (E2E_TOPS, ROI_TOPS, MinibatchBuilder, TrainingOrder,
                               select_entries)
 from layers.input_pipeline.preprocess import PIXEL_MEANS

@@ -12,7 +12,7 @@ from PIL import Image
 from layers.roi_data import RoIDataLayer
 from netdef.errors import DataError, NetDefinitionError
 from netdef.gradcheck import build_layer, setup_layer
-from solver.datasets import DataWarning, load_dataset
+from detection.datasets import DataWarning, load_dataset
 from layers.input_pipeline.preprocess import PIXEL_MEANS
 
 CLASSES = ("cat", "dog")
@@ -322,7 +322,7 @@ def test_test_phase_keeps_the_dataset_order_without_flips(dataset):
 
 def test_unreadable_image_error_names_the_file(dataset, tmp_path):
     import dataclasses
-    from solver.datasets import DetectionDataset
+    from detection.datasets import DetectionDataset
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG garbage")
     records = [dataclasses.replace(r, path=str(broken)) for r in dataset.records]

@@ -16,7 +16,7 @@ import pytest
 from layers.roi_data import RoIDataLayer
 from netdef.errors import NumericalError, ParseError
 from netdef.net import Net
-from solver.proposals import Proposals
+from detection.proposals import Proposals
 from solver.schedule import STATE_FILE, Schedule, ScheduleError, main, run_schedule
 from solver.sgd import SGDSolver
 from solver.snapshot import SolverState
@@ -32,7 +32,7 @@ SHARED = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from solver.datasets.synthetic import generate
+    from detection.datasets.synthetic import generate
     return generate(tmp_path_factory.mktemp("schedule_data") / "synthetic", num_train=6,
                     num_test=3, seed=5)
 

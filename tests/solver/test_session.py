@@ -11,7 +11,7 @@ import solver.blas
 from netdef.errors import DataError, NumericalError
 from solver import train
 from solver.cli import exit_status
-from solver.datasets.synthetic import generate
+from detection.datasets.synthetic import generate
 from solver.solver_file import resolve_input
 
 ROOT = Path(__file__).resolve().parents[2]

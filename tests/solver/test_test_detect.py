@@ -11,9 +11,9 @@ from netdef.device import gpu_available
 from netdef.errors import NetDefinitionError
 from prototxt import rfcn
 from solver import detect, test as solver_test, train
-from solver.datasets import load_dataset
-from solver.datasets.synthetic import generate
-from solver.detector import (BoxNormalization, Detector, bbox_export_transform,
+from detection.datasets import load_dataset
+from detection.datasets.synthetic import generate
+from detection.detector import (BoxNormalization, Detector, bbox_export_transform,
                              bbox_param_layer, im_detect, load_test_net, postprocess,
                              read_class_names, resolve_test_net)
 from layers.input_pipeline.preprocess import load_image_bgr

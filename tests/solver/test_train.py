@@ -12,7 +12,7 @@ from netdef.device import gpu_available
 from netdef.schema import read_net
 from prototxt import rfcn
 from solver import train
-from solver.datasets.synthetic import generate
+from detection.datasets.synthetic import generate
 from solver.snapshot import SolverState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,7 +190,7 @@ def test_committed_nets_start_with_the_roidata_layer_in_train():
 
 
 def test_pad_classes_lets_a_larger_net_train_on_the_builtin_classes(data):
-    from solver.datasets import load_dataset
+    from detection.datasets import load_dataset
     dataset = load_dataset(data, "trainval")
     padded = train.pad_classes(dataset, 10)
     assert padded.classes[:7] == dataset.classes

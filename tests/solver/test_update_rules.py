@@ -13,7 +13,7 @@ from netdef.device import Device, to_numpy
 from netdef.errors import NetDefinitionError
 from netdef.net import Net
 from solver import train
-from solver.datasets.synthetic import generate
+from detection.datasets.synthetic import generate
 from solver.sgd import SGDSolver, Solver, create_solver
 from solver.snapshot import SolverState
 from solver.update_rules import RULES, Adam, create_rule

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from netdef.errors import DataError
-from solver.datasets import load_dataset
-from solver.datasets import synthetic
-from solver.datasets.synthetic import (CLASSES, SyntheticConfig, default_dataset_root,
+from detection.datasets import load_dataset
+from detection.datasets import synthetic
+from detection.datasets.synthetic import (CLASSES, SyntheticConfig, default_dataset_root,
                                        ensure_dataset, generate)
 
 SMALL = dict(num_train=6, num_test=3)

@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from solver.evaluation.flat import (dataset_parts, gather_detections, gather_ground_truth,
+from detection.evaluation.flat import (dataset_parts, gather_detections, gather_ground_truth,
                                     nanmean, pair_iou, pairs)
 
 __all__ = ["voc_ap", "evaluate_voc", "VOCResult", "VOC07_RECALL_POINTS"]

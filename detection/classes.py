@@ -5,7 +5,7 @@ import os
 import re
 
 from netdef.errors import DataError
-from solver.datasets import DetectionDataset
+from detection.datasets import DetectionDataset
 
 __all__ = ["pad_classes", "class_mismatch_hint", "check_classes"]
 

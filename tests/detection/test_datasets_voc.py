@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from netdef.errors import DataError
-from solver.datasets import VOC_CLASSES, DetectionDataset, ImageRecord, load_dataset
-from solver.datasets import voc as voc_module
-from solver.datasets.voc import load_voc, read_classes_file
-from tests.solver.dataset_checks import quiet
+from detection.datasets import VOC_CLASSES, DetectionDataset, ImageRecord, load_dataset
+from detection.datasets import voc as voc_module
+from detection.datasets.voc import load_voc, read_classes_file
+from tests.detection.dataset_checks import quiet
 
 
 # ----------------------------------------------------------------------------
@@ -446,6 +446,6 @@ def test_cache_auto_only_for_big_splits(tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
     load_voc(folder, cache_dir=str(cache_dir))            # "auto", 2 images
     assert not cache_dir.exists()
-    monkeypatch.setattr("solver.datasets.cache.AUTO_MIN_IMAGES", 2)
+    monkeypatch.setattr("detection.datasets.cache.AUTO_MIN_IMAGES", 2)
     load_voc(folder, cache_dir=str(cache_dir))
     assert len(list(cache_dir.iterdir())) == 1

@@ -1,10 +1,10 @@
-"""Tests of solver.draw: boxes in the class colour, labels, inputs, errors."""
+"""Tests of detection.draw: boxes in the class colour, labels, inputs, errors."""
 import numpy as np
 import pytest
 from PIL import Image
 
 from netdef.errors import DataError
-from solver.draw import PALETTE, class_colour, draw_detections
+from detection.draw import PALETTE, class_colour, draw_detections
 
 VOC = ("__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
        "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
@@ -102,7 +102,7 @@ def test_bad_image_and_output(tmp_path):
 def test_bitmap_font(monkeypatch):
     """Pillow before 10.1 has only the bitmap default font: still labelled."""
     from PIL import ImageFont
-    from solver import draw
+    from detection import draw
     monkeypatch.setattr(draw, "_font", lambda size: ImageFont.load_default_imagefont())
     pixels = np.asarray(draw_detections(grey_bgr(), [("cat", 0.9, [20, 40, 100, 90])]))
     tag = pixels[30:40, 20:60]

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from solver.evaluation.flat import (dataset_parts, gather_detections, gather_ground_truth,
+from detection.evaluation.flat import (dataset_parts, gather_detections, gather_ground_truth,
                                     nanmean, pair_iou, pairs)
 
 __all__ = ["evaluate_coco", "COCOResult", "COCO_IOU_THRESHOLDS", "COCO_RECALL_POINTS"]

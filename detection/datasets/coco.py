@@ -9,7 +9,7 @@ Reads ``{"images": [...], "annotations": [...], "categories": [...]}``:
   ``[x, y, x + w - 1, y + h - 1]`` in 0-based inclusive pixels; boxes narrower
   than a pixel get ``x2 = x1`` (py-faster-rcnn's ``max(0, w - 1)``);
 - ``iscrowd`` objects are flagged like VOC's ``difficult``: evaluation ignores
-  them, :meth:`~solver.datasets.DetectionDataset.without_difficult` drops
+  them, :meth:`~detection.datasets.DetectionDataset.without_difficult` drops
   them for training;
 - ``image_id`` of a record is ``str(id)``; records keep the order of
   ``images``.
@@ -75,10 +75,10 @@ def load_coco(json_path, image_root=None, on_error="raise", keep_empty=False,
         json_path: the instances JSON.
         image_root: folder that ``file_name`` is relative to (default:
             :func:`default_image_root`).
-        on_error: ``"raise"`` or ``"skip"`` (see :func:`solver.datasets.load_dataset`).
+        on_error: ``"raise"`` or ``"skip"`` (see :func:`detection.datasets.load_dataset`).
         keep_empty: keep images without annotations (default: left out with
             a warning).
-        cache, cache_dir: see :mod:`solver.datasets.cache` ("auto" caches
+        cache, cache_dir: see :mod:`detection.datasets.cache` ("auto" caches
             JSON files of 1 MiB or more).
         name: dataset name (default: the JSON file's stem).
 

@@ -98,13 +98,13 @@ def load_voc(root, split="trainval", classes=None, on_error="raise",
             All parts of a union must have the same classes.
         on_error: ``"raise"``: :class:`netdef.errors.DataError` at the first
             problem; ``"skip"``: drop the bad object (or image) with a
-            :class:`~solver.datasets.DataWarning`.
+            :class:`~detection.datasets.DataWarning`.
         keep_empty: keep images without objects (default: leave them out
             with a warning; training needs boxes).
         cache: ``"auto"`` (cache loads of 1000 images or more), True, False;
-            see :mod:`solver.datasets.cache`.
+            see :mod:`detection.datasets.cache`.
         cache_dir: where cache entries go (default
-            :func:`solver.datasets.cache.default_cache_dir`).
+            :func:`detection.datasets.cache.default_cache_dir`).
 
     Checks, each naming the file, the object (index in the XML and class
     name) and the reason: the XML parses (no DTD/entities); the image exists

@@ -1,4 +1,4 @@
-"""solver.proposals: the proposals file (round trip, order by image id,
+"""detection.proposals: the proposals file (round trip, order by image id,
 damaged files named), generation with an RPN test net against a plain
 per-image computation, the content key and the cache."""
 import os
@@ -8,8 +8,8 @@ import pytest
 
 from netdef.errors import DataError
 from netdef.net import Net
-from solver.datasets import DetectionDataset, ImageRecord
-from solver.proposals import (Proposals, cache_path, generate_proposals, load_or_generate,
+from detection.datasets import DetectionDataset, ImageRecord
+from detection.proposals import (Proposals, cache_path, generate_proposals, load_or_generate,
                               proposals_key)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -86,8 +86,8 @@ def test_damaged_or_foreign_files_are_named(tmp_path):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from solver.datasets import load_dataset
-    from solver.datasets.synthetic import generate
+    from detection.datasets import load_dataset
+    from detection.datasets.synthetic import generate
     root = generate(tmp_path_factory.mktemp("data") / "synthetic", num_train=3, num_test=1,
                     seed=3)
     return root, load_dataset(root, "trainval")

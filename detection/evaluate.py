@@ -8,10 +8,9 @@ every image, score the detections (VOC mAP or COCO AP), print the table.
 import sys
 import time
 
-from solver.classes import pad_classes
-from solver.cli import open_dataset
-from solver.datasets import DetectionDataset
-from solver.evaluation import evaluate_coco, evaluate_voc, format_table
+from detection.classes import pad_classes
+from detection.datasets import DetectionDataset, load_dataset
+from detection.evaluation import evaluate_coco, evaluate_voc, format_table
 
 __all__ = ["evaluate_detections", "summary_line", "detection_progress", "open_test_set",
            "evaluate_detector"]
@@ -56,7 +55,7 @@ def open_test_set(root, split, *, on_error="raise", pad_to=None, images=None):
     """The split to evaluate on (images without objects kept), padded with
     placeholder classes up to ``pad_to`` (the built-in dataset under a
     larger net), cut to its first ``images`` records when given."""
-    test_set = open_dataset(root, split, on_error=on_error, for_testing=True)
+    test_set = load_dataset(root, split, on_error=on_error, keep_empty=True)
     if pad_to is not None and pad_to > test_set.num_classes:
         test_set = pad_classes(test_set, pad_to)
     if images is not None:
@@ -67,7 +66,7 @@ def open_test_set(root, split, *, on_error="raise", pad_to=None, images=None):
 
 def evaluate_detector(detector, test_set, coco, stream=sys.stdout, every=100):
     """Detect every image of ``test_set`` with ``detector`` (a
-    solver.detector.Detector), score them and print the table to
+    detection.detector.Detector), score them and print the table to
     ``stream``; returns ``(all_boxes, table, summary, seconds)``
     (``all_boxes[c][i]``: ``(N, 5)`` detections of class ``c`` in image
     ``i``)."""

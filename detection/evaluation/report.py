@@ -8,9 +8,9 @@ import numpy as np
 
 from netdef.errors import DataError
 from netdef.snapshot_format import atomic_writer
-from solver.evaluation.coco import COCOResult
-from solver.evaluation.flat import dataset_name, dataset_parts, gather_detections, nanmean
-from solver.evaluation.voc import VOCResult
+from detection.evaluation.coco import COCOResult
+from detection.evaluation.flat import dataset_name, dataset_parts, gather_detections, nanmean
+from detection.evaluation.voc import VOCResult
 
 __all__ = ["format_table", "dump_detections", "load_detections"]
 

@@ -2,7 +2,7 @@
 
 A dataset is a list of :class:`ImageRecord` (one per image) plus the class
 names, whatever the source format. Readers validate every annotation on load
-(see :mod:`solver.datasets.voc` and :mod:`solver.datasets.coco`) and name the
+(see :mod:`detection.datasets.voc` and :mod:`detection.datasets.coco`) and name the
 file, the object and the reason for what they reject.
 
 Coordinates follow py-faster-rcnn: boxes are ``[x1, y1, x2, y2]`` in 0-based
@@ -39,8 +39,8 @@ def load_dataset(path, split="trainval", on_error="raise", **options):
     ``on_error``: ``"raise"`` raises :class:`netdef.errors.DataError` at the
     first invalid annotation; ``"skip"`` drops the bad object (or the whole
     image when the image itself is bad) with a :class:`DataWarning`.
-    Further keyword options go to the reader (:func:`solver.datasets.voc.load_voc`,
-    :func:`solver.datasets.coco.load_coco`): ``keep_empty``, ``classes``,
+    Further keyword options go to the reader (:func:`detection.datasets.voc.load_voc`,
+    :func:`detection.datasets.coco.load_coco`): ``keep_empty``, ``classes``,
     ``cache``, ``cache_dir``...
     """
     path = os.fspath(path)

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from netdef.errors import DataError
-from solver.datasets import load_dataset
-from solver.datasets import coco as coco_module
-from solver.datasets.coco import default_image_root, load_coco
-from tests.solver.dataset_checks import quiet
+from detection.datasets import load_dataset
+from detection.datasets import coco as coco_module
+from detection.datasets.coco import default_image_root, load_coco
+from tests.detection.dataset_checks import quiet
 
 
 def write_image(path, width, height):

@@ -1,4 +1,4 @@
-"""Tests of solver.evaluation: VOC AP (both metrics) and COCO AP.
+"""Tests of detection.evaluation: VOC AP (both metrics) and COCO AP.
 
 Expected numbers are worked out by hand in the comments; random cases are
 compared with plain per-detection loops written here from the rules of
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from netdef.errors import DataError, EngineError
-from solver.datasets import DetectionDataset, ImageRecord
-from solver.evaluation import (COCOResult, VOCResult, dump_detections, evaluate_coco,
+from detection.datasets import DetectionDataset, ImageRecord
+from detection.evaluation import (COCOResult, VOCResult, dump_detections, evaluate_coco,
                                evaluate_voc, format_table, load_detections, voc_ap)
 
 

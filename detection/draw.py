@@ -1,6 +1,6 @@
 """Draw labelled detection boxes on an image with Pillow.
 
-    from solver.draw import draw_detections
+    from detection.draw import draw_detections
     draw_detections("street.jpg", [("car", 0.97, [48, 120, 310, 260])], "out.png")
 
 Boxes are ``[x1, y1, x2, y2]`` in inclusive pixel coordinates (the outline

@@ -32,7 +32,7 @@ seed gives byte-identical files (with the same Pillow/libjpeg), and image
 Usage: ``generate(root, num_train=..., num_test=..., seed=0)``, or
 ``ensure_dataset()`` for a shared copy under the cache folder that is
 generated once (safe against concurrent and interrupted runs), or
-``python -m solver.datasets.synthetic OUT_DIR --train N --test N --seed S``.
+``python -m detection.datasets.synthetic OUT_DIR --train N --test N --seed S``.
 """
 import argparse
 import colorsys
@@ -438,7 +438,7 @@ def ensure_dataset(root=None, seed=0, num_train=1000, num_test=200,
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m solver.datasets.synthetic",
+        prog="python -m detection.datasets.synthetic",
         description="Write the synthetic shapes detection dataset (VOC layout).")
     parser.add_argument("out_dir", help="folder to create (must not exist or be empty)")
     parser.add_argument("--train", type=int, default=1000, help="trainval images")

@@ -12,15 +12,15 @@ the IoU is computed with the ``+1`` convention (as the VOC devkit and
 py-faster-rcnn's ``voc_eval`` do; for COCO it reproduces the IoU of the
 ``[x, y, w, h]`` boxes the inclusive boxes came from).
 
-The rules: :mod:`solver.evaluation.voc` (VOC07 11-point and area AP, as
-``voc_eval``) and :mod:`solver.evaluation.coco` (pycocotools' box AP);
-both read flat arrays gathered by :mod:`solver.evaluation.flat`;
-:mod:`solver.evaluation.report` formats tables and reads and writes
+The rules: :mod:`detection.evaluation.voc` (VOC07 11-point and area AP, as
+``voc_eval``) and :mod:`detection.evaluation.coco` (pycocotools' box AP);
+both read flat arrays gathered by :mod:`detection.evaluation.flat`;
+:mod:`detection.evaluation.report` formats tables and reads and writes
 detection files.
 """
-from solver.evaluation.coco import COCO_IOU_THRESHOLDS, COCO_RECALL_POINTS, COCOResult, evaluate_coco
-from solver.evaluation.report import dump_detections, format_table, load_detections
-from solver.evaluation.voc import VOC07_RECALL_POINTS, VOCResult, evaluate_voc, voc_ap
+from detection.evaluation.coco import COCO_IOU_THRESHOLDS, COCO_RECALL_POINTS, COCOResult, evaluate_coco
+from detection.evaluation.report import dump_detections, format_table, load_detections
+from detection.evaluation.voc import VOC07_RECALL_POINTS, VOCResult, evaluate_voc, voc_ap
 
 __all__ = ["voc_ap", "evaluate_voc", "evaluate_coco", "VOCResult", "COCOResult",
            "format_table", "dump_detections", "load_detections",
