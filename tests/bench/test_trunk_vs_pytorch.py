@@ -18,7 +18,8 @@ from netdef.schema import read_net
 
 HEIGHT, WIDTH = 64, 96
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                                 reason="PyTorch not installed")
+                                 reason="PyTorch not installed: it comes with the bench extra "
+                                        "only, never the test extra (a multi-GB wheel)")
 
 
 @pytest.fixture(scope="module")
