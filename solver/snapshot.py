@@ -14,8 +14,11 @@ The ``.solverstate.npz`` holds
 arrays:
     weights/<layer>/<i>   every parameter blob of the train net, untransformed
                           (also the non-learned ones, e.g. BatchNorm statistics)
-    history/<layer>/<i>   the momentum history of each learnable parameter
-                          (keyed by the layer that owns a shared parameter)
+    history/<layer>/<i>[/<kind>]  the update rule's history of each learnable
+                          parameter (keyed by the layer that owns a shared
+                          parameter): SGD's and Nesterov's momentum under the
+                          bare key, the other rules' under a suffix
+                          (grad_sq_sum, grad_sq_mean, update_sq_mean, m, v)
 meta (JSON):
     kind "solverstate", version, iter, net (name), dtype, seed (the nets' seed),
     loss_window (the latest losses, oldest first, for the smoothed loss),
