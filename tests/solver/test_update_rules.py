@@ -16,6 +16,7 @@ from solver import train
 from detection.datasets.synthetic import generate
 from solver.sgd import SGDSolver, Solver, create_solver
 from solver.snapshot import SolverState
+from tests.solver.test_sgd import CLASSIFIER  # draws every forward (DummyData, Dropout)
 from solver.update_rules import RULES, Adam, create_rule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,23 +150,6 @@ def test_history_keys_say_which_rule_kept_them():
 
 # ---------------------------------------------------------------------------
 # Exact resume
-
-# A classifier whose every forward draws (DummyData, Dropout).
-CLASSIFIER = """
-name: "tiny"
-layer { name: "data" type: "DummyData" top: "data" top: "label"
-  dummy_data_param { shape { dim: 4 dim: 5 } shape { dim: 4 }
-    data_filler { type: "gaussian" std: 1 }
-    data_filler { type: "uniform" min: 0 max: 2.99 } } }
-layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
-  inner_product_param { num_output: 6 weight_filler { type: "gaussian" std: 0.3 }
-                        bias_filler { type: "gaussian" std: 0.1 } } }
-layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
-layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" dropout_param { dropout_ratio: 0.3 } }
-layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
-  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
-"""
 
 
 def write_classifier(folder, kind, **changes):
