@@ -22,6 +22,7 @@ import weakref
 
 import numpy as np
 
+from layers.fused import SharedSplit
 from netdef.errors import NetDefinitionError
 
 # Layer types whose top is a view of the bottom's data.
@@ -92,6 +93,7 @@ class MemoryPlan:
                 f"have in phase {net.phase} (blobs: {', '.join(net.blobs)})")
         kept = {id(net.blobs[n]) for n in set(keep) | set(net.inputs) | set(net.outputs)}
         groups = _storage_groups(net)
+        self._users = _steps_by_blob(net)
         n = len(net.steps)
         self.data_after_forward = [[] for _ in range(n)]
         self.data_after_backward = [[] for _ in range(n)]
@@ -109,7 +111,7 @@ class MemoryPlan:
         self.release_all()
 
     def _plan_data(self, net, members):
-        users = _steps_using(net, members)
+        users = sorted({s for blob in members for s in self._users.get(id(blob), ())})
         if not users:
             return
         backward_users = [s for s in users if net.steps[s].need_backward]
@@ -119,9 +121,9 @@ class MemoryPlan:
             self.data_after_forward[max(users)].append(members)
 
     def _plan_diff(self, net, blob):
-        users = _steps_using(net, [blob])
+        users = self._users.get(id(blob))
         if users:
-            self.diff_after_backward[min(users)].append(blob)
+            self.diff_after_backward[users[0]].append(blob)
 
     def release_all(self):
         """Give back the storage of every blob the plan manages (after the
@@ -164,8 +166,7 @@ def _storage_groups(net):
     for step in net.steps:
         for i in step.indices:
             lp = net.layer_params[i]
-            shares = lp.type in VIEW_LAYERS or (lp.type == "Split" and
-                                                type(step).__name__ == "SharedSplit")
+            shares = lp.type in VIEW_LAYERS or isinstance(step, SharedSplit)
             if shares:
                 bottom = find(net.bottom_blobs[i][0])
                 for top in net.top_blobs[i]:
@@ -176,14 +177,13 @@ def _storage_groups(net):
     return groups
 
 
-def _steps_using(net, blobs):
-    """Indices of the steps that read or write any of ``blobs``."""
-    ids = {id(b) for b in blobs}
-    used = []
+def _steps_by_blob(net):
+    """id(blob) -> the indices, in order, of the steps that read or write it."""
+    users = {}
     for s, step in enumerate(net.steps):
         for i in step.indices:
-            if any(id(b) in ids for b in net.bottom_blobs[i] + net.top_blobs[i]):
-                used.append(s)
-                break
-    return used
-
+            for blob in net.bottom_blobs[i] + net.top_blobs[i]:
+                steps = users.setdefault(id(blob), [])
+                if not steps or steps[-1] != s:
+                    steps.append(s)
+    return users
