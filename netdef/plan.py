@@ -38,12 +38,11 @@ def make_steps(net, fuse=True):
     steps, decisions, i = [], [], 0
     while i < len(net.layers):
         step = _fused_step(net, i) if fuse else None
-        if step is None:
-            step = LayerStep(net, i)
-        else:
-            names = " + ".join(net.layer_params[k].name for k in step.indices)
-            decisions.append(f"plan: {names} run as one step ({type(step).__name__})")
+        fused = step is not None
+        step = step or LayerStep(net, i)
         step.label = " + ".join(net.layer_params[k].name for k in step.indices)
+        if fused:
+            decisions.append(f"plan: {step.label} run as one step ({type(step).__name__})")
         steps.append(step)
         i = step.indices[-1] + 1
     return steps, decisions
@@ -67,6 +66,12 @@ def _in_place_on(net, j, blob):
     return (j < len(net.layers) and len(net.bottom_blobs[j]) == 1
             and len(net.top_blobs[j]) == 1 and net.bottom_blobs[j][0] is blob
             and net.top_blobs[j][0] is blob and not any(net.loss_weights[j]))
+
+
+def _is_plain_relu_on(net, j, blob):
+    """Layer ``j`` is a ReLU without negative slope in place on ``blob``."""
+    return (_in_place_on(net, j, blob) and net.layer_params[j].type == "ReLU"
+            and net.layers[j].negative_slope == 0)
 
 
 def _is_frozen_affine(net, j):
@@ -93,8 +98,7 @@ def _chain(net, start, blob):
             and _is_frozen_affine(net, j):
         affine.append(j)
         j += 1
-    relu = (_in_place_on(net, j, blob) and net.layer_params[j].type == "ReLU"
-            and net.layers[j].negative_slope == 0)
+    relu = _is_plain_relu_on(net, j, blob)
     return affine, relu
 
 
@@ -134,8 +138,7 @@ def _sum_relu(net, i):
     if eltwise.operation != "SUM" or len(bottoms) != 2 or any(net.loss_weights[i]):
         return None
     top = tops[0]
-    relu = (_in_place_on(net, i + 1, top) and net.layer_params[i + 1].type == "ReLU"
-            and net.layers[i + 1].negative_slope == 0)
+    relu = _is_plain_relu_on(net, i + 1, top)
     indices = [i, i + 1] if relu else [i]
     step = SumReLU(eltwise, relu, bottoms, top, net.bottom_need_backward[i],
                    _any_backward(net, indices))
