@@ -49,7 +49,7 @@ def resident_bytes():
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
     except OSError:
-        pass
+        pass  # no /proc (not Linux): ru_maxrss below is the fallback
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -31,7 +31,7 @@ def class_mismatch_hint(net_path, num_classes):
                     command = line.split(":", 1)[1].strip()
                     break
     except OSError:
-        pass
+        pass  # an unreadable net file just has no generator command to suggest
     if command:
         command = re.sub(r"--classes \d+", f"--classes {num_classes}", command)
         if "--classes" not in command:

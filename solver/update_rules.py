@@ -96,7 +96,8 @@ class UpdateRule:
         rate: the learning rate times the parameter's ``lr_mult`` (a float).
         it: the iteration being applied (0-based; Adam's t is it + 1).
         """
-        raise NotImplementedError
+        # The base class is abstract: each of the six rules defines this.
+        raise NotImplementedError(f"{type(self).__name__} defines no update formula")
 
     def __repr__(self):
         return f"{type(self).__name__}()"
