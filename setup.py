@@ -24,6 +24,11 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13"],
+        # Caffe's data files: HDF5Data/HDF5Output and LMDB Data layers.
+        "data": ["h5py>=3.8", "lmdb>=1.4"],
+        # Net drawings (python -m netdef.draw); pictures also need Graphviz's
+        # `dot` program (apt-get install graphviz).
+        "draw": ["graphviz>=0.20"],
         # PyTorch, for the side-by-side benchmarks in bench/ only.
         "bench": ["torch>=2.1"],
         "test": [
@@ -35,6 +40,10 @@ setup(
             "grpcio-tools==1.85.1",
             # The COCO metric is checked against the reference implementation.
             "pycocotools>=2.0.7",
+            # The optional extras, so their tests run.
+            "h5py>=3.8",
+            "lmdb>=1.4",
+            "graphviz>=0.20",
         ],
     },
 )
