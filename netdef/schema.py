@@ -308,6 +308,30 @@ def _batchnorm_needs_upgrade(layer):
             and any(p.lr_mult != 0 or p.decay_mult != 0 for p in layer.param))
 
 
+#: BVLC Caffe numbers swish_param 147 and clip_param 148, the numbers at
+#: which this schema keeps the py-R-FCN fork's roi_pooling_param and
+#: smooth_l1_loss_param. A BVLC binary file's Swish or Clip parameters thus
+#: decode into the fork's field (fields whose wire types differ stay unknown
+#: fields of it); the layer's type says which message they really are.
+_BVLC_FIELDS_BY_TYPE = {
+    "Swish": ("roi_pooling_param", "swish_param"),
+    "Clip": ("smooth_l1_loss_param", "clip_param"),
+}
+
+
+def _bvlc_field_misread(layer):
+    fields = _BVLC_FIELDS_BY_TYPE.get(layer.type)
+    return fields is not None and layer.HasField(fields[0])
+
+
+def _move_bvlc_field(layer):
+    """Re-decode a BVLC Swish/Clip layer's field 147/148 as its own message."""
+    fork_field, bvlc_field = _BVLC_FIELDS_BY_TYPE[layer.type]
+    raw = getattr(layer, fork_field).SerializeToString()
+    layer.ClearField(fork_field)
+    getattr(layer, bvlc_field).MergeFromString(raw)
+
+
 def upgrade_net(net, filename="<net>"):
     """Return ``net`` in the current form, as Caffe's upgrade does.
 
@@ -321,7 +345,10 @@ def upgrade_net(net, filename="<net>"):
       ``Input`` layer named "input" (inputs without shapes, as in old weight
       files, are dropped);
     - BatchNorm layers that declare three ParamSpecs get lr_mult and
-      decay_mult 0 on them (their statistics are not learned).
+      decay_mult 0 on them (their statistics are not learned);
+    - a Swish or Clip layer read from a BVLC binary file, whose parameters
+      arrive in field 147 or 148 (the fork's roi_pooling_param and
+      smooth_l1_loss_param here), gets them back as swish_param / clip_param.
 
     ``net`` itself is never modified: it is returned as is when nothing needs
     upgrading, otherwise an upgraded copy is returned. Other layers, including
@@ -335,7 +362,8 @@ def upgrade_net(net, filename="<net>"):
             f"layers in one form")
     needs_upgrade = (
         bool(net.layers) or bool(net.input) or bool(net.input_shape)
-        or bool(net.input_dim) or any(_batchnorm_needs_upgrade(l) for l in net.layer))
+        or bool(net.input_dim)
+        or any(_batchnorm_needs_upgrade(l) or _bvlc_field_misread(l) for l in net.layer))
     if not needs_upgrade:
         return net
 
@@ -368,6 +396,11 @@ def upgrade_net(net, filename="<net>"):
                 spec.decay_mult = 0
             log.info("%s: set lr_mult and decay_mult of BatchNorm %s to 0",
                      filename, _layer_label(layer, index))
+        if _bvlc_field_misread(layer):
+            _move_bvlc_field(layer)
+            log.info("%s: %s: BVLC %s parameters moved from %s to %s", filename,
+                     _layer_label(layer, index), layer.type,
+                     *_BVLC_FIELDS_BY_TYPE[layer.type])
     return upgraded
 
 

@@ -133,16 +133,22 @@ def test_read_legacy_v1_caffemodel(legacy_file):
     assert conform_blob(weight, (2, 3, 3, 3)) is weight
 
 
+def varint(v):
+    out = b""
+    while v > 0x7F:
+        out += bytes([v & 0x7F | 0x80])
+        v >>= 7
+    return out + bytes([v])
+
+
+def message_field(number, payload):
+    """The bytes of a length-delimited field ``number`` holding ``payload``."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
 def test_other_forks_layer_params_survive_as_unknown_fields(tmp_path):
     """py-faster-rcnn's Caffe stores roi_pooling_param at 8266711: such a file
     still loads, its weights included, and re-serializes byte for byte."""
-    def varint(v):
-        out = b""
-        while v > 0x7F:
-            out += bytes([v & 0x7F | 0x80])
-            v >>= 7
-        return out + bytes([v])
-
     roi = caffe_pb2.ROIPoolingParameter(pooled_h=7, pooled_w=7,
                                         spatial_scale=0.0625).SerializeToString()
     pool = caffe_pb2.LayerParameter(name="roi_pool5", type="ROIPooling").SerializeToString()
@@ -157,6 +163,40 @@ def test_other_forks_layer_params_survive_as_unknown_fields(tmp_path):
     net = read_caffemodel(path)
     assert not net.layer[0].HasField("roi_pooling_param")
     np.testing.assert_array_equal(caffemodel_blobs(net)["fc6"][0], [[1, 2, 3], [4, 5, 6]])
+
+
+def _bvlc_net_bytes():
+    """A BVLC-format binary net: Clip (clip_param at 148), Swish (swish_param
+    at 147) and, for contrast, the fork's ROIPooling (roi_pooling_param 147)."""
+    clip = caffe_pb2.ClipParameter(min=-0.5, max=6.0).SerializeToString()
+    swish = caffe_pb2.SwishParameter(beta=1.5).SerializeToString()
+    roi = caffe_pb2.ROIPoolingParameter(pooled_h=7, pooled_w=6,
+                                        spatial_scale=0.0625).SerializeToString()
+    layers = [
+        caffe_pb2.LayerParameter(name="clip", type="Clip").SerializeToString()
+        + message_field(148, clip),
+        caffe_pb2.LayerParameter(name="swish", type="Swish").SerializeToString()
+        + message_field(147, swish),
+        caffe_pb2.LayerParameter(name="pool", type="ROIPooling").SerializeToString()
+        + message_field(147, roi),
+    ]
+    return b"".join(message_field(100, layer) for layer in layers)
+
+
+def test_bvlc_clip_and_swish_fields_are_decoded_by_layer_type(tmp_path):
+    path = tmp_path / "bvlc.caffemodel"
+    path.write_bytes(_bvlc_net_bytes())
+    clip, swish, pool = read_caffemodel(path).layer
+    assert (clip.clip_param.min, clip.clip_param.max) == (-0.5, 6.0)
+    assert not clip.HasField("smooth_l1_loss_param")
+    assert swish.swish_param.beta == 1.5
+    assert not swish.HasField("roi_pooling_param")
+    assert (pool.roi_pooling_param.pooled_h, pool.roi_pooling_param.pooled_w) == (7, 6)
+    assert not pool.HasField("swish_param")
+    # Without the upgrade the fields stay where the fork's numbers put them.
+    raw_clip = load_net_param(path, upgrade=False).layer[0]
+    assert raw_clip.smooth_l1_loss_param.sigma == -0.5
+    assert not raw_clip.HasField("clip_param")
 
 
 def test_raw_v1_blobs_read_without_upgrade(legacy_file):
