@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 from netdef.errors import DataError
 from netdef.snapshot_format import atomic_writer
 
-__all__ = ["TrainingLog", "read_log", "plot_log"]
+__all__ = ["TrainingLog", "read_log", "plot_log", "plot_logs"]
 
 BACKGROUND = (255, 255, 255)
 AXIS = (40, 40, 40)
@@ -378,6 +378,62 @@ def plot_log(log, out_path=None, size=(1000, 700), smooth=20, log_y=False, title
         panel.axes(x_ticks, "learning rate" + (" (log scale)" if lr_log else ""), "iteration")
         panel.curve(x, lr, LR_COLOUR, 2)
         panel.legend([("lr", LR_COLOUR, 2)])
+    if out_path is not None:
+        with atomic_writer(os.fspath(out_path)) as handle:
+            image.save(handle, format="PNG")
+    return image
+
+
+def _smoothed_total(log, smooth):
+    """The curve a log is compared by: its smoothed total loss (the log's
+    own smoothing when it has one), else its first loss, smoothed."""
+    if np.isfinite(log.smoothed).any():
+        return log.smoothed
+    name = "loss" if "loss" in log.losses else next(iter(log.losses), None)
+    if name is None:
+        return np.full(log.iters.size, np.nan)
+    return moving_average(log.losses[name], smooth)
+
+
+def plot_logs(logs, out_path=None, labels=None, size=(1000, 700), smooth=20, log_y=False,
+              title=None):
+    """Overlay several logs (paths or :class:`TrainingLog`): each log's
+    smoothed total loss in one panel and its learning rate in another, one
+    colour per log, labelled by ``labels`` (default: the file names).
+    Returns the ``PIL.Image``; writes a PNG when ``out_path`` is given."""
+    logs = [log if isinstance(log, TrainingLog) else read_log(log) for log in logs]
+    labels = list(labels) if labels is not None else [os.path.basename(l.path) for l in logs]
+    if not logs or len(labels) != len(logs):
+        raise ValueError(f"need one label per log; got {len(labels)} labels for {len(logs)} logs")
+    width, height = (int(s) for s in size)
+    if width < 300 or height < 200:
+        raise ValueError(f"plot size must be at least 300 x 200 pixels; got {width} x {height}")
+    image = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    font = _font(max(11, min(width, height) // 50))
+    title_font = _font(max(13, min(width, height) // 40))
+    _put_text(draw, (width / 2, 10), title or "training loss: " + " vs ".join(labels),
+              fill=TEXT, font=title_font, anchor="mt")
+    curves = [_smoothed_total(log, int(smooth)) for log in logs]
+    x_all = np.concatenate([log.iters for log in logs]).astype(np.float64)
+    x_ticks, x0, x1 = nice_ticks(float(x_all.min()), float(x_all.max()), count=8)
+    if x_all.min() >= 0 and x0 < 0:
+        x0, x_ticks = 0.0, x_ticks[x_ticks >= 0]
+    left, right, top, bottom = 90, width - 20, 36 + _text_height(title_font), height - 50
+    split = top + int((bottom - top - 60) * 0.68)
+    colours = PALETTE * (1 + len(logs) // len(PALETTE))
+    loss_panel = _Panel(draw, (left, top, right, split), (x0, x1), np.concatenate(curves),
+                        log_y, font)
+    loss_panel.axes(x_ticks, "smoothed loss" + (" (log scale)" if log_y else ""), None)
+    lr_all = np.concatenate([log.lr for log in logs])
+    finite = lr_all[np.isfinite(lr_all)]
+    lr_log = bool(finite.size and finite.min() > 0 and finite.max() >= 10 * finite.min())
+    lr_panel = _Panel(draw, (left, split + 60, right, bottom), (x0, x1), lr_all, lr_log, font)
+    lr_panel.axes(x_ticks, "learning rate" + (" (log scale)" if lr_log else ""), "iteration")
+    for log, curve, colour in zip(logs, curves, colours):
+        loss_panel.curve(log.iters, curve, colour, 2)
+        lr_panel.curve(log.iters, log.lr, colour, 2)
+    loss_panel.legend([(label, colour, 2) for label, colour in zip(labels, colours)])
     if out_path is not None:
         with atomic_writer(os.fspath(out_path)) as handle:
             image.save(handle, format="PNG")

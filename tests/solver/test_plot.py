@@ -19,3 +19,23 @@ def test_command_line(tmp_path, capsys):
     assert not out.exists()
     with pytest.raises(SystemExit):
         plot.main([str(path), "--size", "big"])
+
+
+def test_caffe_log_and_overlay_of_ours_with_caffes(tmp_path, capsys):
+    from tests.detection.test_caffe_log import CAFFE_LOG
+    caffe = tmp_path / "caffe.log"
+    caffe.write_text(CAFFE_LOG)
+    assert plot.main([str(caffe), "--size", "640x480"]) == 0
+    assert (tmp_path / "caffe.png").exists()
+    ours = write_log(tmp_path / "ours.jsonl", synthetic_entries(n=10))
+    out = tmp_path / "vs.png"
+    assert plot.main([str(ours), str(caffe), "--labels", "ours", "caffe",
+                      "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.size == (1000, 700)
+        pixels = set(image.getdata())
+    # both logs' colours (the first two of the palette) are drawn
+    assert {(31, 119, 180), (255, 127, 14)} <= pixels
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        plot.main([str(ours), str(caffe), "--labels", "just-one"])
