@@ -1,4 +1,5 @@
 """Tests of the ``python -m solver.plot`` command over detection.plot."""
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -33,7 +34,7 @@ def test_caffe_log_and_overlay_of_ours_with_caffes(tmp_path, capsys):
                       "--out", str(out)]) == 0
     with Image.open(out) as image:
         assert image.size == (1000, 700)
-        pixels = set(image.getdata())
+        pixels = {tuple(p) for p in np.asarray(image).reshape(-1, 3)}
     # both logs' colours (the first two of the palette) are drawn
     assert {(31, 119, 180), (255, 127, 14)} <= pixels
     assert "wrote" in capsys.readouterr().out
