@@ -38,9 +38,9 @@ class ReductionLayer(Layer):
         self.num = int(np.prod(shape[:axis]))
         self.dim = int(np.prod(shape[axis:]))
         coeff = self.dtype.type(p.coeff)
-        # A mean over no values stays 0 here (Caffe divides by 0: 0 * inf).
-        if self.operation == "MEAN" and self.dim > 0:
-            coeff = coeff / self.dtype.type(self.dim)
+        if self.operation == "MEAN":
+            # The mean of no values is NaN, as Caffe's 0 * (coeff / 0).
+            coeff = coeff / self.dtype.type(self.dim) if self.dim else self.dtype.type(np.nan)
         self.coeff = coeff
         tops[0].reshape(shape[:axis])
 
