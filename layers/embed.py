@@ -46,7 +46,7 @@ class EmbedLayer(Layer):
         tops[0].reshape(bottoms[0].shape + (self.num_output,))
 
     def forward_cpu(self, bottoms, tops):
-        rows = checked_rows(self, 0, bottoms[0].data.reshape(-1), self.input_dim, integral=True)
+        rows = checked_rows(self, 0, bottoms[0].data, self.input_dim, integral=True).reshape(-1)
         top = tops[0].data.reshape(-1, self.num_output)
         top[...] = self.blobs[0].data[rows]
         if self.bias_term:
