@@ -65,7 +65,6 @@ class DeconvolutionLayer(Layer):
         if self.num_output % self.group:
             raise self.definition_error(
                 f"num_output {self.num_output} is not divisible by group {self.group}")
-        self.channels = None  # the weights fix it: set after the first shape check
         self.channels = self._check_shapes(bottoms)[1]
         kh, kw = self.kernel
         weight = self.new_param_blob((self.channels, self.num_output // self.group, kh, kw))
@@ -116,7 +115,7 @@ class DeconvolutionLayer(Layer):
                                        blob.shape)
         if first[1] % self.group:
             raise self.shape_error(0, f"channels divisible by group {self.group}", first)
-        if self.channels is not None and first[1] != self.channels:
+        if self.blobs and first[1] != self.channels:
             raise self.shape_error(
                 0, f"{self.channels} channels (the weights are {self.blobs[0].shape})", first)
         out = self.output_shape(first)

@@ -20,6 +20,8 @@ more levels, each level's (N, C, bins, bins) flattened to
 (N, C * sum_l 4^l). Backward runs each level's Pooling backward and sums
 the bottom gradients.
 """
+import math
+
 from layers.base import Layer, register
 from layers.pooling import AVE, MAX, STOCHASTIC, PoolingLayer
 from netdef import caffe_pb2
@@ -58,7 +60,7 @@ class SPPLayer(Layer):
             raise self.definition_error(f"pool must be MAX or AVE, found {self.pool}")
         self.levels = []        # one PoolingLayer per level
         self.level_tops = []    # their pooled maps (N, C, bins, bins), when flattened
-        self._levels_shape = None
+        self._levels_map = None  # the (H, W) the levels were made for
 
     def reshape(self, bottoms, tops):
         shape = bottoms[0].shape
@@ -66,15 +68,14 @@ class SPPLayer(Layer):
             raise self.shape_error(0, "4 axes (N, C, H, W)", shape)
         if min(shape[2:]) < 1:
             raise self.shape_error(0, "a map of at least 1 x 1 (H, W)", shape)
-        if shape != self._levels_shape:
+        if shape[2:] != self._levels_map:
             self._make_levels(bottoms, tops)
-        n = shape[0]
         if self.pyramid_height == 1:
             self.levels[0].reshape(bottoms, tops)
             return
         for level, top in zip(self.levels, self.level_tops):
             level.reshape(bottoms, [top])
-        tops[0].reshape((n, sum(top.count for top in self.level_tops) // n))
+        tops[0].reshape((shape[0], sum(_per_image(top) for top in self.level_tops)))
 
     def _make_levels(self, bottoms, tops):
         """One Pooling layer per level for the bottom's map size, Caffe's
@@ -103,7 +104,7 @@ class SPPLayer(Layer):
             self.levels.append(level)
             if self.pyramid_height > 1:
                 self.level_tops.append(top)
-        self._levels_shape = shape
+        self._levels_map = shape[2:]
 
     # -- both devices: the levels' own paths, then flatten and concatenate ----------
     def _forward(self, bottoms, tops, on_gpu):
@@ -112,11 +113,11 @@ class SPPLayer(Layer):
         if self.pyramid_height == 1:
             self._run(self.levels[0], on_gpu, "forward")(bottoms, tops)
             return
-        n, start = bottoms[0].shape[0], 0
+        start = 0
         for level, top in zip(self.levels, self.level_tops):
             self._run(level, on_gpu, "forward")(bottoms, [top])
-            size = top.count // n
-            tops[0].data[:, start:start + size] = top.data.reshape(n, size)
+            size = _per_image(top)
+            tops[0].data[:, start:start + size] = top.data.reshape(-1, size)
             start += size
 
     def _backward(self, tops, propagate_down, bottoms, on_gpu):
@@ -130,9 +131,9 @@ class SPPLayer(Layer):
         # that is added to it.
         scratch = Blob.from_array(bottom.data)
         scratch.diff = self.workspace.array("spp_level_diff", bottom.shape, bottom.dtype)
-        n, start = bottom.shape[0], 0
+        start = 0
         for index, (level, top) in enumerate(zip(self.levels, self.level_tops)):
-            size = top.count // n
+            size = _per_image(top)
             top.diff[...] = tops[0].diff[:, start:start + size].reshape(top.shape)
             start += size
             target = bottom if index == 0 else scratch
@@ -157,3 +158,8 @@ class SPPLayer(Layer):
 
     def backward_gpu(self, tops, propagate_down, bottoms):
         self._backward(tops, propagate_down, bottoms, on_gpu=True)
+
+
+def _per_image(blob):
+    """Elements per image of a (N, ...) blob: its width once flattened."""
+    return math.prod(blob.shape[1:])

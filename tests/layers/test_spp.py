@@ -118,14 +118,17 @@ def test_float32_stays_float32_and_matches_reference():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_reshape_to_a_new_map_size():
-    layer, bottoms, tops = make(3, "MAX", rand((1, 2, 8, 8)))
-    x = rand((2, 2, 11, 7), seed=1)
-    bottoms[0].reshape(x.shape)
-    bottoms[0].data[...] = x
-    layer.reshape(bottoms, tops)
-    layer.forward(bottoms, tops)
-    np.testing.assert_allclose(tops[0].data, reference_spp(x, 3, "MAX"), rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("pyramid_height", [1, 3])
+def test_reshape_to_a_new_batch_then_map_size(pyramid_height):
+    layer, bottoms, tops = make(pyramid_height, "MAX", rand((1, 2, 8, 8)))
+    for seed, shape in enumerate([(3, 2, 8, 8), (2, 2, 11, 7)]):
+        x = rand(shape, seed=seed)
+        bottoms[0].reshape(x.shape)
+        bottoms[0].data[...] = x
+        layer.reshape(bottoms, tops)
+        layer.forward(bottoms, tops)
+        np.testing.assert_allclose(tops[0].data, reference_spp(x, pyramid_height, "MAX"),
+                                   rtol=1e-12, atol=1e-12)
 
 
 # -- gradients ----------------------------------------------------------------------
