@@ -149,6 +149,20 @@ def test_reshape_to_a_new_image_size():
     np.testing.assert_allclose(tops[0].data, reference_for(layer, x), rtol=1e-12, atol=1e-12)
 
 
+def test_fcn_bilinear_upsampling_keeps_a_constant_map_inside():
+    """FCN's use: per-channel (group = C) 2x upsampling, kernel 4, stride 2,
+    pad 1, Caffe's bilinear filler; a constant map stays constant away from
+    the border."""
+    layer = build_layer('name: "up" type: "Deconvolution" convolution_param { num_output: 3 '
+                        'group: 3 kernel_size: 4 stride: 2 pad: 1 bias_term: false '
+                        'weight_filler { type: "bilinear" } }')
+    bottoms, tops = setup_layer(layer, [np.full((1, 3, 4, 5), 2.5)])
+    layer.forward(bottoms, tops)
+    assert layer.blobs[0].shape == (3, 1, 4, 4)
+    assert tops[0].shape == (1, 3, 8, 10)
+    np.testing.assert_allclose(tops[0].data[:, :, 1:-1, 1:-1], 2.5, rtol=1e-12)
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_is_the_adjoint_of_convolution(case):
     """<conv(y), x> == <y, deconv(x)> for a Convolution from the deconv's
