@@ -44,8 +44,6 @@ def add_window(out, values, axis, half):
         return tuple(index)
 
     for shift in range(1, half + 1):
-        if shift >= values.shape[axis]:
-            break
         out[cut(shift, None)] += values[cut(None, -shift)]
         out[cut(None, -shift)] += values[cut(shift, None)]
 
