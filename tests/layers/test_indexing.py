@@ -11,6 +11,7 @@ import pytest
 
 from netdef.errors import DataError, NetDefinitionError, ShapeError
 from netdef.gradcheck import check_layer
+from netdef.net import Net
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
 from tests.layer_checks import make, rand
 
@@ -85,6 +86,27 @@ def test_filter_gradient(selector):
     result = check_layer(filter_spec(2), data + [np.asarray(selector, dtype=np.float64)],
                          check_bottoms=[0, 1])
     assert result.passed, result.report()
+
+
+def test_filter_in_a_net_with_a_changing_selector():
+    """Filter then a SUMSQ loss: each pass sees its own selection (the
+    loss layer reshaped to it) and only the selected items get 2 x."""
+    net = Net('''
+        input: "x" input_shape { dim: 4 dim: 3 }
+        input: "sel" input_shape { dim: 4 }
+        layer { name: "flt" type: "Filter" bottom: "x" bottom: "sel" top: "y"
+                propagate_down: true propagate_down: false }
+        layer { name: "loss" type: "Reduction" bottom: "y" top: "loss"
+                reduction_param { operation: SUMSQ } loss_weight: 1 }
+        force_backward: true''', "TRAIN", dtype=np.float64)
+    x = rand(4, 3, seed=8)
+    for selector in ([1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 0]):
+        mask = np.asarray(selector, dtype=bool)
+        out = net.forward(x=x, sel=np.asarray(selector, dtype=np.float64))
+        net.backward()
+        assert net.blobs["y"].shape == (int(mask.sum()), 3)
+        assert float(out["loss"]) == pytest.approx(float(np.sum(x[mask] ** 2)), rel=1e-13)
+        np.testing.assert_allclose(net.blobs["x"].diff, 2 * x * mask[:, None], rtol=1e-13)
 
 
 @pytest.mark.gpu
