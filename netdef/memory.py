@@ -3,8 +3,9 @@ overlap (a liveness plan over the ordered steps of the graph plan).
 
 By default a Net keeps Caffe's promise: every named blob's data, and after a
 backward its diff, stays readable. ``Net(..., keep=[names])`` chooses the
-lean plan instead: only the named blobs (and the net's inputs and outputs)
-keep that promise; every other blob takes its data and diff from one
+lean plan instead: only the named blobs (and the net's inputs and outputs,
+and the tops of layers without bottoms: data layers, Parameter) keep that
+promise; every other blob takes its data and diff from one
 ``StoragePool`` and gives them back as soon as no later step reads them, so
 a blob that was given back reads NaN (``Blob.is_released``) until the next
 pass writes it.
@@ -92,6 +93,12 @@ class MemoryPlan:
                 f"{net.source}: keep names blob(s) {', '.join(missing)} that the net does not "
                 f"have in phase {net.phase} (blobs: {', '.join(net.blobs)})")
         kept = {id(net.blobs[n]) for n in set(keep) | set(net.inputs) | set(net.outputs)}
+        # Tops of layers without bottoms stay out of the plan too, like the
+        # inputs: data layers size them once in setup and may rewrite them
+        # only when they change (a constant DummyData top), and a Parameter
+        # layer's top is its weights.
+        kept |= {id(top) for bottoms, tops in zip(net.bottom_blobs, net.top_blobs)
+                 if not bottoms for top in tops}
         groups = _storage_groups(net)
         self._users = _steps_by_blob(net)
         n = len(net.steps)

@@ -16,7 +16,11 @@ What the first argument may be:
   folder first, then the current directory; ``test_net:`` names the test
   net);
 - a staged schedule: handed to ``solver.schedule.run(path, args)``
-  (``is_schedule`` decides; see ``run_schedule``).
+  (``is_schedule`` decides; see ``run_schedule``);
+- a plain Caffe net (no RoIData layer: it reads its own data through Data,
+  ImageData, HDF5Data ... layers) or its solver file: trained as ``caffe
+  train --solver`` does, with the solver file's test nets
+  (``solver.train_caffe``).
 
 The run is one ``solver.session.TrainingSession`` (the same one each
 training stage of ``solver.schedule`` runs); this module reads the
@@ -76,6 +80,7 @@ from detection.detector import Detector, keep_detection_blobs, load_weights, res
 from detection.plot import plot_log
 from solver.progress import Progress, format_duration
 from solver.session import TrainingSession, choose_seed
+from solver.train_caffe import PlainCaffeTraining, is_plain_caffe_net
 from solver.train_settings import (apply_reference_config, classify_file,
                                    is_schedule, train_settings)
 
@@ -182,6 +187,10 @@ class Training:
                      f"seed {seed}")
             self.say(settings.describe())
             net = self._train_net(settings.net_path, seed)
+            if is_plain_caffe_net(net):
+                status = PlainCaffeTraining(self, settings, net, seed, stem).run()
+                self._plot()
+                return status
             with TrainingSession(net, settings.net_path, device=self.device, say=self.say,
                                  blas_threads=self.args.blas_threads) as session:
                 self.session = session
