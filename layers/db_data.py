@@ -2,6 +2,8 @@
 ``backend: LMDB``, the databases convert_imageset and convert_mnist_data
 write)."""
 import itertools
+import os
+import weakref
 
 import numpy as np
 
@@ -25,6 +27,22 @@ def import_lmdb(where):
             f"{where}: reading an LMDB needs the lmdb package, part of the data extra: "
             "pip install -e '.[data]'") from None
     return lmdb
+
+
+# Open databases by real path: LMDB allows one environment per database in a
+# process, and a TRAIN and a TEST net may read the same one. An environment
+# closes when no layer holds it any more.
+_ENVIRONMENTS = weakref.WeakValueDictionary()
+
+
+def open_lmdb(lmdb, source):
+    """The read-only environment of the LMDB directory ``source`` (shared)."""
+    key = os.path.realpath(source)
+    env = _ENVIRONMENTS.get(key)
+    if env is None:
+        env = lmdb.open(source, readonly=True, lock=False, readahead=False)
+        _ENVIRONMENTS[key] = env
+    return env
 
 
 def datum_to_image(value, decode_color, what):
@@ -104,7 +122,7 @@ class DataLayer(Layer):
     def _open(self):
         lmdb = import_lmdb(self.where)
         try:
-            self._env = lmdb.open(self.source, readonly=True, lock=False, readahead=False)
+            self._env = open_lmdb(lmdb, self.source)
         except lmdb.Error as exc:
             raise DataError(f"{self.where}: cannot open the LMDB '{self.source}': {exc}") from None
         self.records = int(self._env.stat()["entries"])
@@ -140,10 +158,9 @@ class DataLayer(Layer):
         return f"record {index} (key {key.decode(errors='replace')!r}) of LMDB '{self.source}'"
 
     def close(self):
-        """Close the database (it reopens at the next forward)."""
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        """Let go of the database (it reopens at the next forward); it
+        closes when no other layer reads it."""
+        self._reader = self._txn = self._env = None
 
     def next_batch(self):
         """The next batch as host arrays ``(data, labels)``, advancing."""
