@@ -17,7 +17,11 @@ a new sequence there.
 
 Without ``expose_hidden`` the final state of one forward pass is the
 initial state of the next (zero at first, as in Caffe), taken as a constant:
-no gradient flows from one batch into the previous one.
+no gradient flows from one batch into the previous one. With it, h_0 (c_0)
+receive their gradients and the diffs of h_T (c_T) flow back through the
+steps; BVLC Caffe shares only the data of those blobs with its unrolled
+net, so there they give and take no gradient. Unlike Caffe, T may change
+from one reshape to the next (Caffe's unrolled net is built for one T).
 """
 import numpy as np
 
@@ -38,16 +42,16 @@ class _RecurrentLayer(Layer):
     """What RNN and LSTM share: parameters, shapes, the input transform
     ``x W_x^T + b (+ x_static W_static^T)`` and the carried state.
 
-    Subclasses give ``states`` (names of the recurrent states), ``gates``
-    (rows of W_x per output unit: 1 for RNN, 4 for LSTM), ``x_names`` (the
-    names of W_x, b, W_static in Caffe) and ``recurrent_params``.
+    Subclasses give ``states`` (the names of the initial states), ``gates``
+    (rows of W_x per output unit: 1 for RNN, 4 for LSTM), and
+    ``recurrent_params()``, the (filler field, shape) of each parameter
+    after W_x, b and W_static.
     """
 
     min_bottoms = 2
     min_tops = 1
     states = ()
     gates = 1
-    x_names = ()
 
     # -- setup --------------------------------------------------------------------
     def layer_setup(self, bottoms, tops):
@@ -56,8 +60,8 @@ class _RecurrentLayer(Layer):
         if self.num_output < 1:
             raise self.definition_error(
                 f"recurrent_param.num_output must be >= 1, found {self.num_output}")
-        # debug_info logs the statistics of Caffe's unrolled net; there is
-        # none here, so it is read by nobody.
+        # recurrent_param.debug_info makes Caffe log its unrolled net; there
+        # is none here, so it has no effect.
         self.expose_hidden = bool(p.expose_hidden)
         self._read_layout(len(bottoms), len(tops))
         self.blobs = []
@@ -332,10 +336,9 @@ class LSTMLayer(_RecurrentLayer):
     def reshape_buffers(self, xp, steps, n):
         # The cell states c_0..c_T and the gate values of every step, for
         # backward.
-        self.cell = work_buffer(self.cell, xp,
-                                (steps + 1, n, self.num_output), self.dtype)
-        self.acts = work_buffer(self.acts, xp,
-                                (steps, n, 4 * self.num_output), self.dtype)
+        h = self.num_output
+        self.cell = work_buffer(self.cell, xp, (steps + 1, n, h), self.dtype)
+        self.acts = work_buffer(self.acts, xp, (steps, n, 4 * h), self.dtype)
 
     def _forward(self, bottoms, tops, cell_forward):
         w_hc = self.blobs[self.first_recurrent_param].data
@@ -351,7 +354,8 @@ class LSTMLayer(_RecurrentLayer):
 
     def _backward(self, tops, propagate_down, bottoms, cell_backward):
         w_hc = self.blobs[self.first_recurrent_param].data
-        xp, cont, hidden, cell = array_module(bottoms[0].data), self._cont(bottoms), self.hidden, self.cell
+        xp, cont = array_module(bottoms[0].data), self._cont(bottoms)
+        hidden, cell, acts = self.hidden, self.cell, self.acts
         steps, n, h = tops[0].shape
         dgates = self.workspace.array("lstm_dgates", (steps, n, 4 * h), hidden.dtype)
         dh_next = self._final_state_diff(tops, 0, "lstm_dh")
@@ -360,7 +364,7 @@ class LSTMLayer(_RecurrentLayer):
         dh = self.workspace.array("lstm_dh_step", (n, h), hidden.dtype)
         for t in reversed(range(steps)):
             xp.add(tops[0].diff[t], dh_next, out=dh)
-            cell_backward(cell[t], self.acts[t], cont[t], cell[t + 1], dc_next, dh, dc_prev, dgates[t])
+            cell_backward(cell[t], acts[t], cont[t], cell[t + 1], dc_next, dh, dc_prev, dgates[t])
             dh_next = cont[t][:, None] * xp.matmul(dgates[t], w_hc)
             dc_next, dc_prev = dc_prev, dc_next
         self._initial_state_diffs(propagate_down, bottoms, [dh_next, dc_next])

@@ -8,6 +8,7 @@ import pytest
 
 from netdef.errors import NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
+from netdef.net import Net
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
 
 FILLERS = ('weight_filler { type: "uniform" min: -0.6 max: 0.6 } '
@@ -173,6 +174,19 @@ def test_reset_zeroes_the_carried_state(kind):
     np.testing.assert_array_equal(tops[0].data, first)
 
 
+@pytest.mark.parametrize("kind", ["RNN", "LSTM"])
+def test_number_of_steps_may_change(kind):
+    layer, bottoms, tops = run(spec(kind), make_inputs(kind, 2, 3))
+    arrays = make_inputs(kind, 5, 3, seed=1)
+    for blob, array in zip(bottoms, arrays):
+        blob.reshape(array.shape)
+        blob.data[...] = array
+    layer.reshape(bottoms, tops)
+    layer.forward(bottoms, tops)
+    np.testing.assert_allclose(tops[0].data, reference_of(kind, layer, arrays, False, False)[0],
+                               rtol=1e-12, atol=1e-14)
+
+
 def test_exposed_final_states_are_the_last_step():
     arrays = make_inputs("LSTM", 3, 2, expose=True)
     _, _, (h, h_t, c_t) = run(spec("LSTM", expose=True), arrays)
@@ -200,6 +214,27 @@ def test_parameter_blobs_in_caffes_order(kind, static, shapes):
     assert [b.shape for b in layer.blobs] == shapes
     assert [float(b.data.flat[0]) for b in layer.blobs] == [2.0 if len(s) == 2 else 3.0
                                                             for s in shapes]
+
+
+NET = """name: "seq"
+layer { name: "in" type: "Input" top: "x" top: "cont" top: "x_static"
+        input_param { shape { dim: 3 dim: 2 dim: 4 } shape { dim: 3 dim: 2 }
+                      shape { dim: 2 dim: 5 } } }
+layer { name: "rec" type: "%s" bottom: "x" bottom: "cont" bottom: "x_static" top: "out"
+        recurrent_param { num_output: 3 %s } }
+"""
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM"])
+def test_weights_round_trip_through_a_caffemodel(kind, tmp_path):
+    rng = np.random.default_rng(8)
+    inputs = {"x": rng.standard_normal((3, 2, 4)), "cont": np.array([[0, 0], [1, 1], [1, 0.0]]),
+              "x_static": rng.standard_normal((2, 5))}
+    trained = Net(NET % (kind, FILLERS), "TRAIN", dtype=np.float64)
+    expected = trained.forward(**inputs)["out"].copy()
+    trained.save(tmp_path / "seq.caffemodel")
+    loaded = Net(NET % (kind, ""), "TEST", tmp_path / "seq.caffemodel", dtype=np.float64)
+    np.testing.assert_array_equal(loaded.forward(**inputs)["out"], expected)
 
 
 # -- gradients ----------------------------------------------------------------------
