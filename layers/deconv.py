@@ -23,6 +23,7 @@ kernels of ``layers/cuda/im2col.cu`` and GEMMs through ``cupy.matmul``
 import numpy as np
 
 from layers.base import Layer, register
+from layers.conv import spatial_values
 from layers.conv_plans import make_plans
 from layers.kernels import launch
 from netdef.device import array_module
@@ -47,10 +48,10 @@ class DeconvolutionLayer(Layer):
         if len(tops) != len(bottoms):
             raise self.definition_error(
                 f"needs one top per bottom, found {len(bottoms)} bottom(s) and {len(tops)} top(s)")
-        self.kernel = self._spatial("kernel_size", "kernel_h", "kernel_w", None)
-        self.stride = self._spatial("stride", "stride_h", "stride_w", 1)
-        self.pad = self._spatial("pad", "pad_h", "pad_w", 0)
-        self.dilation = self._spatial("dilation", None, None, 1)
+        self.kernel = spatial_values(self, "kernel_size", "kernel_h", "kernel_w", None)
+        self.stride = spatial_values(self, "stride", "stride_h", "stride_w", 1)
+        self.pad = spatial_values(self, "pad", "pad_h", "pad_w", 0)
+        self.dilation = spatial_values(self, "dilation", None, None, 1)
         for name, values, low in (("kernel", self.kernel, 1), ("stride", self.stride, 1),
                                   ("dilation", self.dilation, 1), ("pad", self.pad, 0)):
             if min(values) < low:
@@ -75,29 +76,6 @@ class DeconvolutionLayer(Layer):
             bias.data[...] = self.device.xp.asarray(fill(p.bias_filler, bias.shape, self.rng(1)))
             self.blobs.append(bias)
         self._plan_key = None
-
-    def _spatial(self, field, h_field, w_field, default):
-        """(h, w) from the repeated ``field`` or its _h/_w pair, by the rules
-        Caffe's convolution layers share (those of layers/conv.py)."""
-        p = self.param.convolution_param
-        repeated = getattr(p, field)
-        if h_field is not None and (p.HasField(h_field) or p.HasField(w_field)):
-            if len(repeated):
-                raise self.definition_error(f"give either {field} or {h_field}/{w_field}, not both")
-            if default is None and not (p.HasField(h_field) and p.HasField(w_field)):
-                raise self.definition_error(f"{h_field} and {w_field} must be given together")
-            # pad_h alone means pad_w 0 (Caffe); stride_h alone, stride_w 1.
-            return tuple(int(getattr(p, f)) if p.HasField(f) else default
-                         for f in (h_field, w_field))
-        if len(repeated) == 0:
-            if default is None:
-                raise self.definition_error(
-                    f"convolution_param needs {field} (or {h_field} and {w_field})")
-            return default, default
-        if len(repeated) in (1, 2):
-            return int(repeated[0]), int(repeated[-1])
-        raise self.definition_error(
-            f"{field} takes 1 value or 2 (one per spatial axis), found {len(repeated)}")
 
     def _check_shapes(self, bottoms):
         """Validate the bottoms; return their common shape (N, C, H, W)."""

@@ -26,7 +26,7 @@ DEFAULT_NET = Path(__file__).resolve().parent.parent / "prototxt" / "resnet50_de
 def multiply_adds(layer, bottoms, tops):
     """Multiply-adds of one forward pass of ``layer``."""
     if layer.type == "Deconvolution" and layer.blobs:
-        return layer.blobs[0].count * bottoms[0].count // bottoms[0].shape[1]
+        return layer.blobs[0].count * sum(b.count // b.shape[1] for b in bottoms)
     if layer.type not in COUNTED_TYPES or not layer.blobs:
         return 0
     axis = 1
