@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 from layers.base import Layer, register
 from layers.kernels import launch
 from layers.losses import check_first_axis, refuse_gradient
-from layers.softmax import (_softmax_numpy, check_labels, contiguous, legacy_shape,
+from layers.softmax import (softmax_numpy, check_labels, contiguous, legacy_shape,
                             loss_normalizer, split_at_axis, work_buffer)
 from netdef import caffe_pb2
 from netdef.caffemodel import blob_to_array
@@ -239,7 +239,7 @@ class InfogainLossLayer(Layer):
     # -- forward: the softmax per device, the rest shared ---------------------------------
     def forward_cpu(self, bottoms, tops):
         view = (self.outer, self.channels, self.inner)
-        self.prob[...] = _softmax_numpy(bottoms[0].data.reshape(view)).reshape(self.prob.shape)
+        self.prob[...] = softmax_numpy(bottoms[0].data.reshape(view)).reshape(self.prob.shape)
         self._finish_forward(bottoms, tops)
 
     def forward_gpu(self, bottoms, tops):

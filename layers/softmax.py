@@ -111,7 +111,7 @@ def work_buffer(current, xp, shape, dtype):
     return xp.zeros(shape, dtype=dtype)
 
 
-def _softmax_numpy(x):
+def softmax_numpy(x):
     """Softmax of ``(outer, C, inner)`` along axis 1, the max subtracted
     first so that exp never overflows."""
     e = np.exp(x - x.max(axis=1, keepdims=True))
@@ -150,7 +150,7 @@ class SoftmaxLayer(Layer):
         return array.reshape(self.outer, self.channels, self.inner)
 
     def forward_cpu(self, bottoms, tops):
-        tops[0].data[...] = _softmax_numpy(self._view(bottoms[0].data)).reshape(tops[0].shape)
+        tops[0].data[...] = softmax_numpy(self._view(bottoms[0].data)).reshape(tops[0].shape)
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
@@ -279,7 +279,7 @@ class SoftmaxWithLossLayer(Layer):
     # -- CPU ----------------------------------------------------------------------
     def forward_cpu(self, bottoms, tops):
         view = (self.outer, self.channels, self.inner)
-        prob = _softmax_numpy(bottoms[0].data.reshape(view))
+        prob = softmax_numpy(bottoms[0].data.reshape(view))
         self.prob[...] = prob.reshape(self.prob.shape)
         _, labels = self._labels(bottoms)
         ignored = self._ignored(labels)
