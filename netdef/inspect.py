@@ -20,11 +20,29 @@ from netdef.errors import EngineError
 from netdef.net import Net
 
 COUNTED_TYPES = ("Convolution", "InnerProduct")
+RECURRENT_TYPES = ("RNN", "LSTM")
 DEFAULT_NET = Path(__file__).resolve().parent.parent / "prototxt" / "resnet50_deploy.prototxt"
 
 
+def _recurrent_multiply_adds(layer, bottoms):
+    """RNN / LSTM: every 2-D weight once per time step and sequence, the
+    x_static weight (after the input weight and bias) once per sequence."""
+    steps, batch = bottoms[0].shape[:2]
+    total = 0
+    for i, blob in enumerate(layer.blobs):
+        if len(blob.shape) == 2:
+            static = 2 <= i < layer.first_recurrent_param
+            total += blob.count * (batch if static else steps * batch)
+    return total
+
+
 def multiply_adds(layer, bottoms, tops):
-    """Multiply-adds of one forward pass of ``layer``."""
+    """Multiply-adds of one forward pass of ``layer`` (the layers with
+    weights that multiply activations; Embed is a lookup: none)."""
+    if layer.type in RECURRENT_TYPES:
+        return _recurrent_multiply_adds(layer, bottoms)
+    if layer.type == "PReLU":
+        return bottoms[0].count
     if layer.type == "Deconvolution" and layer.blobs:
         return layer.blobs[0].count * sum(b.count // b.shape[1] for b in bottoms)
     if layer.type not in COUNTED_TYPES or not layer.blobs:

@@ -71,3 +71,22 @@ def test_cli_unknown_type_and_missing_bottom(tmp_path, capsys):
                    'layer { name: "a" type: "ReLU" bottom: "x" top: "a" }\n')
     assert main([str(bad)]) == 2
     assert "bottom 'x' is not produced" in capsys.readouterr().err
+
+
+def test_recurrent_multiply_adds_count_each_weight_per_step():
+    from netdef import Net
+    from netdef.inspect import layer_rows
+    net = Net("""
+    layer { name: "x" type: "Input" top: "x" top: "cont" top: "static"
+            input_param { shape { dim: 4 dim: 2 dim: 5 } shape { dim: 4 dim: 2 }
+                          shape { dim: 2 dim: 6 } } }
+    layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+            recurrent_param { num_output: 3 } }
+    layer { name: "rnn" type: "RNN" bottom: "x" bottom: "cont" bottom: "static" top: "o"
+            recurrent_param { num_output: 3 } }
+    """, "TEST")
+    macs = {row["name"]: row["macs"] for row in layer_rows(net)}
+    # LSTM: W_xc (12, 5) and W_hc (12, 3), each at every one of 4 x 2 steps
+    assert macs["lstm"] == (60 + 36) * 8
+    # RNN: W_xh 3x5 and W_hh, W_ho 3x3 per step (x 8); W_xh_static 3x6 per sequence (x 2)
+    assert macs["rnn"] == (15 + 9 + 9) * 8 + 18 * 2
