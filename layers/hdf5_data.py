@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from layers.base import Layer, register
+from layers.base import Layer, NoGradientLayer, register
 from netdef.device import to_numpy
 from netdef.errors import DataError, NetDefinitionError
 
@@ -183,7 +183,7 @@ class HDF5DataLayer(Layer):
 
 
 @register("HDF5Output")
-class HDF5OutputLayer(Layer):
+class HDF5OutputLayer(NoGradientLayer):
     """Writes its two bottoms to datasets "data" and "label" of an HDF5 file.
 
     hdf5_output_param: file_name. The file is created (replacing any old
@@ -194,7 +194,8 @@ class HDF5OutputLayer(Layer):
     append opens the file, writes and closes it, so between forwards the
     file is complete and readable; it is first written under a temporary
     name and renamed, so no half-made file ever carries the name. Values
-    are written in the net's dtype. No tops, no backward.
+    are written in the net's dtype. No tops; writing has no gradient, so a
+    backward gives zero diffs to the bottoms it is asked for.
     """
 
     exact_bottoms = 2
@@ -244,8 +245,3 @@ class HDF5OutputLayer(Layer):
 
     # Writing needs the values on the host: the copy is the layer's purpose.
     forward_gpu = forward_cpu
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        pass
-
-    backward_gpu = backward_cpu

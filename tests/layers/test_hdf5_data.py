@@ -139,6 +139,15 @@ def test_output_then_hdf5data_reads_it_back(tmp_path):
     np.testing.assert_array_equal(label, arrays[1])
 
 
+def test_output_has_no_gradient(tmp_path):
+    layer, bottoms, _ = make(output_spec(tmp_path / "o.h5"), [np.ones((2, 3)), np.ones(2)])
+    bottoms[0].diff[...] = 5
+    bottoms[1].diff[...] = 5
+    layer.backward([], [True, False], bottoms)
+    assert not bottoms[0].diff.any() and (bottoms[1].diff == 5).all()
+    assert not layer.allow_force_backward(0)
+
+
 # -- errors --------------------------------------------------------------------------
 
 def test_error_transform_param_is_refused(tmp_path):
