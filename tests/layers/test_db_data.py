@@ -281,3 +281,27 @@ def test_lenet_like_net_trains_from_an_lmdb(tmp_path):
     # The TEST net (with Accuracy) reads the same database.
     result = solver.test(0)
     assert result["accuracy"] >= 0.75 and result["loss"] < losses[0]
+
+
+def test_a_snapshot_resumes_at_the_same_records(tmp_path):
+    from solver.sgd import SGDSolver
+    source = write_lmdb(tmp_path / "train_lmdb", bar_images(20))
+    net = LENET.replace("SOURCE", source).replace("scale: 0.00390625",
+                                                  "scale: 0.00390625 crop_size: 6 mirror: true")
+    (tmp_path / "net.prototxt").write_text(net)
+    (tmp_path / "solver.prototxt").write_text(
+        SOLVER.replace("test_iter: 2\n", "").replace("test_interval: 100\n", "")
+        + 'snapshot_prefix: "snap/lenet"\n')
+    first = SGDSolver(str(tmp_path / "solver.prototxt"), stream=None, dtype=np.float64)
+    first.step(3)
+    path = first.snapshot()
+    expected = []
+    for _ in range(3):
+        first.step(1)
+        expected.append(first.loss_window[-1])
+    second = SGDSolver(str(tmp_path / "solver.prototxt"), stream=None, dtype=np.float64)
+    second.restore(path)
+    assert second.net.layer_dict["mnist"].position == 3 * 8
+    for want in expected:
+        second.step(1)
+        assert second.loss_window[-1] == want

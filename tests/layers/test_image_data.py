@@ -163,6 +163,24 @@ def test_jpeg_images_and_float64(tmp_path):
     np.testing.assert_allclose(data[0], bgr_chw(rgb), atol=3)
 
 
+def test_in_a_net_train_and_test(tmp_path):
+    from netdef.net import Net
+    source, arrays, labels = write_images(tmp_path, count=4, labels=[0, 1, 1, 0])
+    text = (f"layer {{ {spec(source, tmp_path, transform='crop_size: 4 scale: 0.01')} }}\n"
+            'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+            'inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }\n'
+            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" '
+            'top: "loss" }')
+    for phase in ("TRAIN", "TEST"):
+        net = Net(text, phase)
+        out = net.forward()
+        net.backward()
+        assert np.isfinite(out.loss) and net.blobs["data"].shape == (2, 3, 4, 4)
+        assert net.blobs["label"].data.tolist() == [0, 1]
+    np.testing.assert_array_equal(net.blobs["data"].data[0],
+                                  bgr_chw(arrays[0])[:, 1:5, 1:5] * np.float32(0.01))
+
+
 # -- errors --------------------------------------------------------------------------
 
 def test_error_missing_list_file(tmp_path):
