@@ -6,6 +6,7 @@ import os
 import weakref
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from layers.base import Layer, register
 from layers.input_pipeline.caffe_transform import CaffeTransform, decode_image, pad_images
@@ -52,7 +53,7 @@ def datum_to_image(value, decode_color, what):
     datum = caffe_pb2.Datum()
     try:
         datum.ParseFromString(value)
-    except Exception as exc:  # protobuf's DecodeError
+    except DecodeError as exc:
         raise DataError(f"{what} is not a Caffe Datum: {exc}") from None
     if datum.encoded:
         return decode_image(datum.data, decode_color, what=what).transpose(2, 0, 1), datum.label
@@ -112,9 +113,9 @@ class DataLayer(Layer):
         self._open()
         self.position = int(self.rng(_SKIP_SALT).integers(p.rand_skip)) if p.rand_skip else 0
         (key, value), = self._read(self.position, 1)
-        image, _ = datum_to_image(value, self.transform.decode_color,
-                                  f"{self.where}: {self._describe(self.position, key)}")
-        self.transform.check(image.shape[0], [image.shape[1:]], lambda i: "the first record")
+        name = self._describe(self.position, key)
+        image, _ = datum_to_image(value, self.transform.decode_color, f"{self.where}: {name}")
+        self.transform.check(image.shape[0], [image.shape[1:]], lambda i: name)
         tops[0].reshape((self.batch_size,) + self.transform.output_shape(*image.shape))
         if len(tops) > 1:
             tops[1].reshape((self.batch_size,))

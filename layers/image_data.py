@@ -92,12 +92,11 @@ class ImageDataLayer(Layer):
                     f"{self.where}: rand_skip drew {skip} lines to skip, but image list "
                     f"'{self.source}' has only {len(self.entries)}")
             self.position = skip
-        first = self._load([self._line_indices(np.array([self.position]))[0]])[0]
-        self._size_tops(tops, first.shape)
-
-    def _size_tops(self, tops, image_shape):
-        self.transform.check(image_shape[0], [image_shape[1:]], lambda i: "the first image")
-        tops[0].reshape((self.batch_size,) + self.transform.output_shape(*image_shape))
+        # As in Caffe, the tops take the shape of the first image.
+        index = self._line_indices(np.array([self.position]))[0]
+        shape = self._load([index])[0].shape
+        self.transform.check(shape[0], [shape[1:]], lambda i: self._describe(index))
+        tops[0].reshape((self.batch_size,) + self.transform.output_shape(*shape))
         tops[1].reshape((self.batch_size,))
 
     # -- the order ---------------------------------------------------------------

@@ -25,6 +25,7 @@ shrinking where OpenCV's samples four pixels (they agree when enlarging).
 import io
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from netdef import caffe_pb2
 from netdef.caffemodel import blob_to_array
@@ -47,7 +48,7 @@ def read_mean_file(path):
         mean = blob_to_array(blob, where=f"mean_file '{path}'")
     except WeightsError as exc:
         raise DataError(str(exc)) from None
-    except Exception as exc:  # protobuf's DecodeError
+    except DecodeError as exc:
         raise DataError(f"mean_file '{path}' is not a BlobProto: {exc}") from None
     if mean.ndim == 4 and mean.shape[0] == 1:
         mean = mean[0]
