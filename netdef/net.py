@@ -311,9 +311,24 @@ class Net:
                 chosen += [LayerStep(self, k) for k in inside]
         return chosen
 
-    def set_input_arrays(self, **arrays):
-        """Copy arrays (NumPy or CuPy) into blobs, reshaping them as needed."""
-        for name, array in arrays.items():
+    def set_input_arrays(self, *arrays, **named):
+        """Copy keyword arrays (NumPy or CuPy) into the blobs of those names,
+        reshaping them as needed; or, as pycaffe, ``set_input_arrays(data,
+        labels)``: hand them to the net's first layer, which must be a
+        MemoryData layer (its ``reset``: data ``(n, C, H, W)``, labels ``(n,)``
+        or ``(n, 1, 1, 1)``, ``n`` a multiple of its batch_size)."""
+        if arrays:
+            if len(arrays) != 2 or named:
+                raise NetDefinitionError(
+                    f"{self.source}: set_input_arrays takes (data, labels) for a MemoryData "
+                    "layer, or blob_name=array keywords")
+            if not self.layers or self.layers[0].type != "MemoryData":
+                raise NetDefinitionError(
+                    f"{self.source}: set_input_arrays(data, labels) needs a MemoryData layer "
+                    "as the net's first layer")
+            self.layers[0].reset(*arrays)
+            return
+        for name, array in named.items():
             if name not in self.blobs:
                 raise NetDefinitionError(
                     f"{self.source}: no blob named '{name}' (inputs: {', '.join(self.inputs)})")

@@ -59,6 +59,26 @@ def test_in_a_net_the_layer_is_fed_through_reset():
     np.testing.assert_array_equal(net.blobs["label"].data, labels[2:].astype(np.float32))
 
 
+def test_pycaffes_set_input_arrays_feeds_the_first_memory_data_layer():
+    net = Net(f"layer {{ {SPEC} }}\n"
+              'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+              'inner_product_param { num_output: 2 } }', "TEST")
+    data, labels = arrays(4)
+    net.set_input_arrays(data, labels)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data, data[:2].astype(np.float32))
+    with pytest.raises(NetDefinitionError, match=r"takes \(data, labels\) for a MemoryData"):
+        net.set_input_arrays(data)
+    with pytest.raises(NetDefinitionError, match=r"takes \(data, labels\)"):
+        net.set_input_arrays(data, labels, ip=data)
+    plain = Net('layer { name: "in" type: "Input" top: "x" '
+                'input_param { shape { dim: 1 dim: 2 } } }', "TEST")
+    with pytest.raises(NetDefinitionError, match=r"needs a MemoryData layer as the net's first"):
+        plain.set_input_arrays(data, labels)
+    plain.set_input_arrays(x=np.ones((1, 2)))      # the keyword form is unchanged
+    np.testing.assert_array_equal(plain.blobs["x"].data, 1)
+
+
 def test_transform_param_is_not_applied_and_says_so():
     layer, tops = make(SPEC + " transform_param { scale: 2 }")
     data, labels = arrays(2)
