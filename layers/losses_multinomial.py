@@ -8,20 +8,15 @@ taking its log, and both are the same array math on both devices (gathers,
 products and sums), except InfogainLoss's softmax, which runs the kernels
 of ``layers/cuda/softmax.cu`` on the GPU.
 """
-import os
-
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from layers.base import Layer, register
 from layers.kernels import launch
 from layers.losses import check_first_axis, refuse_gradient
 from layers.softmax import (softmax_numpy, check_labels, contiguous, legacy_shape,
                             loss_normalizer, split_at_axis, work_buffer)
-from netdef import caffe_pb2
-from netdef.caffemodel import blob_to_array
+from netdef.caffemodel import read_blob_proto
 from netdef.device import array_module
-from netdef.errors import DataError, WeightsError
 
 # Caffe's kLOG_THRESHOLD is the float 1e-20, compared as Dtype.
 LOG_THRESHOLD = float(np.float32(1e-20))
@@ -96,29 +91,10 @@ class MultinomialLogisticLossLayer(Layer):
 # -- InfogainLoss --------------------------------------------------------------------
 
 def read_infogain_matrix(layer, path):
-    """The BlobProto (``.binaryproto``) in ``path`` as a NumPy array of its
-    shape; DataError naming the layer and the file when it is missing,
-    unreadable, not a BlobProto or empty."""
-    where = f"{layer.where}: infogain_loss_param.source '{path}'"
-    try:
-        with open(os.fspath(path), "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        raise DataError(f"{where}: no such file") from None
-    except OSError as exc:
-        raise DataError(f"{where}: cannot read the file: {exc.strerror}") from None
-    blob = caffe_pb2.BlobProto()
-    try:
-        blob.ParseFromString(raw)
-        array = blob_to_array(blob, where=where)
-    except DecodeError as exc:
-        raise DataError(f"{where}: not a binary BlobProto (.binaryproto): {exc}") from None
-    except WeightsError as exc:
-        raise DataError(f"{exc} (a malformed BlobProto)") from None
-    if array.size == 0:
-        raise DataError(f"{where}: the BlobProto holds no values, expected the "
-                        "infogain matrix H (C x C)")
-    return array
+    """The infogain matrix H of the ``.binaryproto`` in ``path``; DataError
+    naming the layer and the file when it is missing, unreadable, not a
+    BlobProto or empty."""
+    return read_blob_proto(path, f"{layer.where}: infogain_loss_param.source '{path}'")
 
 
 @register("InfogainLoss")

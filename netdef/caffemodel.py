@@ -16,7 +16,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from netdef import caffe_pb2
-from netdef.errors import ParseError, WeightsError
+from netdef.errors import DataError, ParseError, WeightsError
 from netdef.schema import upgrade_net
 from netdef.snapshot_format import atomic_writer
 
@@ -25,6 +25,7 @@ __all__ = [
     "read_caffemodel",
     "caffemodel_blobs",
     "blob_to_array",
+    "read_blob_proto",
     "conform_blob",
     "write_caffemodel",
 ]
@@ -141,6 +142,32 @@ def blob_to_array(blob, where="blob", blob_index=0):
     dtype = np.float64 if field == "double_data" else np.float32
     return np.array(getattr(blob, field), dtype=dtype).reshape(shape)
 
+
+
+def read_blob_proto(path, where):
+    """The one BlobProto of a ``.binaryproto`` file (a mean image, an
+    infogain matrix) as a NumPy array of its shape. ``where`` names what
+    reads it (e.g. "layer 'loss' (InfogainLoss): infogain_loss_param.source
+    'H.binaryproto'"); a missing, unreadable, undecodable, malformed or empty
+    file is a DataError starting with it."""
+    try:
+        with open(os.fspath(path), "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise DataError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{where}: cannot read the file: {exc.strerror or exc}") from None
+    blob = caffe_pb2.BlobProto()
+    try:
+        blob.ParseFromString(raw)
+        array = blob_to_array(blob, where=where)
+    except DecodeError as exc:
+        raise DataError(f"{where}: not a binary BlobProto (.binaryproto): {exc}") from None
+    except WeightsError as exc:
+        raise DataError(f"{exc} (a malformed BlobProto)") from None
+    if array.size == 0:
+        raise DataError(f"{where}: the BlobProto holds no values")
+    return array
 
 def caffemodel_blobs(net_param, filename=None):
     """OrderedDict layer name -> list of NumPy arrays, for every layer (new

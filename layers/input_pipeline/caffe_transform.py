@@ -25,11 +25,9 @@ shrinking where OpenCV's samples four pixels (they agree when enlarging).
 import io
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
-from netdef import caffe_pb2
-from netdef.caffemodel import blob_to_array
-from netdef.errors import DataError, NetDefinitionError, WeightsError
+from netdef.caffemodel import read_blob_proto
+from netdef.errors import DataError, NetDefinitionError
 
 __all__ = ["CaffeTransform", "decode_image", "pad_images", "read_mean_file"]
 
@@ -37,19 +35,7 @@ __all__ = ["CaffeTransform", "decode_image", "pad_images", "read_mean_file"]
 def read_mean_file(path):
     """The mean image ``(C, H, W)`` float32 of a ``.binaryproto`` BlobProto
     (as Caffe's compute_image_mean writes it, ``(1, C, H, W)``)."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        raise DataError(f"cannot read mean_file '{path}': {exc.strerror or exc}") from None
-    blob = caffe_pb2.BlobProto()
-    try:
-        blob.ParseFromString(raw)
-        mean = blob_to_array(blob, where=f"mean_file '{path}'")
-    except WeightsError as exc:
-        raise DataError(str(exc)) from None
-    except DecodeError as exc:
-        raise DataError(f"mean_file '{path}' is not a BlobProto: {exc}") from None
+    mean = read_blob_proto(path, f"mean_file '{path}'")
     if mean.ndim == 4 and mean.shape[0] == 1:
         mean = mean[0]
     if mean.ndim != 3 or mean.size == 0:

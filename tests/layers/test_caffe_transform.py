@@ -181,10 +181,10 @@ def test_error_force_color_and_force_gray_together():
 
 
 def test_error_unreadable_or_malformed_mean_file(tmp_path):
-    with pytest.raises(DataError, match=r"layer 'd'.*cannot read mean_file '.*missing'"):
+    with pytest.raises(DataError, match=r"layer 'd'.*mean_file '.*missing': no such file"):
         CaffeTransform(param(f'mean_file: "{tmp_path / "missing"}"'), "TRAIN", "layer 'd'")
     (tmp_path / "bad").write_bytes(b"\xff\xff\xff")
-    with pytest.raises(DataError, match="mean_file '.*bad' is not a BlobProto"):
+    with pytest.raises(DataError, match=r"mean_file '.*bad': not a binary BlobProto \(.binaryproto\)"):
         read_mean_file(str(tmp_path / "bad"))
     flat = caffe_pb2.BlobProto(data=[1.0, 2.0])
     (tmp_path / "flat").write_bytes(flat.SerializeToString())
