@@ -10,9 +10,11 @@ CPU (no weights). With ``--phase ALL`` (Caffe's default) every layer is
 drawn and the shapes come from the TRAIN and TEST nets, each edge with the
 shape of the phases its layer is in. A net that does not build (a data
 layer that needs its dataset, a layer type this engine lacks) is drawn
-without shapes, and a note on stderr says why; ``--input`` gives the shapes
-of the tops of data and Input layers, which then stand in for them while
-shapes are worked out.
+without shapes, and a note on stderr says why. ``--input NAME=D1,D2,...``
+gives the shape of a top of a data or Input layer (of the drawn phase; of
+either phase with ALL): while shapes are worked out, an Input layer of the
+given shapes stands in for each such layer, which must have all its tops
+given. The drawing shows the layers as written.
 
 The ``.dot`` text is written by this module; pictures are rendered by
 Graphviz through its Python binding (the ``draw`` extra). When a picture
@@ -49,8 +51,10 @@ class GraphvizMissing(Exception):
 
 def with_input_layers(net, shapes):
     """A copy of NetParameter ``net`` in which each layer without bottoms
-    whose tops are all named in ``shapes`` (blob name -> shape) is an Input
-    layer of those shapes, with the same name, tops and phase rules."""
+    whose tops are named in ``shapes`` (blob name -> shape) is an Input
+    layer of those shapes, with the same name, tops and phase rules.
+    NetDefinitionError when such a layer has a top not named in ``shapes``,
+    or a name in ``shapes`` is no top of a layer without bottoms."""
     result = caffe_pb2.NetParameter()
     result.CopyFrom(net)
     used = set()
@@ -84,7 +88,7 @@ def phase_shapes(model, phases, note):
     found = {}
     for phase in phases:
         try:
-            net = Net(model, phase)
+            net = Net(model, phase, plan=False)  # shapes need no fused steps
         except EngineError as exc:
             note(f"note: no blob shapes for the {phase} net, which does not build here: {exc} "
                  "(--input NAME=D1,D2,... gives the shapes of a data layer's tops)")
@@ -117,7 +121,7 @@ def shape_labeler(net, shapes):
 def net_graph(net, phase="ALL", rankdir="LR", inputs=None, source=None, note=None):
     """The NetGraph of NetParameter ``net`` in ``phase`` (ALL: every layer),
     edges labelled with blob shapes where the net builds. ``inputs`` (blob
-    name -> shape) stand in for data layers (``with_input_layers``);
+    name -> shape) give data layers' top shapes (``with_input_layers``);
     ``source``, the prototxt path, lets build errors name the file;
     ``note`` receives the notes about missing shapes (default: stderr)."""
     note = note or (lambda text: print(text, file=sys.stderr))
