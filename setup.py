@@ -29,6 +29,8 @@ setup(
         # Net drawings (python -m netdef.draw); pictures also need Graphviz's
         # `dot` program (apt-get install graphviz).
         "draw": ["graphviz>=0.20"],
+        # t-SNE for the embeddings picture of python -m solver.visualize.
+        "viz": ["scikit-learn>=1.3"],
         # PyTorch, for the side-by-side benchmarks in bench/ only.
         "bench": ["torch>=2.1"],
         "test": [
@@ -44,6 +46,7 @@ setup(
             "h5py>=3.8",
             "lmdb>=1.4",
             "graphviz>=0.20",
+            "scikit-learn>=1.3",
         ],
     },
 )
