@@ -199,6 +199,21 @@ def test_bvlc_clip_and_swish_fields_are_decoded_by_layer_type(tmp_path):
     assert not raw_clip.HasField("clip_param")
 
 
+def test_bvlc_binary_net_with_a_clip_layer_builds_and_clips(tmp_path):
+    from netdef import Net
+    source = caffe_pb2.LayerParameter(name="in", type="Input", top=["x"])
+    source.input_param.shape.add(dim=[1, 4])
+    clip = caffe_pb2.LayerParameter(name="clip", type="Clip", bottom=["x"], top=["y"])
+    clip_param = caffe_pb2.ClipParameter(min=-0.5, max=6.0).SerializeToString()
+    raw = (message_field(100, source.SerializeToString())
+           + message_field(100, clip.SerializeToString() + message_field(148, clip_param)))
+    path = tmp_path / "clip.binaryproto"
+    path.write_bytes(raw)
+    net = Net(load_net_param(path), "TEST")
+    out = net.forward(x=np.array([[-3.0, 0.25, 2.0, 9.0]]))
+    np.testing.assert_array_equal(out["y"], [[-0.5, 0.25, 2.0, 6.0]])
+
+
 def test_raw_v1_blobs_read_without_upgrade(legacy_file):
     blobs = caffemodel_blobs(load_net_param(legacy_file, upgrade=False))
     assert [a.shape for a in blobs["fc"]] == [(1, 1, 4, 18), (4,)]
