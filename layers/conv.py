@@ -56,6 +56,69 @@ def spatial_values(layer, field, h_field, w_field, default):
         f"{field} takes 1 value or 2 (one per spatial axis), found {len(repeated)}")
 
 
+def read_geometry(layer):
+    """Read and check the convolution_param fields Convolution and
+    Deconvolution share into ``layer``: kernel, stride, pad, dilation (each
+    (h, w)), num_output, group, bias_term."""
+    p = layer.param.convolution_param
+    layer.kernel = spatial_values(layer, "kernel_size", "kernel_h", "kernel_w", None)
+    layer.stride = spatial_values(layer, "stride", "stride_h", "stride_w", 1)
+    layer.pad = spatial_values(layer, "pad", "pad_h", "pad_w", 0)
+    layer.dilation = spatial_values(layer, "dilation", None, None, 1)
+    for name, values, low in (("kernel", layer.kernel, 1), ("stride", layer.stride, 1),
+                              ("dilation", layer.dilation, 1), ("pad", layer.pad, 0)):
+        if min(values) < low:
+            raise layer.definition_error(f"{name} must be >= {low} on each axis, found {values}")
+    layer.num_output, layer.group, layer.bias_term = int(p.num_output), int(p.group), \
+        bool(p.bias_term)
+    if layer.num_output < 1:
+        raise layer.definition_error(
+            f"convolution_param.num_output must be >= 1, found {layer.num_output}")
+    if layer.group < 1:
+        raise layer.definition_error(f"convolution_param.group must be >= 1, found {layer.group}")
+    if layer.num_output % layer.group:
+        raise layer.definition_error(
+            f"num_output {layer.num_output} is not divisible by group {layer.group} "
+            f"(bottom '{layer.bottom_name(0)}')")
+
+
+def check_bottoms(layer, bottoms):
+    """The checks both convolution layers make of their bottoms (4-D, the
+    channel axis, one shape for all, channels divisible by group and equal
+    to the weights'); returns the common shape (N, C, H, W)."""
+    first = bottoms[0].shape
+    if len(first) != 4:
+        raise layer.shape_error(0, "a 4-D blob (N, C, H, W)", first)
+    axis = layer.param.convolution_param.axis
+    if axis not in (1, -3):
+        raise layer.definition_error(
+            f"convolution_param.axis must be the channel axis 1 of the 4-D bottom "
+            f"'{layer.bottom_name(0)}', found {axis}")
+    for i, blob in enumerate(bottoms[1:], 1):
+        if blob.shape != first:
+            raise layer.shape_error(i, f"the shape of bottom '{layer.bottom_name(0)}' {first}",
+                                    blob.shape)
+    if first[1] % layer.group:
+        raise layer.shape_error(0, f"channels divisible by group {layer.group}", first)
+    if layer.blobs and first[1] != layer.channels:
+        raise layer.shape_error(
+            0, f"{layer.channels} channels (the weights are {layer.blobs[0].shape})", first)
+    return first
+
+
+def create_params(layer, weight_shape):
+    """``layer.blobs``: the weight of ``weight_shape`` and, with bias_term,
+    the bias (num_output,), filled by convolution_param's fillers."""
+    p = layer.param.convolution_param
+    weight = layer.new_param_blob(weight_shape)
+    weight.data[...] = layer.device.xp.asarray(fill(p.weight_filler, weight.shape, layer.rng(0)))
+    layer.blobs = [weight]
+    if layer.bias_term:
+        bias = layer.new_param_blob((layer.num_output,))
+        bias.data[...] = layer.device.xp.asarray(fill(p.bias_filler, bias.shape, layer.rng(1)))
+        layer.blobs.append(bias)
+
+
 @register("Convolution")
 class ConvolutionLayer(Layer):
     """Caffe's Convolution (see the module docstring for shapes).
@@ -70,61 +133,19 @@ class ConvolutionLayer(Layer):
     min_tops = 1
 
     def layer_setup(self, bottoms, tops):
-        p = self.param.convolution_param
         if len(tops) != len(bottoms):
             raise self.definition_error(
                 f"needs one top per bottom, found {len(bottoms)} bottom(s) and {len(tops)} top(s)")
-        self.kernel = spatial_values(self, "kernel_size", "kernel_h", "kernel_w", None)
-        self.stride = spatial_values(self, "stride", "stride_h", "stride_w", 1)
-        self.pad = spatial_values(self, "pad", "pad_h", "pad_w", 0)
-        self.dilation = spatial_values(self, "dilation", None, None, 1)
-        for name, values, low in (("kernel", self.kernel, 1), ("stride", self.stride, 1),
-                                  ("dilation", self.dilation, 1), ("pad", self.pad, 0)):
-            if min(values) < low:
-                raise self.definition_error(f"{name} must be >= {low} on each axis, found {values}")
-        self.num_output = int(p.num_output)
-        self.group = int(p.group)
-        self.bias_term = bool(p.bias_term)
-        if self.num_output < 1:
-            raise self.definition_error(f"convolution_param.num_output must be >= 1, found {self.num_output}")
-        if self.group < 1:
-            raise self.definition_error(f"convolution_param.group must be >= 1, found {self.group}")
-        if self.num_output % self.group:
-            raise self.definition_error(
-                f"num_output {self.num_output} is not divisible by group {self.group} "
-                f"(bottom '{self.bottom_name(0)}')")
-        channels = self._check_shapes(bottoms)[1]
-        self.channels = channels
+        read_geometry(self)
+        self.channels = self._check_shapes(bottoms)[1]
         kh, kw = self.kernel
-        weight = self.new_param_blob((self.num_output, channels // self.group, kh, kw))
-        weight.data[...] = self.device.xp.asarray(fill(p.weight_filler, weight.shape, self.rng(0)))
-        self.blobs = [weight]
-        if self.bias_term:
-            bias = self.new_param_blob((self.num_output,))
-            bias.data[...] = self.device.xp.asarray(fill(p.bias_filler, bias.shape, self.rng(1)))
-            self.blobs.append(bias)
+        create_params(self, (self.num_output, self.channels // self.group, kh, kw))
         self._plan_key = None
 
     def _check_shapes(self, bottoms):
         """Validate the bottoms; return their common shape (N, C, H, W)."""
-        first = bottoms[0].shape
-        if len(first) != 4:
-            raise self.shape_error(0, "a 4-D blob (N, C, H, W)", first)
-        axis = self.param.convolution_param.axis
-        if axis not in (1, -3):
-            raise self.definition_error(
-                f"convolution_param.axis must be the channel axis 1 of the 4-D bottom "
-                f"'{self.bottom_name(0)}', found {axis}")
-        for i, blob in enumerate(bottoms[1:], 1):
-            if blob.shape != first:
-                raise self.shape_error(i, f"the shape of bottom '{self.bottom_name(0)}' {first}",
-                                       blob.shape)
-        n, c, h, w = first
-        if c % self.group:
-            raise self.shape_error(0, f"channels divisible by group {self.group}", first)
-        if self.blobs and c != self.channels:
-            raise self.shape_error(
-                0, f"{self.channels} channels (the weights are {self.blobs[0].shape})", first)
+        first = check_bottoms(self, bottoms)
+        _, _, h, w = first
         for axis_name, size, k, pad, dil in (("height", h, self.kernel[0], self.pad[0], self.dilation[0]),
                                              ("width", w, self.kernel[1], self.pad[1], self.dilation[1])):
             extent = dil * (k - 1) + 1

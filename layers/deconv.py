@@ -23,11 +23,10 @@ kernels of ``layers/cuda/im2col.cu`` and GEMMs through ``cupy.matmul``
 import numpy as np
 
 from layers.base import Layer, register
-from layers.conv import spatial_values
+from layers.conv import check_bottoms, create_params, read_geometry
 from layers.conv_plans import make_plans
 from layers.kernels import launch
 from netdef.device import array_module
-from netdef.fillers import fill
 
 
 @register("Deconvolution")
@@ -44,58 +43,19 @@ class DeconvolutionLayer(Layer):
     min_tops = 1
 
     def layer_setup(self, bottoms, tops):
-        p = self.param.convolution_param
         if len(tops) != len(bottoms):
             raise self.definition_error(
                 f"needs one top per bottom, found {len(bottoms)} bottom(s) and {len(tops)} top(s)")
-        self.kernel = spatial_values(self, "kernel_size", "kernel_h", "kernel_w", None)
-        self.stride = spatial_values(self, "stride", "stride_h", "stride_w", 1)
-        self.pad = spatial_values(self, "pad", "pad_h", "pad_w", 0)
-        self.dilation = spatial_values(self, "dilation", None, None, 1)
-        for name, values, low in (("kernel", self.kernel, 1), ("stride", self.stride, 1),
-                                  ("dilation", self.dilation, 1), ("pad", self.pad, 0)):
-            if min(values) < low:
-                raise self.definition_error(f"{name} must be >= {low} on each axis, found {values}")
-        self.num_output = int(p.num_output)
-        self.group = int(p.group)
-        self.bias_term = bool(p.bias_term)
-        if self.num_output < 1:
-            raise self.definition_error(f"convolution_param.num_output must be >= 1, found {self.num_output}")
-        if self.group < 1:
-            raise self.definition_error(f"convolution_param.group must be >= 1, found {self.group}")
-        if self.num_output % self.group:
-            raise self.definition_error(
-                f"num_output {self.num_output} is not divisible by group {self.group}")
+        read_geometry(self)
         self.channels = self._check_shapes(bottoms)[1]
         kh, kw = self.kernel
-        weight = self.new_param_blob((self.channels, self.num_output // self.group, kh, kw))
-        weight.data[...] = self.device.xp.asarray(fill(p.weight_filler, weight.shape, self.rng(0)))
-        self.blobs = [weight]
-        if self.bias_term:
-            bias = self.new_param_blob((self.num_output,))
-            bias.data[...] = self.device.xp.asarray(fill(p.bias_filler, bias.shape, self.rng(1)))
-            self.blobs.append(bias)
+        # Caffe's deconvolution weights put the input channels first.
+        create_params(self, (self.channels, self.num_output // self.group, kh, kw))
         self._plan_key = None
 
     def _check_shapes(self, bottoms):
         """Validate the bottoms; return their common shape (N, C, H, W)."""
-        first = bottoms[0].shape
-        if len(first) != 4:
-            raise self.shape_error(0, "a 4-D blob (N, C, H, W)", first)
-        axis = self.param.convolution_param.axis
-        if axis not in (1, -3):
-            raise self.definition_error(
-                f"convolution_param.axis must be the channel axis 1 of the 4-D bottom "
-                f"'{self.bottom_name(0)}', found {axis}")
-        for i, blob in enumerate(bottoms[1:], 1):
-            if blob.shape != first:
-                raise self.shape_error(i, f"the shape of bottom '{self.bottom_name(0)}' {first}",
-                                       blob.shape)
-        if first[1] % self.group:
-            raise self.shape_error(0, f"channels divisible by group {self.group}", first)
-        if self.blobs and first[1] != self.channels:
-            raise self.shape_error(
-                0, f"{self.channels} channels (the weights are {self.blobs[0].shape})", first)
+        first = check_bottoms(self, bottoms)
         out = self.output_shape(first)
         if min(first[2:]) < 1 or min(out[2:]) < 1:
             raise self.shape_error(
