@@ -8,7 +8,8 @@ import weakref
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from layers.base import Layer, register
+from layers.base import register
+from layers.host_batches import HostBatchLayer
 from layers.input_pipeline.caffe_transform import CaffeTransform, decode_image, pad_images
 from netdef import caffe_pb2
 from netdef.errors import DataError, NetDefinitionError
@@ -70,7 +71,7 @@ def datum_to_image(value, decode_color, what):
 
 
 @register("Data")
-class DataLayer(Layer):
+class DataLayer(HostBatchLayer):
     """Datum records read in key order from an LMDB, cyclically.
 
     data_param: source (the LMDB directory), batch_size, backend (LMDB;
@@ -92,7 +93,6 @@ class DataLayer(Layer):
 
     random_state_attributes = ("position",)
 
-    exact_bottoms = 0
     min_tops = 1
     max_tops = 2
 
@@ -179,23 +179,3 @@ class DataLayer(Layer):
         labels = np.array([label for _, label in decoded], dtype=self.dtype)
         self.position += self.batch_size
         return data, labels
-
-    def reshape(self, bottoms, tops):
-        # Sized in setup and by every forward (each batch takes its first
-        # record's shape).
-        pass
-
-    def forward_cpu(self, bottoms, tops):
-        data, labels = self.next_batch()
-        tops[0].set_data(data)
-        if len(tops) > 1:
-            tops[1].set_data(labels)
-
-    # The batch is decoded on the host either way; set_data copies it to
-    # the tops' device.
-    forward_gpu = forward_cpu
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        pass
-
-    backward_gpu = backward_cpu

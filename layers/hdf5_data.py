@@ -4,7 +4,8 @@ import os
 
 import numpy as np
 
-from layers.base import Layer, NoGradientLayer, register
+from layers.base import NoGradientLayer, register
+from layers.host_batches import HostBatchLayer
 from netdef.device import to_numpy
 from netdef.errors import DataError, NetDefinitionError
 
@@ -44,7 +45,7 @@ def read_file_list(source):
 
 
 @register("HDF5Data")
-class HDF5DataLayer(Layer):
+class HDF5DataLayer(HostBatchLayer):
     """Rows of the datasets named by the tops, from the files of a list.
 
     hdf5_data_param: source (a text file naming one .h5 file per line),
@@ -65,7 +66,6 @@ class HDF5DataLayer(Layer):
 
     random_state_attributes = ("file_pass", "file_cursor", "row")
 
-    exact_bottoms = 0
     min_tops = 1
 
     def layer_setup(self, bottoms, tops):
@@ -163,23 +163,6 @@ class HDF5DataLayer(Layer):
             filled += len(take)
             self.row += len(take)
         return [np.concatenate(part) for part in parts]
-
-    def reshape(self, bottoms, tops):
-        # Sized in setup; every batch has the same shape.
-        pass
-
-    def forward_cpu(self, bottoms, tops):
-        for top, array in zip(tops, self.next_batch()):
-            top.set_data(array)
-
-    # The batch is read on the host either way; set_data copies it to the
-    # tops' device.
-    forward_gpu = forward_cpu
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        pass
-
-    backward_gpu = backward_cpu
 
 
 @register("HDF5Output")

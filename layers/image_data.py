@@ -2,7 +2,8 @@
 ImageDataLayer)."""
 import numpy as np
 
-from layers.base import Layer, register
+from layers.base import register
+from layers.host_batches import HostBatchLayer
 from layers.input_pipeline.caffe_transform import CaffeTransform, decode_image, pad_images
 from netdef.errors import DataError
 
@@ -39,7 +40,7 @@ def read_image_list(source):
 
 
 @register("ImageData")
-class ImageDataLayer(Layer):
+class ImageDataLayer(HostBatchLayer):
     """Images and labels from a list file, decoded with Pillow.
 
     image_data_param: source (the list file, ``relative/path label`` per
@@ -61,7 +62,6 @@ class ImageDataLayer(Layer):
 
     random_state_attributes = ("position",)
 
-    exact_bottoms = 0
     exact_tops = 2
 
     def layer_setup(self, bottoms, tops):
@@ -139,22 +139,3 @@ class ImageDataLayer(Layer):
         labels = self.labels[indices].astype(self.dtype)
         self.position += self.batch_size
         return data, labels
-
-    def reshape(self, bottoms, tops):
-        # Sized in setup and by every forward (each batch takes its first
-        # image's shape).
-        pass
-
-    def forward_cpu(self, bottoms, tops):
-        data, labels = self.next_batch()
-        tops[0].set_data(data)
-        tops[1].set_data(labels)
-
-    # The batch is decoded on the host either way; set_data copies it to
-    # the tops' device.
-    forward_gpu = forward_cpu
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        pass
-
-    backward_gpu = backward_cpu

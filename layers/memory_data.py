@@ -4,13 +4,14 @@ import warnings
 
 import numpy as np
 
-from layers.base import Layer, register
+from layers.base import register
+from layers.host_batches import HostBatchLayer
 from netdef.device import to_numpy
 from netdef.errors import DataError, DataWarning
 
 
 @register("MemoryData")
-class MemoryDataLayer(Layer):
+class MemoryDataLayer(HostBatchLayer):
     """Serves the rows of arrays given with ``reset(data, labels)``, in
     order, ``batch_size`` at a time, going round to the first batch after
     the last.
@@ -25,7 +26,6 @@ class MemoryDataLayer(Layer):
     the tops' device. No backward.
     """
 
-    exact_bottoms = 0
     exact_tops = 2
 
     def layer_setup(self, bottoms, tops):
@@ -64,25 +64,12 @@ class MemoryDataLayer(Layer):
         self._data, self._labels = data, labels.reshape(n)
         self.cursor = 0
 
-    def reshape(self, bottoms, tops):
-        # Sized in setup; every batch has the same shape.
-        pass
-
-    def forward_cpu(self, bottoms, tops):
+    def next_batch(self):
+        """The next ``(data, labels)`` rows of the arrays given to ``reset``."""
         if self._data is None:
             raise self.definition_error(
                 "has no data: call layer.reset(data, labels) (or net.set_input_arrays(data, "
                 "labels)) before the forward pass")
         batch = slice(self.cursor, self.cursor + self.batch_size)
-        tops[0].set_data(self._data[batch])
-        tops[1].set_data(self._labels[batch])
         self.cursor = (self.cursor + self.batch_size) % len(self._data)
-
-    # The arrays live on the host; set_data copies the batch to the tops'
-    # device.
-    forward_gpu = forward_cpu
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        pass
-
-    backward_gpu = backward_cpu
+        return self._data[batch], self._labels[batch]
