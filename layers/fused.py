@@ -17,6 +17,10 @@ work in place, so only the last value of the blob was ever visible):
 - ``SharedSplit``: a Split whose tops are views of its bottom (no copy);
   backward still sums the tops' diffs.
 
+Every step's ``backward(relu_mode="normal")`` takes the ReLU rule of the
+call (``layers.neuron.RELU_MODES``), so a visualization mode reaches the
+ReLUs fused into a step as it reaches a ReLU layer run by itself.
+
 The element-wise work is written once per device: NumPy in cache-sized
 chunks on the CPU, one kernel of ``layers/cuda/fused.cu`` on the GPU.
 """
@@ -26,6 +30,7 @@ import os
 import numpy as np
 
 from layers.kernels import launch
+from layers.neuron import relu_mode_backward
 from netdef.device import array_module, is_gpu_array
 
 # Rows of a (rows, spatial) view processed per NumPy call: about this many
@@ -185,6 +190,17 @@ def compose_affine(layers):
     return a, b
 
 
+def _mode_relu(relu, blob, mode):
+    """Apply a visualization mode's ReLU rule to ``blob.diff`` in place
+    (``blob.data`` holds the ReLU's output). Returns whether Caffe's ReLU
+    mask is still to be applied: only in "normal" mode, which keeps the
+    fused kernels' one pass."""
+    if relu and mode != "normal":
+        relu_mode_backward(blob.data, blob.diff, blob.diff, mode)
+        return False
+    return relu
+
+
 class FoldedConvolution:
     """Convolution, its frozen affine layers and ReLU, on the conv's top.
 
@@ -224,12 +240,13 @@ class FoldedConvolution:
         else:
             self.conv.forward_with(self.bottoms, [self.top], weight, bias, relu=self.relu)
 
-    def backward(self):
+    def backward(self, relu_mode="normal"):
         if not self.need_backward:
             return
-        if self.affine or self.relu:
+        relu = _mode_relu(self.relu, self.top, relu_mode)
+        if self.affine or relu:
             affine_backward(self.top.data, self.top.diff, self.scale if self.affine else None,
-                            self.top.diff, self.relu)
+                            self.top.diff, relu)
         if self.conv_backward:
             self.conv.backward([self.top], self.propagate_down, self.bottoms)
 
@@ -249,10 +266,10 @@ class FrozenAffine:
         self.scale = a
         affine_forward(self.blob.data, a, b, self.blob.data, self.relu)
 
-    def backward(self):
+    def backward(self, relu_mode="normal"):
         if self.need_backward:
-            affine_backward(self.blob.data, self.blob.diff, self.scale, self.blob.diff,
-                            self.relu)
+            relu = _mode_relu(self.relu, self.blob, relu_mode)
+            affine_backward(self.blob.data, self.blob.diff, self.scale, self.blob.diff, relu)
 
 
 def _check_chain(layers, blob, step):
@@ -278,11 +295,12 @@ class SumReLU:
         sum2_forward(self.bottoms[0].data, self.bottoms[1].data, c0, c1, self.top.data,
                      self.relu)
 
-    def backward(self):
+    def backward(self, relu_mode="normal"):
         if not self.need_backward:
             return
         top = self.top
-        if self.relu:  # the top's diff becomes the sum's, as the ReLU leaves it
+        # The top's diff becomes the sum's, as the ReLU leaves it.
+        if _mode_relu(self.relu, top, relu_mode):
             masked_scale(top.data, top.diff, 1.0, top.diff, True)
         for bottom, coeff, down in zip(self.bottoms, self.eltwise.coeffs, self.propagate_down):
             if down:
@@ -300,7 +318,8 @@ class SharedSplit:
         for top in self.tops:
             top.data = self.bottom.data
 
-    def backward(self):
+    def backward(self, relu_mode="normal"):
+        """(A Split has no ReLU: ``relu_mode`` changes nothing.)"""
         if not (self.need_backward and self.propagate_down[0]):
             return
         # A top whose consumers ran no backward has a zero diff: skipped.

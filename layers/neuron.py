@@ -1,8 +1,32 @@
-"""Element-wise activation layers: ReLU, Sigmoid, TanH."""
+"""Element-wise activation layers: ReLU, Sigmoid, TanH; the ReLU backward
+rules of the visualization modes (``RELU_MODES``)."""
 import numpy as np
 
 from layers.base import Layer, register
 from layers.kernels import launch
+from netdef.device import array_module
+
+# How a ReLU's backward treats the gradient, chosen per backward call by the
+# Net (``Net.backward(relu_mode=...)``): "normal" is Caffe's rule; the two
+# others are visualization rules (Springenberg et al.'s guided backprop,
+# Zeiler and Fergus's deconvnet) that only ever pass positive gradients.
+RELU_MODES = ("normal", "guided", "deconvnet")
+
+
+def relu_mode_backward(x, dy, dx, mode):
+    """The ReLU backward of a visualization mode, written once for NumPy and
+    CuPy: "guided" ``dx = dy * (x > 0) * (dy > 0)``, "deconvnet"
+    ``dx = dy * (dy > 0)`` whatever ``x``. ``x`` may be the ReLU's input or
+    its output (the same sign for a slope >= 0, so in-place ReLUs and fused
+    steps pass the output); all three arrays have one shape; ``dx`` may be
+    ``dy``."""
+    if mode not in RELU_MODES[1:]:
+        raise ValueError(f"relu_mode_backward: mode must be one of {RELU_MODES[1:]}, "
+                         f"found {mode!r}")
+    passed = dy > 0
+    if mode == "guided":
+        passed &= x > 0
+    array_module(dy).multiply(dy, passed, out=dx)
 
 
 @register("ReLU")
@@ -47,6 +71,14 @@ class ReLULayer(Layer):
         launch("neuron.cu", "relu_backward", x.dtype, x.size,
                (np.int64(x.size), x, tops[0].diff, bottoms[0].diff,
                 x.dtype.type(self.negative_slope)))
+
+    def backward_in_mode(self, tops, propagate_down, bottoms, mode):
+        """``backward`` under a ``RELU_MODES`` rule: "normal" is Caffe's
+        (``backward`` itself), the others ``relu_mode_backward``."""
+        if mode == "normal":
+            self.backward(tops, propagate_down, bottoms)
+        elif propagate_down[0]:
+            relu_mode_backward(bottoms[0].data, tops[0].diff, bottoms[0].diff, mode)
 
 
 class _TopDerivedActivation(Layer):

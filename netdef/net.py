@@ -23,6 +23,14 @@ Usage (pycaffe style)::
     net = Net("deploy.prototxt", "TEST", weights="model.caffemodel")
     out = net.forward(data=image_batch)      # dict of output arrays; out.loss
     net.backward()                           # gradients into .diff
+
+    # pycaffe's ranges: forward from ``start`` up to ``end``, backward from
+    # ``start`` (the top-most layer run) down to ``end``; any blob's diff
+    # can be seeded, and the ReLUs' backward rule chosen for the call:
+    net = Net("deploy.prototxt", "TEST", weights=w, force_backward=True)
+    net.forward(data=image_batch)
+    net.backward(start="fc8", fc8=onehot, relu_mode="guided")
+    saliency = net.blobs["data"].diff
 """
 import collections
 import dataclasses
@@ -31,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from layers.base import create_layer, layer_class
+from layers.neuron import RELU_MODES
 from layers.workspace import Workspace
 from netdef import graph
 from netdef.blob import Blob
@@ -74,8 +83,13 @@ class Net:
     """A network built from a prototxt path or text.
 
     Net(model, phase="TRAIN", weights=None, *, device=None, dtype=float32,
-        stages=(), level=0, seed=0, allow_python_modules=(), plan=True, keep=None)
+        stages=(), level=0, seed=0, allow_python_modules=(), plan=True, keep=None,
+        force_backward=None)
     Also accepts pycaffe's positional form Net(model, weights, phase).
+    ``force_backward``: None follows the prototxt's ``force_backward``;
+    True (False) forces (does not force) it whatever the file says: True
+    makes every layer compute the gradient of every bottom that can take
+    one (visualization needs the input's gradient of a deploy net).
     ``plan=False`` runs every layer as itself (no fused steps): a debug
     switch; results agree with the plan to rounding. ``keep``: None keeps
     every blob readable (Caffe's promise); a list of blob names chooses the
@@ -84,7 +98,8 @@ class Net:
     """
 
     def __init__(self, model, phase=TRAIN, weights=None, *, device=None, dtype=np.float32,
-                 stages=(), level=0, seed=0, allow_python_modules=(), plan=True, keep=None):
+                 stages=(), level=0, seed=0, allow_python_modules=(), plan=True, keep=None,
+                 force_backward=None):
         if isinstance(phase, (str, Path)) and str(phase).upper() not in (TRAIN, TEST) \
                 and weights in (TRAIN, TEST, 0, 1):
             phase, weights = weights, phase  # pycaffe: Net(model, weights, phase)
@@ -97,7 +112,11 @@ class Net:
         self.param = model if hasattr(model, "layer") else read_net(model)
         self.name = self.param.name
         self.build_log = []
-        self._build(stages, level, plan)
+        if force_backward is not None:
+            self.build_log.append(f"force_backward: {bool(force_backward)} (the caller's, "
+                                  f"the file says {self.param.force_backward})")
+            force_backward = bool(force_backward)
+        self._build(stages, level, plan, force_backward)
         self.memory = None
         if keep is not None:
             self.lean_memory(keep)
@@ -105,7 +124,7 @@ class Net:
             self.copy_from(weights)
 
     # -- building ------------------------------------------------------------
-    def _build(self, stages, level, plan):
+    def _build(self, stages, level, plan, force_backward):
         filtered, decisions = graph.filter_net(self.param, self.phase, level, stages)
         self.build_log += decisions
         classes = [layer_class(lp, self.allow_python_modules) for lp in filtered.layer]
@@ -144,7 +163,8 @@ class Net:
         self.layer_dict = collections.OrderedDict(zip(self._layer_names, self.layers))
         self.outputs = [name for name in self.blobs if name in available]
         self._bind_params()
-        self._plan_backward(net_param.force_backward)
+        self._plan_backward(net_param.force_backward if force_backward is None
+                            else force_backward)
         self.steps, decisions = make_steps(self, fuse=plan)
         self.build_log += decisions
 
@@ -281,10 +301,35 @@ class Net:
                 self.build_log.append(f"{lp.name} does not need backward")
 
     # -- running ---------------------------------------------------------------
-    def _range(self, start, end):
-        names = self._layer_names
-        first = names.index(start) if start is not None else 0
-        last = names.index(end) if end is not None else len(names) - 1
+    def _layer_index(self, name, default, role):
+        """The index of layer ``name`` (``default`` for None)."""
+        if name is None:
+            return default
+        if name not in self.layer_dict:
+            raise NetDefinitionError(
+                f"{self.source}: {role}: no layer named '{name}' "
+                f"(layers: {', '.join(self._layer_names)})")
+        return self._layer_names.index(name)
+
+    def _range(self, call, start, end):
+        """(first, last) layer indices, bottom to top, of the layers that
+        ``call`` ("forward" or "backward") runs; pycaffe's meaning: forward
+        goes from ``start`` up to ``end``, backward from ``start`` down to
+        ``end``, both inclusive."""
+        top = len(self.layers) - 1
+        if call == "forward":
+            first = self._layer_index(start, 0, "forward start")
+            last = self._layer_index(end, top, "forward end")
+        else:
+            last = self._layer_index(start, top, "backward start")
+            first = self._layer_index(end, 0, "backward end")
+        if first > last:
+            above, below = ("end", "start") if call == "forward" else ("start", "end")
+            raise NetDefinitionError(
+                f"{self.source}: {call}(start='{start}', end='{end}'): {call} runs "
+                f"{'up' if call == 'forward' else 'down'} from start to end, but {above} "
+                f"'{self._layer_names[min(first, last)]}' is below {below} "
+                f"'{self._layer_names[max(first, last)]}'")
         return first, last
 
     def lean_memory(self, keep):
@@ -335,58 +380,90 @@ class Net:
             self.blobs[name].set_data(array)
 
     def forward(self, blobs=None, start=None, end=None, **inputs):
-        """Run layers ``start``..``end`` (names, inclusive). Keyword arrays
-        are copied into the blobs of those names first. Returns ``Outputs``
-        (output blob name -> data array, and ``.loss``)."""
-        self.set_input_arrays(**inputs)
-        first, last = self._range(start, end)
-        loss = 0.0
+        """Run the layers from ``start`` up to ``end`` (layer names,
+        inclusive; default: the first and the last layer), as pycaffe.
+        Keyword arrays are copied into the blobs of those names first.
+
+        Returns ``Outputs``: blob name -> data array for the net's outputs
+        (the ``end`` layer's tops when ``end`` is given, as pycaffe) and the
+        names in ``blobs``; ``.loss`` is the weighted sum of the loss tops
+        computed in this call."""
+        first, last = self._range("forward", start, end)
         steps = self._steps_between(first, last)
         memory = self.memory if steps is self.steps else None
         with self.device.context():
+            self.set_input_arrays(**inputs)
+            loss = 0.0  # summed on the device: one transfer at the end
             for s, step in enumerate(steps):
                 step.forward()
                 for i in step.indices:
                     for weight, top in zip(self.loss_weights[i], self.top_blobs[i]):
                         if weight:
-                            loss += weight * float(top.data.sum())
+                            loss = loss + weight * top.data.sum(dtype=np.float64)
                 if memory is not None:
                     memory.after_forward(s)
-        names = list(self.outputs) + list(blobs or [])
-        out = Outputs((name, self.blobs[name].data) for name in names)
+            loss = float(loss)
+        names = self.top_names[end] if end is not None else list(self.outputs)
+        out = Outputs((name, self.blobs[name].data) for name in names + list(blobs or []))
         out.loss = loss
         return out
 
-    def backward(self, diffs=None, start=None, end=None, **top_diffs):
-        """Back-propagate from ``end`` down to ``start`` (default: all).
+    def backward(self, diffs=None, start=None, end=None, relu_mode="normal", **seeds):
+        """Back-propagate from layer ``start`` (the top-most layer run) down
+        to layer ``end``, both inclusive, as pycaffe; default: from the last
+        layer down to the first.
 
-        Loss tops' diffs are seeded with their loss weight; keyword arrays
-        set the diff of output blobs. Parameter gradients accumulate (call
-        ``clear_param_diffs`` between iterations). Returns input name ->
-        diff array for the net inputs and any blob names in ``diffs``."""
-        for name, diff in top_diffs.items():
-            if name not in self.outputs:
-                raise NetDefinitionError(f"{self.source}: '{name}' is not an output blob "
-                                         f"(outputs: {', '.join(self.outputs)})")
-            blob = self.blobs[name]
-            if tuple(diff.shape) != blob.shape:
-                raise ShapeError(f"{self.source}: diff for '{name}' has shape "
-                                 f"{tuple(diff.shape)}, the blob has {blob.shape}")
-            blob.diff[...] = self.device.asarray(diff, dtype=self.dtype)
-        first, last = self._range(start, end)
+        Loss tops' diffs are seeded with their loss weight; then each
+        keyword array is copied into the diff of the blob of that name (any
+        blob, e.g. a class score or a feature map; the shapes must match).
+        ``relu_mode`` ("normal", "guided" or "deconvnet"; see
+        ``layers.neuron.RELU_MODES``) is the rule of every ReLU's backward
+        in this call, fused ones included. Parameter gradients accumulate
+        (call ``clear_param_diffs`` between iterations). Returns blob name
+        -> diff array for the net inputs (the ``end`` layer's bottoms when
+        ``end`` is given, as pycaffe) and the names in ``diffs``."""
+        if relu_mode not in RELU_MODES:
+            raise NetDefinitionError(f"{self.source}: backward: relu_mode must be one of "
+                                     f"{', '.join(RELU_MODES)}, found {relu_mode!r}")
+        first, last = self._range("backward", start, end)
+        steps = self._steps_between(first, last)
+        memory = self.memory if steps is self.steps else None
         with self.device.context():
-            for i in range(len(self.layers)):
-                for weight, top in zip(self.loss_weights[i], self.top_blobs[i]):
-                    if weight:
-                        top.diff.fill(weight)
-            steps = self._steps_between(first, last)
-            memory = self.memory if steps is self.steps else None
+            self._seed_diffs(seeds)
             for s in reversed(range(len(steps))):
-                steps[s].backward()
+                steps[s].backward(relu_mode)
                 if memory is not None:
                     memory.after_backward(s)
-        names = list(self.inputs) + list(diffs or [])
-        return {name: self.blobs[name].diff for name in names}
+        names = self.bottom_names[end] if end is not None else list(self.inputs)
+        return {name: self.blobs[name].diff for name in names + list(diffs or [])}
+
+    def _seed_diffs(self, seeds):
+        """Loss tops' diffs <- their loss weight, then blob diffs <- seeds."""
+        for name, diff in seeds.items():
+            if name not in self.blobs:
+                raise NetDefinitionError(
+                    f"{self.source}: backward: no blob named '{name}' to seed "
+                    f"(blobs: {', '.join(self.blobs)})")
+            if tuple(diff.shape) != self.blobs[name].shape:
+                raise ShapeError(f"{self.source}: backward: the seed for blob '{name}' has "
+                                 f"shape {tuple(diff.shape)}, the blob has "
+                                 f"{self.blobs[name].shape}")
+        for weights, tops in zip(self.loss_weights, self.top_blobs):
+            for weight, top in zip(weights, tops):
+                if weight:
+                    top.diff.fill(weight)
+        for name, diff in seeds.items():
+            self.blobs[name].diff[...] = self.device.asarray(diff, dtype=self.dtype)
+
+    @property
+    def top_names(self):
+        """pycaffe's: layer name -> the names of its top blobs, in order."""
+        return collections.OrderedDict((lp.name, list(lp.top)) for lp in self.layer_params)
+
+    @property
+    def bottom_names(self):
+        """pycaffe's: layer name -> the names of its bottom blobs, in order."""
+        return collections.OrderedDict((lp.name, list(lp.bottom)) for lp in self.layer_params)
 
     def reshape(self):
         """Propagate new input shapes through every layer (pycaffe)."""

@@ -3,7 +3,8 @@
 Made once when the Net is built, after shape inference and the backward
 plan, and recorded in ``net.build_log``. Each step covers one layer or a
 run of adjacent layers (``step.indices``) and has ``forward()`` and
-``backward()``. A fusion is made only where every blob keeps its Caffe
+``backward(relu_mode="normal")`` (the ReLU rule of the call, applied to
+ReLU layers and to ReLUs fused into a step alike). A fusion is made only where every blob keeps its Caffe
 meaning: the fused layers work in place on one blob, so the blob only ever
 showed the chain's last value; frozen means every parameter of the layer
 has lr_mult 0 (BatchNorm's statistics always are).
@@ -28,8 +29,13 @@ class LayerStep:
         self.layer.reshape(self.bottoms, self.tops)
         self.layer.forward(self.bottoms, self.tops)
 
-    def backward(self):
-        if self.need_backward:
+    def backward(self, relu_mode="normal"):
+        """``relu_mode`` (``layers.neuron.RELU_MODES``) applies to a ReLU."""
+        if not self.need_backward:
+            return
+        if self.layer.type == "ReLU":
+            self.layer.backward_in_mode(self.tops, self.propagate_down, self.bottoms, relu_mode)
+        else:
             self.layer.backward(self.tops, self.propagate_down, self.bottoms)
 
 

@@ -180,7 +180,7 @@ def test_forward_and_backward_ranges_cutting_a_fused_step():
         _statistics(net, np.random.default_rng(0))
         net.forward(data=rng.standard_normal((2, 3, 10, 12)), label=np.array([1.0, 0.0]))
         net.forward(start="sc1", end="sum")      # starts inside conv1's fused step
-        net.backward(start="bn2a", end="fc")
+        net.backward(start="fc", end="bn2a")
         results.append({n: (b.data.copy(), b.diff.copy()) for n, b in net.blobs.items()})
         rng = np.random.default_rng(3)
     for name, (data, diff) in results[1].items():
