@@ -23,7 +23,11 @@ setup(
         "pillow>=10.1",
     ],
     extras_require={
-        "gpu": ["cupy-cuda12x>=13"],
+        # CuPy and the CUDA 12 libraries it loads (cuBLAS, cuRAND, NVRTC, ...)
+        # as NVIDIA's wheels, through CuPy's own `ctk` extra: a machine with
+        # only the NVIDIA driver runs the GPU path. CuPy 14 is the first that
+        # finds those wheels. Check with: python -m netdef.device_check --gpu 0
+        "gpu": ["cupy-cuda12x[ctk]>=14"],
         # Caffe's data files: HDF5Data/HDF5Output and LMDB Data layers.
         "data": ["h5py>=3.8", "lmdb>=1.4"],
         # Net drawings (python -m netdef.draw); pictures also need Graphviz's
