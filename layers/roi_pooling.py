@@ -329,15 +329,15 @@ class ROIPoolingLayer(RoILayer):
     def backward_gpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
-        x = bottoms[0].data
+        x, diff = bottoms[0].data, bottoms[0].diff
         _, channels, height, width = x.shape
-        diff = bottoms[0].diff
-        diff.fill(0)
-        top_diff = tops[0].diff
-        launch("roi_pooling.cu", "roi_pool_backward", x.dtype, top_diff.size,
-               (np.int64(top_diff.size), top_diff, self.kernel_rois(bottoms), self.argmax,
-                np.int32(channels), np.int32(height), np.int32(width),
-                np.int32(self.pooled_h), np.int32(self.pooled_w), diff))
+        # A gather over each bottom cell's bins (deterministic; see the
+        # kernel): it assigns every element, so diff is not zeroed first.
+        launch("roi_pooling.cu", "roi_pool_backward", x.dtype, diff.size,
+               (np.int64(diff.size), tops[0].diff, self.kernel_rois(bottoms), self.argmax,
+                np.int64(bottoms[1].shape[0]), np.int32(channels), np.int32(height),
+                np.int32(width), np.int32(self.pooled_h), np.int32(self.pooled_w),
+                x.dtype.type(self.spatial_scale), diff))
 
 
 # -- PSROIPooling -----------------------------------------------------------------
@@ -471,8 +471,12 @@ class PSROIPoolingLayer(RoILayer):
     def backward_gpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
-        diff = bottoms[0].diff
-        diff.fill(0)
-        top_diff = tops[0].diff
-        launch("psroi_pooling.cu", "psroi_pool_backward", top_diff.dtype, top_diff.size,
-               (np.int64(top_diff.size), top_diff) + self._kernel_args(bottoms)[1:] + (diff,))
+        x, diff = bottoms[0].data, bottoms[0].diff
+        _, channels, height, width = x.shape
+        # A gather over each bottom cell's bins (deterministic; see the
+        # kernel): it assigns every element, so diff is not zeroed first.
+        launch("psroi_pooling.cu", "psroi_pool_backward", x.dtype, diff.size,
+               (np.int64(diff.size), tops[0].diff, self.kernel_rois(bottoms),
+                np.int64(bottoms[1].shape[0]), np.int32(channels), np.int32(height),
+                np.int32(width), np.int32(self.group_size), x.dtype.type(self.spatial_scale),
+                diff))
