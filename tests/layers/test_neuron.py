@@ -1,12 +1,14 @@
 """Element-wise activations (ReLU, Sigmoid, TanH): forward and backward
 against plain per-element references, negative_slope, Caffe's gradient at
 x == 0, in-place use, float64 gradient checks (with kink skipping), the GPU
-path host-run and on a GPU."""
+path host-run and on a GPU; ReLU's visualization backward modes (guided,
+deconvnet) against their rule."""
 import math
 
 import numpy as np
 import pytest
 
+from layers.neuron import relu_mode_backward
 from netdef.blob import Blob
 from netdef.gradcheck import build_layer, check_layer, setup_layer
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
@@ -151,6 +153,76 @@ def test_relu_gpu_matches_cpu(slope, dtype):
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 7))
     x.flat[:5] = 0.0
     compare_devices(relu_spec(slope), [x], dtype=dtype)
+
+
+# -- ReLU's visualization modes -------------------------------------------------------
+
+MODE_RULES = {
+    "guided": lambda x, g: g if (x > 0 and g > 0) else 0.0,
+    "deconvnet": lambda x, g: g if g > 0 else 0.0,
+}
+
+
+@pytest.mark.parametrize("mode", ["guided", "deconvnet"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_relu_mode_backward_follows_the_rule(mode, in_place):
+    x = np.random.default_rng(0).standard_normal((3, 4, 5))
+    dy = np.random.default_rng(1).standard_normal(x.shape)
+    dx = dy.copy() if in_place else np.full(x.shape, 9.0)
+    relu_mode_backward(x, dx if in_place else dy, dx, mode)
+    np.testing.assert_array_equal(dx, elementwise(MODE_RULES[mode], x, dy))
+
+
+@pytest.mark.parametrize("mode", ["normal", "guided", "deconvnet"])
+@pytest.mark.parametrize("slope", [None, 0.1])
+def test_relu_backward_in_mode(mode, slope):
+    """A ReLU layer's backward under each mode, out of place and in place
+    (where the bottom holds y, of x's sign); "normal" is Caffe's backward."""
+    x = away_from_zero((2, 3, 4))
+    dy = np.random.default_rng(1).standard_normal(x.shape)
+    layer, bottoms, tops = run(relu_spec(slope), x)
+    tops[0].diff[...] = dy
+    layer.backward_in_mode(tops, [True], bottoms, mode)
+    if mode == "normal":
+        _, reference = relu_reference(0.0 if slope is None else float(np.float32(slope)))
+        expected = elementwise(reference, x, dy)
+    else:
+        expected = elementwise(MODE_RULES[mode], x, dy)
+    np.testing.assert_allclose(bottoms[0].diff, expected, rtol=1e-15)
+    blob = Blob.from_array(x.copy())
+    layer.forward([blob], [blob])
+    blob.diff[...] = dy
+    layer.backward_in_mode([blob], [True], [blob], mode)
+    np.testing.assert_allclose(blob.diff, expected, rtol=1e-15)
+
+
+def test_relu_backward_in_mode_respects_propagate_down():
+    layer, bottoms, tops = run(relu_spec(), np.ones(4))
+    bottoms[0].diff[...] = 7.0
+    tops[0].diff[...] = 1.0
+    layer.backward_in_mode(tops, [False], bottoms, "guided")
+    assert np.all(bottoms[0].diff == 7.0)
+
+
+def test_relu_mode_backward_unknown_mode():
+    x = np.ones(3)
+    with pytest.raises(ValueError, match=r"mode must be one of \('guided', 'deconvnet'\), "
+                                         r"found 'normal'"):
+        relu_mode_backward(x, x, x.copy(), "normal")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", ["guided", "deconvnet"])
+def test_relu_mode_backward_gpu_matches_cpu(mode, dtype):
+    import cupy
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 7)).astype(dtype)
+    dy = np.random.default_rng(1).standard_normal(x.shape).astype(dtype)
+    dx = np.empty_like(dy)
+    relu_mode_backward(x, dy, dx, mode)
+    dx_gpu = cupy.empty(dy.shape, dtype)
+    relu_mode_backward(cupy.asarray(x), cupy.asarray(dy), dx_gpu, mode)
+    np.testing.assert_array_equal(cupy.asnumpy(dx_gpu), dx)
 
 
 # -- Sigmoid and TanH -----------------------------------------------------------------
