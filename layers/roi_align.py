@@ -10,6 +10,22 @@ samples per bin and axis, or ``ceil(roi size / pooled)`` when it is 0; a
 sample beyond ``[-1, H]`` counts 0, otherwise its coordinate is clamped into
 ``[0, H - 1]``; the mean divides by the grid size (at least 1).
 
+One departure, the bound on the adaptive grid: with ``sampling_ratio`` 0 a
+bin takes at most ``ceil(H / pooled_h)`` x ``ceil(W / pooled_w)`` samples
+(``adaptive_grid_bound``), the grid of a RoI exactly as large as the map,
+on both paths. It never binds for a RoI no longer than the map along that
+axis, so never for a RoI inside the image when the map has at least image
+size x spatial_scale cells (as a trunk of padded strided layers gives); a
+larger RoI is sampled more sparsely instead of one GPU thread looping over
+as many as (2^31 / pooled)^2 samples (RoIs are checked to lie within 2^30
+map cells) and the CPU path allocating them. With the bound a forward
+thread visits at most about H * W / (pooled_h * pooled_w) samples. A fixed
+``sampling_ratio`` is taken as given.
+
+The GPU backward is a gather, one thread per bottom element over the
+samples of every RoI that touch it (``layers/cuda/roi_align.cu``), so it
+adds in the same order on every run: no atomicAdd.
+
 CPU path: bilinear sampling is separable, so the samples of bin ``(p, q)``
 sum to ``Ay[r, p, :] @ X[b_r, c] @ Ax[r, q, :]`` where ``Ay`` (``Ax``)
 gathers, per bin row (column), the interpolation weight of every map row
@@ -21,6 +37,13 @@ import numpy as np
 from layers.base import register
 from layers.kernels import launch
 from layers.roi_pooling import RoILayer, _positive, roi_blocks
+
+
+def adaptive_grid_bound(size, pooled):
+    """The most samples per bin, along an axis of ``size`` map cells split
+    into ``pooled`` bins, that the adaptive grid (sampling_ratio 0) takes:
+    ``ceil(size / pooled)``, what a RoI exactly as long as the map gets."""
+    return -(-int(size) // int(pooled))
 
 
 def align_axis_weights(low, high, scale, pooled, size, sampling_ratio, aligned):
@@ -45,7 +68,8 @@ def align_axis_weights(low, high, scale, pooled, size, sampling_ratio, aligned):
         grid = np.full(num, sampling_ratio, np.int64)
     else:
         # An inverted aligned RoI has a negative size: no samples at all.
-        grid = np.maximum(np.ceil(bin_size), 0).astype(np.int64)
+        # Clipped while still floating: a RoI of 2^30 cells overflows nothing.
+        grid = np.clip(np.ceil(bin_size), 0, adaptive_grid_bound(size, pooled)).astype(np.int64)
 
     # One entry per sample, in (RoI, bin, sample) order, without padding.
     per_bin = np.repeat(grid, pooled)
@@ -116,6 +140,19 @@ class _AlignLayer(RoILayer):
                 np.int32(pooled_h), np.int32(pooled_w), x.dtype.type(self.spatial_scale),
                 np.int32(self.sampling_ratio), np.int32(self.aligned))
 
+    def gather_args(self, tops, bottoms, *pooled):
+        """Arguments of the backward kernels: a gather, one thread per bottom
+        element, which assigns every element of the bottom diff (so it is not
+        zeroed first) and adds in a fixed order (deterministic; see the
+        kernels). ``pooled``: pooled_h, pooled_w (ROIAlign) or k (PSROIAlign)."""
+        x, diff = bottoms[0].data, bottoms[0].diff
+        _, channels, height, width = x.shape
+        return ((np.int64(diff.size), tops[0].diff, self.kernel_rois(bottoms),
+                 np.int64(bottoms[1].shape[0]), np.int32(channels), np.int32(height),
+                 np.int32(width)) + tuple(np.int32(p) for p in pooled)
+                + (x.dtype.type(self.spatial_scale), np.int32(self.sampling_ratio),
+                   np.int32(self.aligned), diff))
+
 
 @register("ROIAlign")
 class ROIAlignLayer(_AlignLayer):
@@ -182,11 +219,9 @@ class ROIAlignLayer(_AlignLayer):
     def backward_gpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
-        diff, top_diff = bottoms[0].diff, tops[0].diff
-        diff.fill(0)
-        launch("roi_align.cu", "roi_align_backward", diff.dtype, top_diff.size,
-               (np.int64(top_diff.size), top_diff)
-               + self.kernel_args(bottoms, self.pooled_h, self.pooled_w) + (diff,))
+        diff = bottoms[0].diff
+        launch("roi_align.cu", "roi_align_backward", diff.dtype, diff.size,
+               self.gather_args(tops, bottoms, self.pooled_h, self.pooled_w))
 
 
 @register("PSROIAlign")
@@ -266,8 +301,6 @@ class PSROIAlignLayer(_AlignLayer):
     def backward_gpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
-        diff, top_diff = bottoms[0].diff, tops[0].diff
-        diff.fill(0)
-        args = self.kernel_args(bottoms, self.output_dim, self.group_size)
-        launch("roi_align.cu", "psroi_align_backward", diff.dtype, top_diff.size,
-               (np.int64(top_diff.size), top_diff) + args + (diff,))
+        diff = bottoms[0].diff
+        launch("roi_align.cu", "psroi_align_backward", diff.dtype, diff.size,
+               self.gather_args(tops, bottoms, self.group_size))

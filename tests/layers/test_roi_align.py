@@ -44,6 +44,13 @@ def neighbours(v, size):
     return [(low, 1.0 - (v - low)), (low + 1, v - low)]
 
 
+def adaptive_grid(roi_size, pooled, map_size):
+    """Samples per bin along an axis with sampling_ratio 0: ceil(roi size /
+    pooled), bounded by what a RoI as long as the map gets, ceil(map size /
+    pooled) (none for an inverted aligned RoI)."""
+    return max(min(math.ceil(roi_size / pooled), math.ceil(map_size / pooled)), 0)
+
+
 def bin_samples(roi, scale, pooled_h, pooled_w, ph, pw, sampling_ratio, aligned, height, width):
     """[(h, w, weight), ...] of bin (ph, pw): bilinear weight / sample count."""
     _, x1, y1, x2, y2 = roi
@@ -53,8 +60,8 @@ def bin_samples(roi, scale, pooled_h, pooled_w, ph, pw, sampling_ratio, aligned,
     if not aligned:
         roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
     bin_h, bin_w = roi_h / pooled_h, roi_w / pooled_w
-    grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / pooled_h)
-    grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / pooled_w)
+    grid_h = sampling_ratio if sampling_ratio > 0 else adaptive_grid(roi_h, pooled_h, height)
+    grid_w = sampling_ratio if sampling_ratio > 0 else adaptive_grid(roi_w, pooled_w, width)
     count = max(grid_h * grid_w, 1)
     out = []
     for iy in range(grid_h):
