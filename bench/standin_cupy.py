@@ -184,6 +184,14 @@ class ndarray(np.ndarray):  # noqa: N801 (CuPy's name)
         with COUNTS.operation():
             np.ndarray.__setitem__(self.view(np.ndarray), _host(key), _host(value))
 
+    def __array_finalize__(self, obj):
+        # The device an array lives on: its base's, or the current one.
+        self._device_id = getattr(obj, "_device_id", _State.current)
+
+    @property
+    def device(self):
+        return CUDADevice(self._device_id)
+
     def get(self, stream=None, order="C", out=None):
         COUNTS.add("d2h")
         host = np.array(self.view(np.ndarray), order=order)
@@ -325,7 +333,8 @@ class RawKernel:
         # CuPy passes a Python int as int64 and a float as float64.
         host_args = [np.asarray(a)[()] if isinstance(a, (bool, int, float)) else _host(a)
                      for a in args]
-        kernels._launch_host(self.module.code, "stand-in", self.name, host_args)
+        kernels.run_on_host(kernels.host_function(self.module.code, "stand-in", self.name),
+                            host_args)
 
 
 class RawModule:

@@ -5,14 +5,20 @@
 Where it runs is decided by the arrays in ``args``:
 
 - CuPy arrays: the file is compiled by ``cupy.RawModule`` (NVRTC), lazily,
-  once per (device, file, dtype), and launched in the grid-stride style.
+  once per (device, file, dtype); each entry point is looked up once per
+  (device, file, dtype, name) and kept, and launched in the grid-stride
+  style.
 - NumPy arrays: the same file is compiled as host C++ through the shim in
   ``common.cuh`` (g++), loaded with ctypes and run serially. This is how the
   test suite checks the GPU code on a machine without a GPU; the layers never
   take this path in normal use, since NumPy arrays dispatch to ``*_cpu``.
 
-Scalars in ``args`` must carry their C type: ``numpy.int64`` for
-``long long``, ``numpy.int32`` for ``int``, the array dtype for ``real``.
+Both paths check ``args`` against the entry point's C signature first
+(``layers.kernel_args.check_arguments``): arrays of the parameter's dtype,
+C-contiguous, on the launch's side; scalars carrying their C type
+(``numpy.int64`` for ``long long``, ``numpy.int32`` for ``int``, the array
+dtype for ``real``). A mismatch raises KernelError instead of shifting
+every later argument on the GPU.
 """
 import ctypes
 import functools
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from layers.kernel_args import check_arguments
 from netdef.device import is_gpu_array
 from netdef.errors import KernelError
 
@@ -72,37 +79,58 @@ def kernel_files():
 
 
 def launch(source, name, dtype, n, args):
-    """Run ``name`` (without dtype suffix) of ``source`` over ``n`` items."""
+    """Run ``name`` (without dtype suffix) of ``source`` over ``n`` items,
+    after checking ``args`` against its C signature (``layers.kernel_args``:
+    the same check on both paths)."""
     n = int(n)
     if n <= 0:
         return
+    dtype = np.dtype(dtype)
     symbol = f"{name}_{dtype_suffix(dtype)}"
-    text = kernel_source(source, np.dtype(dtype).name)
+    text = kernel_source(source, dtype.name)
     if any(is_gpu_array(a) for a in args):
-        _launch_gpu(text, source, symbol, n, args)
+        function, device = gpu_function(source, dtype, symbol)
+        check_arguments(text, name, symbol, dtype, args, on_gpu=True, device=device)
+        blocks = min((n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK, MAX_BLOCKS)
+        function((blocks,), (THREADS_PER_BLOCK,), tuple(args))
     else:
-        _launch_host(text, source, symbol, args)
+        check_arguments(text, name, symbol, dtype, args, on_gpu=False)
+        run_on_host(host_function(text, source, symbol), args)
 
 
 # -- GPU ------------------------------------------------------------------------
 
+# Compiled modules by (device, source, dtype name), and their entry points by
+# (device, source, dtype name, symbol): a launch after the first of each
+# kernel on each device costs two dictionary look-ups, no get_function.
 _gpu_modules = {}
+_gpu_functions = {}
 
 
-def _launch_gpu(text, source, symbol, n, args):
+def gpu_function(source, dtype, symbol):
+    """``(kernel, device)``: entry point ``symbol`` of ``source`` for
+    ``dtype`` on the current CUDA device, compiled and looked up once."""
     import cupy
-    device_id = cupy.cuda.runtime.getDevice()
-    key = (device_id, text)
+    device = cupy.cuda.runtime.getDevice()
+    key = (device, source, dtype.name, symbol)
+    function = _gpu_functions.get(key)
+    if function is None:
+        function = _gpu_module(cupy, device, source, dtype).get_function(symbol)
+        _gpu_functions[key] = function
+    return function, device
+
+
+def _gpu_module(cupy, device, source, dtype):
+    key = (device, source, dtype.name)
     module = _gpu_modules.get(key)
     if module is None:
         try:
-            module = cupy.RawModule(code=text)
+            module = cupy.RawModule(code=kernel_source(source, dtype.name))
             module.compile()
         except cupy.cuda.compiler.CompileException as exc:
             raise KernelError(f"layers/cuda/{source} does not compile: {exc}") from exc
         _gpu_modules[key] = module
-    blocks = min((n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK, MAX_BLOCKS)
-    module.get_function(symbol)((blocks,), (THREADS_PER_BLOCK,), tuple(args))
+    return module
 
 
 # -- host shim --------------------------------------------------------------------
@@ -116,7 +144,12 @@ _C_TYPES = {
     np.dtype(np.float32): ctypes.c_float,
     np.dtype(np.float64): ctypes.c_double,
     np.dtype(np.int32): ctypes.c_int,
+    np.dtype(np.uint32): ctypes.c_uint,
     np.dtype(np.int64): ctypes.c_longlong,
+    np.dtype(np.uint64): ctypes.c_ulonglong,
+    np.dtype(np.int8): ctypes.c_byte,
+    np.dtype(np.uint8): ctypes.c_ubyte,
+    np.dtype(np.bool_): ctypes.c_bool,
 }
 
 
@@ -143,20 +176,17 @@ def _host_library(text, source):
     return ctypes.CDLL(str(library))
 
 
-def _launch_host(text, source, symbol, args):
-    library = _host_library(text, source)
-    c_args = []
-    for i, arg in enumerate(args):
-        if isinstance(arg, np.ndarray):
-            if not arg.flags.c_contiguous:
-                raise KernelError(f"{symbol}: argument {i} must be C-contiguous")
-            c_args.append(ctypes.c_void_p(arg.ctypes.data))
-        elif isinstance(arg, np.generic) and arg.dtype in _C_TYPES:
-            c_args.append(_C_TYPES[arg.dtype](arg.item()))
-        else:
-            raise KernelError(
-                f"{symbol}: argument {i} must be an array or a numpy scalar of a "
-                f"C type (int32, int64, float32, float64), found {type(arg).__name__}")
-    function = getattr(library, symbol)
+@functools.lru_cache(maxsize=None)
+def host_function(text, source, symbol):
+    """Entry point ``symbol`` of the kernel ``text`` built as host C++
+    (``source`` names the build); built and looked up once."""
+    function = getattr(_host_library(text, source), symbol)
     function.restype = None
-    function(*c_args)
+    return function
+
+
+def run_on_host(function, args):
+    """Call a ``host_function`` with checked arguments (``check_arguments``):
+    arrays by their data pointer, scalars as their C type."""
+    function(*(ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray)
+               else _C_TYPES[a.dtype](a.item()) for a in args))
