@@ -24,6 +24,9 @@ class Blob:
     A lean memory plan may hand a blob's storage to another blob between
     uses (``release_data`` / ``release_diff``); it then reads NaN until a
     producer writes it again.
+
+    A parameter blob may instead ``adopt`` storage that a solver owns (views
+    into its flat buffers): from then on its arrays stay those views.
     """
 
     def __init__(self, shape=(), dtype=np.float32, xp=np):
@@ -34,6 +37,7 @@ class Blob:
         self._data = xp.zeros(tuple(int(s) for s in shape), dtype=self.dtype)
         self._diff = None
         self._released = False
+        self._adopted = False
         # Where storage comes from: None (fresh zeros) or a storage pool
         # with ``take(shape, dtype, zero)`` (a lean memory plan).
         self.pool = None
@@ -47,6 +51,7 @@ class Blob:
         blob._data = array
         blob._diff = None
         blob._released = False
+        blob._adopted = False
         blob.pool = None
         return blob
 
@@ -57,6 +62,9 @@ class Blob:
 
     @data.setter
     def data(self, array):
+        if self._adopted:
+            self._copy_into(self._data, array, "data")
+            return
         self._data = array
         self._released = False
 
@@ -69,12 +77,53 @@ class Blob:
 
     @diff.setter
     def diff(self, array):
+        if self._adopted:
+            self._copy_into(self._diff, array, "diff")
+            return
         self._diff = array
 
     @property
     def has_diff(self):
         """Whether a diff has been allocated (a never-used diff is zero)."""
         return self._diff is not None and self._diff.shape == self._data.shape
+
+    # -- storage owned elsewhere ------------------------------------------------------
+    def adopt(self, data, diff):
+        """Keep this blob's values in ``data`` and ``diff`` from now on:
+        arrays of the blob's shape and dtype on its device (typically views
+        into a solver's flat buffers, solver.flat_params). The current data
+        (and diff, when one was allocated; else ``diff`` is zeroed) is copied
+        in. Afterwards assigning ``data`` or ``diff`` copies into these
+        arrays, and ``reshape`` to another shape or releasing storage raises
+        ValueError, so whoever owns the buffers keeps seeing the parameter.
+        Adopting again (another solver) moves the values to the new arrays."""
+        for name, array in (("data", data), ("diff", diff)):
+            if tuple(array.shape) != self.shape or array.dtype != self.dtype:
+                raise ValueError(f"{self!r} cannot adopt a {name} array of shape "
+                                 f"{tuple(array.shape)} and dtype {array.dtype}")
+        data[...] = self._data
+        if self.has_diff:
+            diff[...] = self._diff
+        else:
+            diff.fill(0)
+        self._data, self._diff = data, diff
+        self._released, self._adopted = False, True
+
+    @property
+    def adopted(self):
+        """True once ``adopt`` gave the blob storage owned elsewhere."""
+        return self._adopted
+
+    def _copy_into(self, target, array, name):
+        if tuple(array.shape) != self.shape:
+            raise ValueError(f"{self!r} keeps its {name} in adopted storage: cannot assign "
+                             f"an array of shape {tuple(array.shape)}")
+        target[...] = array
+
+    def _refuse_if_adopted(self, what):
+        if self._adopted:
+            raise ValueError(f"{self!r} keeps its arrays in adopted storage (a solver's flat "
+                             f"buffers): cannot {what}")
 
     def _new(self, shape, zero):
         if self.pool is not None:
@@ -109,12 +158,14 @@ class Blob:
         if any(s < 0 for s in shape):
             raise ValueError(f"blob shape must be non-negative, found {shape}")
         if shape != self.shape or self._released:
+            self._refuse_if_adopted(f"reshape it to {shape}")
             self._data = self._new(shape, zero=False)
             self._diff = None
             self._released = False
 
     def release_data(self):
         """Give the data's storage back to the pool (a lean plan's step)."""
+        self._refuse_if_adopted("release its data")
         if self.pool is not None and not self._released:
             self.pool.give(self._data)
         self._data = released_array(self.shape, self.dtype, self.xp)
@@ -122,6 +173,7 @@ class Blob:
 
     def release_diff(self):
         """Give the diff's storage back to the pool; the next use re-zeroes."""
+        self._refuse_if_adopted("release its diff")
         if self._diff is not None and self.pool is not None:
             self.pool.give(self._diff)
         self._diff = None

@@ -7,11 +7,13 @@ carries ``iter``, ``blob``, ``layer`` and ``last_snapshot`` for callers.
 """
 import collections
 
+import numpy as np
+
 from netdef.device import array_module
 from netdef.errors import NumericalError
 
-__all__ = ["finite_all", "non_finite_kind", "locate_non_finite", "locate_non_finite_weights",
-           "numerical_error"]
+__all__ = ["finite_all", "sum_of_squares", "non_finite_kind", "locate_non_finite",
+           "locate_non_finite_weights", "numerical_error"]
 
 
 def finite_all(arrays):
@@ -98,3 +100,16 @@ def locate_non_finite_weights(net):
             if kind:
                 return lp, k, kind
     return None
+
+
+def sum_of_squares(arrays):
+    """The sum of the squares of every element of the 1-D ``arrays``, as a
+    Python float: one reduction per array (a dot product, no temporary) and
+    one host sync. It is finite exactly when every element is, unless the
+    sum overflowed (``finite_all`` tells the two apart)."""
+    sums = [array_module(a).dot(a, a) for a in arrays if a.size]
+    if not sums:
+        return 0.0
+    if len(sums) == 1:
+        return float(sums[0])
+    return float(sum(s.astype(np.float64) for s in sums))

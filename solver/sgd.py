@@ -49,13 +49,14 @@ import time
 
 import numpy as np
 
-from netdef.device import array_module, default_device, to_numpy
+from netdef.device import default_device, to_numpy
 from netdef.errors import DeviceError, NetDefinitionError, NumericalError
 from netdef.net import normalize_phase
 from netdef.weights import share_layers
 from solver.lr_policy import LRPolicy
+from solver.flat_params import flatten_params
 from solver.nan_guard import finite_all, locate_non_finite, locate_non_finite_weights, \
-    numerical_error
+    numerical_error, sum_of_squares
 from solver.progress import Progress
 from solver.resume import capture_state, check_snapshot, json_copy, restore_history, set_state
 from solver.snapshot import SolverState, snapshot_paths, write_export
@@ -185,16 +186,19 @@ class Solver:
             self.progress.event("info", report.summary())
 
     def _set_up_history(self):
-        """The learnable parameters that get updated and the rule's history
-        arrays of each (zeros of the parameter's shape)."""
-        self._updated = [lp for lp in self.net.learnable_params if lp.lr_mult != 0]
-        self.history, self._slots = {}, []
-        with self.device.context():
-            for lp in self._updated:
-                keys = self.rule.history_keys(f"{lp.layer}/{lp.index}")
-                arrays = tuple(self.device.xp.zeros_like(lp.blob.data) for _ in keys)
-                self.history.update(zip(keys, arrays))
-                self._slots.append((lp, arrays))
+        """The learnable parameters that get updated (lr_mult != 0), their
+        data and diff moved into flat buffers (solver.flat_params), and the
+        rule's history arrays of each: views of the parameter's shape into
+        the flat history buffers, zeros at first."""
+        learnable = self.net.learnable_params
+        self._updated = [lp for lp in learnable if lp.lr_mult != 0]
+        self._frozen = [lp for lp in learnable if lp.lr_mult == 0]
+        self._flat = flatten_params(self._updated, len(self.rule.suffixes), self.device)
+        views = {id(lp): flat.history_views(lp) for flat in self._flat for lp in flat.params}
+        self.history = {}
+        for lp in self._updated:
+            keys = self.rule.history_keys(f"{lp.layer}/{lp.index}")
+            self.history.update(zip(keys, views[id(lp)]))
 
     # -- training --------------------------------------------------------------------------
     def learning_rate(self, it=None):
@@ -233,7 +237,10 @@ class Solver:
             raise ValueError(f"step needs a non-negative number of iterations, found {iters}")
         stop = self.iter + iters
         self.interrupt_snapshot = None
-        with self._sigint_handler():
+        # Every array operation of the solver runs on its device.
+        with self._sigint_handler(), self.device.context():
+            for flat in self._flat:
+                flat.claim()   # after another solver on this net, take the blobs back
             self.progress.reset_speed()
             while self.iter < stop:
                 self._iteration(stop)
@@ -246,7 +253,7 @@ class Solver:
         start_state = self._capture_state()
         self._phase = "iteration"
         try:
-            self.net.clear_param_diffs()
+            self._clear_param_diffs()
             if self.test_nets and p.test_interval and self.iter % p.test_interval == 0 \
                     and (self.iter > 0 or p.test_initialization):
                 self._test_all()
@@ -254,14 +261,14 @@ class Solver:
             for _ in range(p.iter_size):
                 outputs = self.net.forward()
                 self.net.backward()
-                self._guard(outputs.loss)
+                sumsq = self._guard(outputs.loss)
                 loss += outputs.loss
             loss /= p.iter_size
 
             self._phase = "update"
             self.loss_window.append(loss)
             lr = self.lr_policy(self.iter)
-            norm = self._clip_gradients()
+            norm = self._clip_gradients(sumsq)
             if p.display and self.iter % p.display == 0:
                 self._display(stop, loss, lr, outputs, norm)
             self._apply_update(lr)
@@ -324,45 +331,55 @@ class Solver:
                             smoothed_loss=self.smoothed_loss, lr=lr, outputs=report,
                             elapsed_s=round(time.perf_counter() - self._started, 3), **extra)
 
-    def _clip_gradients(self):
-        """Scale all gradients by clip / norm when their global L2 norm
+    def _clear_param_diffs(self):
+        """Caffe's ClearParamDiffs: one fill per flat buffer (and the diffs
+        of lr_mult 0 parameters, which are rarely allocated, one by one)."""
+        for flat in self._flat:
+            flat.diff.fill(0)
+        for lp in self._frozen:
+            lp.blob.zero_diff()
+
+    def _clip_gradients(self, sumsq):
+        """Scale all gradients by clip / norm when their global L2 norm (the
+        square root of ``sumsq``, the guard's sum of squared gradients)
         exceeds ``clip_gradients``; returns the norm (None when off)."""
         clip = self.param.clip_gradients
         if clip < 0 or not self._updated:
             return None
-        sumsq = sum(float(array_module(d).vdot(d.ravel(), d.ravel()))
-                    for d in (lp.blob.diff for lp in self._updated))
         norm = math.sqrt(sumsq)
         if norm > clip:
             scale = clip / norm
-            for lp in self._updated:
-                lp.blob.diff *= lp.blob.diff.dtype.type(scale)
+            for flat in self._flat:
+                flat.diff *= flat.diff.dtype.type(scale)
         return norm
 
     def _apply_update(self, lr):
-        """Normalize, regularize, the rule's update value and the step, per
-        parameter (Caffe's Normalize, Regularize, ComputeUpdateValue and
-        Net::Update); ``lr`` is the policy's rate (before ``lr_mult``)."""
+        """Normalize, regularize, the rule's update value and the step
+        (Caffe's Normalize, Regularize, ComputeUpdateValue and Net::Update)
+        on the flat buffers: a few whole-buffer operations, the lr and decay
+        multipliers applied per run of equal multipliers (solver.flat_params);
+        ``lr`` is the policy's rate (before ``lr_mult``)."""
         p = self.param
-        l1 = p.regularization_type == "L1"
         with self.device.context():
-            for lp, history in self._slots:
-                data, diff = lp.blob.data, lp.blob.diff
-                xp, real = array_module(data), data.dtype.type
+            for flat in self._flat:
                 if p.iter_size > 1:
-                    diff *= real(1.0 / p.iter_size)
-                decay = p.weight_decay * lp.decay_mult
-                if decay:
-                    diff += real(decay) * (xp.sign(data) if l1 else data)
-                self.rule.compute_update_value(diff, history, lr * lp.lr_mult, self.iter)
-                data -= diff
+                    flat.diff *= flat.diff.dtype.type(1.0 / p.iter_size)
+                flat.add_weight_decay(p.weight_decay, p.regularization_type == "L1")
+                self.rule.compute_update_value(flat.diff, flat.history, flat.rates(lr),
+                                               self.iter)
+                flat.data -= flat.diff
 
     # -- the NaN / Inf guard ------------------------------------------------------------------
     def _guard(self, loss):
         """After a forward + backward: stop when the loss or a gradient is
-        not finite, naming the first offending blob and layer."""
-        if math.isfinite(loss) and finite_all([lp.blob.diff for lp in self._updated]):
-            return
+        not finite, naming the first offending blob and layer. Returns the
+        sum of the squared gradients (one reduction per flat buffer, one host
+        sync; finite exactly when every gradient is, unless it overflowed,
+        which alone costs the element-wise check)."""
+        sumsq = sum_of_squares([flat.diff for flat in self._flat])
+        if math.isfinite(loss) and (math.isfinite(sumsq) or
+                                    finite_all([flat.diff for flat in self._flat])):
+            return sumsq
         what, blob, layer = locate_non_finite(self.net)
         if what is None:
             what = f"the loss is {loss}"
@@ -388,14 +405,15 @@ class Solver:
             raise IndexError(f"{self.source}: no test net {index} "
                              f"({len(self.test_nets)} test net(s))")
         net, iters = self.test_nets[index], self.test_iter[index]
-        self._share_weights(net)
         sums, loss = {}, 0.0
-        for _ in range(iters):
-            outputs = net.forward()
-            loss += outputs.loss
-            for name, value in outputs.items():
-                value = to_numpy(value).astype(np.float64)
-                sums[name] = sums[name] + value if name in sums else value
+        with self.device.context():
+            self._share_weights(net)
+            for _ in range(iters):
+                outputs = net.forward()
+                loss += outputs.loss
+                for name, value in outputs.items():
+                    value = to_numpy(value).astype(np.float64)
+                    sums[name] = sums[name] + value if name in sums else value
         result = TestResult((name, float(total.reshape(())) / iters if total.size == 1
                              else total / iters) for name, total in sums.items())
         result.loss = loss / iters
@@ -437,7 +455,8 @@ class Solver:
         and ``.caffemodel``, see solver.snapshot); returns the state path.
         Weights that are not finite are refused (NumericalError), so the last
         good snapshot stays the latest one."""
-        return self._write_snapshot(self._capture_state())
+        with self.device.context():
+            return self._write_snapshot(self._capture_state())
 
     def _write_snapshot(self, state):
         if self.snapshot_prefix is None:

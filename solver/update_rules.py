@@ -93,7 +93,10 @@ class UpdateRule:
             subtracts from the data.
         history: tuple of this parameter's history arrays (``diff``'s shape
             and dtype, one per suffix), updated in place.
-        rate: the learning rate times the parameter's ``lr_mult`` (a float).
+        rate: the learning rate times the parameter's ``lr_mult``: a float
+            for the whole array, or for a flat buffer of several parameters
+            (solver.flat_params) a list of ``(slice, float)`` runs covering
+            it, each run scaled by its own rate.
         it: the iteration being applied (0-based; Adam's t is it + 1).
         """
         # The base class is abstract: each of the six rules defines this.
@@ -116,7 +119,7 @@ class SGD(UpdateRule):
         real = diff.dtype.type
         # The order of operations is that of the original SGDSolver, so
         # default runs stay bit-identical.
-        diff *= real(rate)
+        _scale(diff, rate)
         v *= real(self.momentum)
         v += diff
         diff[...] = v
@@ -136,7 +139,7 @@ class Nesterov(UpdateRule):
         (v,) = history
         real, m = diff.dtype.type, self.momentum
         previous = v.copy()                  # Caffe's update_ buffer
-        diff *= real(rate)
+        _scale(diff, rate)
         v *= real(m)
         v += diff
         previous *= real(-m)
@@ -197,7 +200,7 @@ class AdaDelta(UpdateRule):
         ratio /= s + real(self.delta)
         diff *= _sqrt(ratio)
         _decayed_mean(d, diff * diff, self.momentum)
-        diff *= real(rate)
+        _scale(diff, rate)
 
 
 class Adam(UpdateRule):
@@ -221,8 +224,9 @@ class Adam(UpdateRule):
         _decayed_mean(v, diff * diff, self.momentum2)
         denominator = _sqrt(v)
         denominator += real(self.delta)
+        array_module(diff).divide(m, denominator, out=diff)
         # Caffe rounds the local rate and the correction to the data type.
-        diff[...] = real(rate) * real(correction) * (m / denominator)
+        _scale(diff, rate, real(correction))
 
 
 def _decayed_mean(mean, value, decay):
@@ -243,7 +247,21 @@ def _scaled_by_rms(diff, sum_sq, delta, rate):
     denominator = _sqrt(sum_sq)
     denominator += real(delta)
     diff /= denominator
-    diff *= real(rate)
+    _scale(diff, rate)
+
+
+def _scale(array, rate, factor=None):
+    """array *= rate (x factor), in place; ``rate`` a float or ``(slice,
+    float)`` runs (see UpdateRule.compute_update_value). The rate is rounded
+    to the array's dtype first, as Caffe's local rate is; ``factor`` is a
+    scalar of that dtype multiplied into it."""
+    real = array.dtype.type
+    runs = rate if isinstance(rate, (list, tuple)) else [(None, rate)]
+    for where, value in runs:
+        scale = real(value) if factor is None else real(value) * factor
+        # A view, scaled in place (``array[where] *= s`` would copy it back).
+        part = array if where is None else array[where]
+        part *= scale
 
 
 #: type string -> rule class, in Caffe's order.
