@@ -371,13 +371,16 @@ class Net:
                 raise NetDefinitionError(
                     f"{self.source}: set_input_arrays(data, labels) needs a MemoryData layer "
                     "as the net's first layer")
-            self.layers[0].reset(*arrays)
+            with self.device.context():
+                self.layers[0].reset(*arrays)
             return
-        for name, array in named.items():
+        for name in named:
             if name not in self.blobs:
                 raise NetDefinitionError(
                     f"{self.source}: no blob named '{name}' (inputs: {', '.join(self.inputs)})")
-            self.blobs[name].set_data(array)
+        with self.device.context():  # the copies run on the net's device
+            for name, array in named.items():
+                self.blobs[name].set_data(array)
 
     def forward(self, blobs=None, start=None, end=None, **inputs):
         """Run the layers from ``start`` up to ``end`` (layer names,
@@ -434,8 +437,9 @@ class Net:
                 steps[s].backward(relu_mode)
                 if memory is not None:
                     memory.after_backward(s)
-        names = self.bottom_names[end] if end is not None else list(self.inputs)
-        return {name: self.blobs[name].diff for name in names + list(diffs or [])}
+            # (inside the context: reading a diff never written allocates it)
+            names = self.bottom_names[end] if end is not None else list(self.inputs)
+            return {name: self.blobs[name].diff for name in names + list(diffs or [])}
 
     def _seed_diffs(self, seeds):
         """Loss tops' diffs <- their loss weight, then blob diffs <- seeds."""
@@ -474,8 +478,10 @@ class Net:
             self.memory.release_all()
 
     def clear_param_diffs(self):
-        for p in self.learnable_params:
-            p.blob.zero_diff()
+        """Zero every learnable parameter's diff (gradients accumulate)."""
+        with self.device.context():
+            for p in self.learnable_params:
+                p.blob.zero_diff()
 
     # -- weights -------------------------------------------------------------------
     def copy_from(self, path, skip_mismatched=False):
@@ -484,7 +490,8 @@ class Net:
         Returns a ``WeightsReport`` (loaded, missing, unused, skipped). A shape
         mismatch raises ``WeightsError`` naming both shapes unless
         ``skip_mismatched``."""
-        report = load_weights_into(self, path, skip_mismatched=skip_mismatched)
+        with self.device.context():  # the copies into the blobs run on the net's device
+            report = load_weights_into(self, path, skip_mismatched=skip_mismatched)
         self.build_log.append(report.summary())
         return report
 
@@ -496,7 +503,8 @@ class Net:
 
     def save_weights(self, path, meta=None):
         """Write the weights in the native, pickle-free snapshot format."""
-        save_native(self, path, meta)
+        with self.device.context():
+            save_native(self, path, meta)
 
     def __repr__(self):
         return (f"Net('{self.name}', phase={self.phase}, {len(self.layers)} layers, "
