@@ -31,7 +31,8 @@ the events that matter on a real GPU, each under the label of the innermost
 - ``h2d``: host data copied to the device (``cupy.asarray`` of NumPy data, a
   NumPy array assigned into a device array);
 - ``host_mix``: a plain NumPy array given to a device operation (a TypeError
-  on real CuPy: a bug the stand-in would otherwise hide).
+  on real CuPy: a bug the stand-in would otherwise hide);
+- ``generator``: a ``cupy.random.RandomState`` made (a cuRAND generator).
 
 Synchronizations are ``d2h + scalar_sync + explicit_sync`` (``SYNC_EVENTS``).
 """
@@ -44,7 +45,8 @@ import types
 import numpy as np
 
 SYNC_EVENTS = ("d2h", "scalar_sync", "explicit_sync")
-EVENTS = ("launch", "get_function", "compile", "array_op") + SYNC_EVENTS + ("h2d", "host_mix")
+EVENTS = ("launch", "get_function", "compile", "array_op") + SYNC_EVENTS + (
+    "h2d", "host_mix", "generator")
 
 
 class Counts:
@@ -351,6 +353,22 @@ class RawModule:
         return RawKernel(self, name)
 
 
+class RandomState:
+    """``cupy.random.RandomState``: ``seed(s)`` restarts the stream, as it
+    does for CuPy's Philox generator; the numbers are NumPy's, not cuRAND's."""
+
+    def __init__(self, seed=None, method=0):
+        COUNTS.add("generator")
+        self.seed(seed)
+
+    def seed(self, seed=None):
+        self._numbers = np.random.default_rng(None if seed is None else int(seed))
+
+    def random_sample(self, size=None, dtype=float):
+        with COUNTS.operation():
+            return _device(self._numbers.random(size, dtype=dtype))
+
+
 def _cuda_namespace():
     runtime = types.SimpleNamespace(
         getDeviceCount=lambda: _State.device_count,
@@ -376,7 +394,8 @@ def _make_module():
     for name, value in {"ndarray": ndarray, "asarray": asarray, "array": array,
                         "asnumpy": asnumpy, "get_array_module": get_array_module,
                         "RawModule": RawModule, "RawKernel": RawKernel,
-                        "cuda": _cuda_namespace(), "COUNTS": COUNTS}.items():
+                        "cuda": _cuda_namespace(), "COUNTS": COUNTS,
+                        "random": types.SimpleNamespace(RandomState=RandomState)}.items():
         setattr(module, name, value)
     module.__getattr__ = _numpy_attribute
     return module

@@ -3,6 +3,7 @@ import numpy as np
 
 from layers.base import Layer, register
 from layers.kernels import launch
+from netdef.device import is_gpu_array
 
 
 @register("Dropout")
@@ -40,6 +41,7 @@ class DropoutLayer(Layer):
         self.test_scale = 1.0 if scale_train else 1.0 - self.ratio
         self.mask_draws = 0  # masks drawn so far: the layer's random state
         self.mask = None     # (bottom shape) keep_scale or 0, allocated in reshape (TRAIN)
+        self._curand = None  # the GPU generator, made once (_gpu_generator)
 
     def reshape(self, bottoms, tops):
         shape = bottoms[0].shape
@@ -52,15 +54,26 @@ class DropoutLayer(Layer):
         (drawn where ``like`` lives), and advance ``mask_draws``."""
         generator = self.rng(self.mask_draws)
         self.mask_draws += 1
-        if isinstance(like, np.ndarray):
+        if not is_gpu_array(like):
             return generator.random(like.shape, dtype=like.dtype)
-        import cupy
-        # Philox: a fresh generator per mask costs nothing to seed (XORWOW
-        # sets up per-thread states first). The seed goes in as uint64, the
-        # type CuPy's RandomState.seed accepts without a cast error.
+        # The seed goes in as uint64, the type CuPy's RandomState.seed
+        # accepts without a cast error; reseeding a Philox generator sets its
+        # seed and resets its offset to 0, so the mask is the same as from a
+        # generator made afresh with that seed, without making one.
         seed = generator.integers(2 ** 64, dtype=np.uint64)
-        state = cupy.random.RandomState(seed, method=cupy.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
+        state = self._gpu_generator()
+        state.seed(seed)
         return state.random_sample(like.shape, dtype=like.dtype)
+
+    def _gpu_generator(self):
+        """The layer's cuRAND generator (Philox), made on the first GPU
+        forward and kept: making one costs a cuRAND handle and its setup,
+        reseeding it costs nothing. Not random state (``mask_draws`` is)."""
+        if self._curand is None:
+            import cupy
+            self._curand = cupy.random.RandomState(
+                0, method=cupy.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
+        return self._curand
 
     # -- CPU -------------------------------------------------------------------------
     def forward_cpu(self, bottoms, tops):

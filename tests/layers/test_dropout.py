@@ -202,6 +202,35 @@ def test_gpu_path_on_host(fields, phase, dtype):
     run_gpu_path_on_host(spec(fields), [rand(2, 3, 5, 4)], dtype=dtype, phase=phase)
 
 
+@requires_cxx
+def test_gpu_generator_is_made_once_and_reseeded_per_mask(monkeypatch):
+    """On the stand-in CuPy (bench.standin_cupy): three forwards make one
+    generator, and a layer restored to ``mask_draws`` 2 draws the same
+    third mask as the layer that drew two before (reseeding restarts the
+    stream, as it does for CuPy's Philox generator)."""
+    from bench.standin_cupy import COUNTS, installed
+    from netdef.device import Device, to_numpy
+    from layers import kernels
+    monkeypatch.setattr(kernels, "_gpu_modules", {})
+    monkeypatch.setattr(kernels, "_gpu_functions", {})
+    x = rand(3, 40)
+    with installed():
+        COUNTS.reset()
+        layer, bottoms, tops = run("dropout_ratio: 0.4", x, seed=5, device=Device("gpu", 0))
+        masks = [to_numpy(layer.mask).copy()]
+        for _ in range(2):
+            layer.forward(bottoms, tops)
+            masks.append(to_numpy(layer.mask).copy())
+        assert COUNTS.totals()["generator"] == 1
+        restored = build_layer(spec("dropout_ratio: 0.4"), dtype=np.float64, seed=5,
+                               device=Device("gpu", 0))
+        restored_bottoms, restored_tops = setup_layer(restored, [x])
+        restored.set_random_state({"mask_draws": 2})
+        restored.forward(restored_bottoms, restored_tops)
+        np.testing.assert_array_equal(to_numpy(restored.mask), masks[2])
+    assert not np.array_equal(masks[1], masks[2])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("fields", ["", "dropout_ratio: 0.3 scale_train: false"])
 def test_gpu_matches_cpu_in_test_phase(fields):
