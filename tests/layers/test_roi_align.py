@@ -2,13 +2,15 @@
 reference of Detectron2's sampling rules (adaptive and fixed sampling ratio,
 aligned and not) over RoIs outside the map, inverted, one pixel, the whole
 image, in two images, and on 1-row / 1-column maps; float64 gradient checks;
-the GPU paths host-run and on a GPU; every error."""
+the adaptive grid's bound on a huge RoI (and that it never binds inside the
+map); the GPU paths host-run and on a GPU; every error."""
 import math
 
 import numpy as np
 import pytest
 
 from layers import kernels
+from layers.roi_align import adaptive_grid_bound, align_axis_weights
 from netdef.errors import DataError, NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer
 from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
@@ -152,6 +154,51 @@ def test_inverted_aligned_roi_gives_zero_and_unaligned_one_cell():
     assert tops[0].data.ravel()[0] == 0.0
     _, _, tops = run_layer(align_spec(1, 1, SCALE, 0, False), [x, roi])
     assert tops[0].data.ravel()[0] > 0.0   # at least one cell, sampled once
+
+
+# RoIs of 1e8 map cells at scale 1/8 (within the 2^30 the RoI check allows).
+# Unbounded, the adaptive grid would give each of their bins about 5e7 x 3e7
+# samples: a GPU thread would loop for hours and the CPU path run out of memory.
+HUGE_ROIS = np.array([[0, -4e8, -4e8, 4e8, 4e8], [1, 0, -3e8, 8, 5e8]])
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_huge_roi_takes_the_bounded_grid(aligned):
+    assert adaptive_grid_bound(6, 2) == 3 and adaptive_grid_bound(7, 3) == 3
+    _, grid_h = align_axis_weights(HUGE_ROIS[:, 2], HUGE_ROIS[:, 4], SCALE, 2, 6, 0, aligned)
+    _, grid_w = align_axis_weights(HUGE_ROIS[:, 1], HUGE_ROIS[:, 3], SCALE, 3, 7, 0, aligned)
+    assert grid_h.tolist() == [3, 3] and grid_w.tolist() == [3, 1]
+    x = features((2, 3, 6, 7))
+    dy = features((2, 3, 2, 3), seed=1)
+    expected, dx = reference(x, HUGE_ROIS, dy, 2, 3, SCALE, 0, aligned)
+    _, bottoms, tops = run_layer(align_spec(2, 3, SCALE, 0, aligned), [x, HUGE_ROIS],
+                                 top_diff=dy)
+    np.testing.assert_allclose(tops[0].data, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(bottoms[0].diff, dx, rtol=1e-12, atol=1e-12)
+
+
+@requires_cxx
+@pytest.mark.parametrize("aligned", [False, True])
+def test_huge_roi_gpu_paths_on_host(aligned):
+    # The kernels apply the same bound (unbounded, this would not finish).
+    for dtype in (np.float32, np.float64):
+        run_gpu_path_on_host(align_spec(2, 3, SCALE, 0, aligned), [features((2, 3, 6, 7)),
+                                                                   HUGE_ROIS], dtype=dtype)
+        run_gpu_path_on_host(ps_spec(2, 3, SCALE, 0, aligned), [features((2, 18, 6, 7)),
+                                                                HUGE_ROIS], dtype=dtype)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("pooled,size", [(1, 6), (2, 7), (3, 6), (7, 7), (7, 20)])
+def test_grid_bound_never_binds_for_rois_inside_the_map(pooled, size, aligned):
+    # RoIs inside an image of size / SCALE pixels are at most size cells long.
+    rng = np.random.default_rng(pooled * size)
+    low = rng.uniform(0, size / SCALE - 1, 300)
+    high = low + rng.uniform(0, 1, 300) * (size / SCALE - 1 - low)
+    _, grid = align_axis_weights(low, high, SCALE, pooled, size, 0, aligned)
+    length = (high - low) * SCALE if aligned else np.maximum((high - low) * SCALE, 1)
+    np.testing.assert_array_equal(grid, np.ceil(length / pooled))
+    assert (grid == adaptive_grid_bound(size, pooled)).any()   # reached, not exceeded
 
 
 @pytest.mark.parametrize("text,c,top_shape", [(align_spec(), 3, (0, 3, 2, 3)),
