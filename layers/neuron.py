@@ -9,7 +9,8 @@ from netdef.device import array_module
 # How a ReLU's backward treats the gradient, chosen per backward call by the
 # Net (``Net.backward(relu_mode=...)``): "normal" is Caffe's rule; the two
 # others are visualization rules (Springenberg et al.'s guided backprop,
-# Zeiler and Fergus's deconvnet) that only ever pass positive gradients.
+# Zeiler and Fergus's deconvnet) that only ever pass positive gradients
+# (a negative_slope plays no part in them).
 RELU_MODES = ("normal", "guided", "deconvnet")
 
 

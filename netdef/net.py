@@ -448,9 +448,9 @@ class Net:
                 raise NetDefinitionError(
                     f"{self.source}: backward: no blob named '{name}' to seed "
                     f"(blobs: {', '.join(self.blobs)})")
-            if tuple(diff.shape) != self.blobs[name].shape:
+            if tuple(np.shape(diff)) != self.blobs[name].shape:
                 raise ShapeError(f"{self.source}: backward: the seed for blob '{name}' has "
-                                 f"shape {tuple(diff.shape)}, the blob has "
+                                 f"shape {tuple(np.shape(diff))}, the blob has "
                                  f"{self.blobs[name].shape}")
         for weights, tops in zip(self.loss_weights, self.top_blobs):
             for weight, top in zip(weights, tops):
