@@ -4,10 +4,11 @@ Made once when the Net is built, after shape inference and the backward
 plan, and recorded in ``net.build_log``. Each step covers one layer or a
 run of adjacent layers (``step.indices``) and has ``forward()`` and
 ``backward(relu_mode="normal")`` (the ReLU rule of the call, applied to
-ReLU layers and to ReLUs fused into a step alike). A fusion is made only where every blob keeps its Caffe
-meaning: the fused layers work in place on one blob, so the blob only ever
-showed the chain's last value; frozen means every parameter of the layer
-has lr_mult 0 (BatchNorm's statistics always are).
+ReLU layers and to ReLUs fused into a step alike). A fusion is made only
+where every blob keeps its Caffe meaning: the fused layers work in place
+on one blob, so the blob only ever showed the chain's last value; frozen
+means every parameter of the layer has lr_mult 0 (BatchNorm's statistics
+always are).
 
     steps, decisions = make_steps(net)          # net: a built Net
     steps, decisions = make_steps(net, fuse=False)  # one step per layer
