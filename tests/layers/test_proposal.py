@@ -1,4 +1,6 @@
-"""Proposal against a plain (loop) reference pipeline on small maps."""
+"""Proposal against a plain (loop) reference pipeline on small maps; the GPU
+path host-run; CPU/GPU parity on inputs where no decision is near its
+threshold, and validity of the GPU's result where scores tie; errors."""
 import numpy as np
 import pytest
 
@@ -170,8 +172,94 @@ def test_output_score_needs_a_second_top():
         setup_layer(layer, make_inputs())
 
 
+# -- CPU / GPU parity ------------------------------------------------------------------
+#
+# The box decode's exp differs in the last bit between NumPy and CUDA, and the
+# GPU may order tied scores differently (partition / argsort), so a box near
+# min_size, a pair near the NMS threshold or a tie at the pre-NMS cut can
+# change which proposals survive, and how many. The parity test therefore
+# compares outputs exactly only on inputs where no decision is close (checked
+# on the CPU below, so a change of inputs cannot make it pass vacuously); on
+# inputs with ties it compares what any correct run gives.
+
+SEPARATED = 18   # seed of inputs checked to be separated (closest decision: 2e-3)
+MARGIN = 1e-4                           # far above float32 rounding of IoUs and sizes
+
+
+def separated_inputs(seed, height=8, width=10, im_info=(128.0, 160.0, 1.0)):
+    """Distinct scores (no ties at any cut) and random deltas."""
+    rng = np.random.default_rng(seed)
+    n = A * height * width
+    fg = (rng.permutation(n).reshape(A, height, width) + 1.0) / (n + 2)
+    prob = np.concatenate([1 - fg, fg])[None]
+    deltas = rng.normal(0, 0.4, (1, 4 * A, height, width))
+    return [prob, deltas, np.array([im_info])]
+
+
+def closest_decision(prob, deltas, im_info, thresh=0.7, min_size=16.0, stride=16):
+    """The smallest distance of any decision of the pipeline to its
+    threshold: box sides to min_size, and each candidate's largest IoU with
+    the boxes kept before it to the NMS threshold (all candidates; no cut)."""
+    _, _, height, width = prob.shape
+    im_h, im_w, scale = im_info[0]
+    boxes, scores = [], []
+    for y in range(height):
+        for x in range(width):
+            for a in range(A):
+                anchor = REFERENCE_ANCHORS[a] + [stride * x, stride * y] * 2
+                box = plain_decode(anchor, deltas[0, 4 * a:4 * a + 4, y, x])
+                box = [min(max(box[0], 0), im_w - 1), min(max(box[1], 0), im_h - 1),
+                       min(max(box[2], 0), im_w - 1), min(max(box[3], 0), im_h - 1)]
+                boxes.append(box)
+                scores.append(prob[0, A + a, y, x])
+    assert len(set(scores)) == len(scores), "tied scores"
+    side = min_size * scale
+    closest = min(min(abs(b[2] - b[0] + 1 - side), abs(b[3] - b[1] + 1 - side)) for b in boxes)
+    alive = [i for i, b in enumerate(boxes) if b[2] - b[0] + 1 >= side and b[3] - b[1] + 1 >= side]
+    keep = []
+    for i in sorted(alive, key=lambda i: -scores[i]):
+        largest = max((iou_plain(boxes[k], boxes[i], np.float64) for k in keep), default=0.0)
+        if largest > 0:
+            closest = min(closest, abs(largest - thresh))
+        if not largest > thresh:
+            keep.append(i)
+    return closest
+
+
+def test_parity_inputs_have_no_decision_near_a_threshold():
+    assert closest_decision(*separated_inputs(SEPARATED)) > MARGIN
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+def test_gpu_matches_cpu_where_no_decision_is_close(phase, dtype):
+    compare_devices(spec(), separated_inputs(SEPARATED), phase=phase, dtype=dtype,
+                    backward=False, top_diffs=[None, None])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
-def test_gpu_matches_cpu(phase):
-    compare_devices(spec(), make_inputs(6, 20, 30, (320.0, 480.0, 1.0)), phase=phase,
-                    backward=False, top_diffs=[None, None])
+def test_gpu_proposals_on_tied_scores_are_a_valid_result(phase):
+    """Many tied scores: the GPU's proposals may differ from the CPU's, but
+    each is a candidate box with its own score, in non-increasing score
+    order, no two overlapping beyond the threshold, starting with the best."""
+    from netdef.device import Device, to_numpy
+    arrays = make_inputs(6, 20, 30, (320.0, 480.0, 1.0))
+    _, _, (cpu_rois, cpu_scores) = run(spec(), arrays, phase=phase, dtype=np.float32)
+    layer = build_layer(spec(), phase=phase, dtype=np.float32, device=Device("gpu", 0))
+    bottoms, tops = setup_layer(layer, [np.asarray(a, np.float32) for a in arrays])
+    layer.forward(bottoms, tops)
+    rois, scores = to_numpy(tops[0].data), to_numpy(tops[1].data)[:, 0]
+    assert 0 < len(rois) <= layer.post_nms_top_n and not rois[:, 0].any()
+    assert np.all(np.diff(scores) <= 0) and scores[0] == cpu_scores[0, 0]
+    _, _, (everything, all_scores) = run(spec("train_pre_nms_top_n: 0 train_post_nms_top_n: 0 "
+                                              "test_pre_nms_top_n: 0 test_post_nms_top_n: 0 "
+                                              "nms_thresh: 1"), arrays, phase=phase,
+                                         dtype=np.float32)
+    for roi, score in zip(rois, scores):
+        near = np.abs(everything[:, 1:] - roi[1:]).max(axis=1) <= 1e-3 * (1 + np.abs(roi[1:]).max())
+        assert near.any() and score in all_scores[near, 0], (roi, score)
+    for i in range(len(rois)):
+        for j in range(i):
+            assert iou_plain(rois[j, 1:], rois[i, 1:], np.float64) <= 0.7 + MARGIN
