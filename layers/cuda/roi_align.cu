@@ -20,8 +20,8 @@ struct AlignAxis {
 // ROIAlignV2); otherwise the original Mask R-CNN rule, which makes every RoI
 // at least one cell long. sampling_ratio 0 means adaptive: ceil(roi size /
 // pooled) samples per bin, at most ceil(size / pooled), what a RoI as long
-// as the map gets (the bound; layers/roi_align.py says why). Clamped while
-// still real: a RoI of 2^30 cells would overflow the cast.
+// as the map gets (the bound; layers/roi_align.py says why). Compared while
+// still real: a RoI of 2^31 cells would overflow the cast.
 DEVICE AlignAxis align_axis(const real low, const real high, const real scale, const int aligned,
                             const int pooled, const int sampling_ratio, const int size) {
   const real offset = aligned ? (real)0.5 : (real)0;
@@ -31,9 +31,9 @@ DEVICE AlignAxis align_axis(const real low, const real high, const real scale, c
   if (!aligned) length = max(length, (real)1);
   a.bin = length / (real)pooled;
   const int bound = (size + pooled - 1) / pooled;
-  a.grid = sampling_ratio > 0
-               ? sampling_ratio
-               : (int)max(min(ceil(length / (real)pooled), (real)bound), (real)0);
+  const real want = ceil(a.bin);
+  a.grid = sampling_ratio > 0 ? sampling_ratio
+                              : want <= 0 ? 0 : want >= (real)bound ? bound : (int)want;
   return a;
 }
 
@@ -203,8 +203,7 @@ DEVICE bool align_touch(const AlignAxis& a, const int s, const int h, const int 
 // elements (RoI r's bin (p, q) is at r * roi_stride + top + p * pooled_w +
 // q), and the bins [p0, p1) x [q0, q1) that may read its channel.
 struct AlignCell {
-  long long image, top;
-  int h, w, p0, p1, q0, q1;
+  int image, top, h, w, p0, p1, q0, q1;
 };
 
 DEVICE real align_gather(const real* top_diff, const real* rois, const long long num_rois,
@@ -215,7 +214,7 @@ DEVICE real align_gather(const real* top_diff, const real* rois, const long long
   real sum = 0;
   for (long long r = 0; r < num_rois; ++r) {
     const real* roi = rois + r * 5;
-    if ((long long)roi[0] != e.image) continue;
+    if ((int)roi[0] != e.image) continue;
     const AlignAxis ay = align_axis(roi[2], roi[4], spatial_scale, aligned, pooled_h,
                                     sampling_ratio, height);
     int sy0, sy1, sx0, sx1;
@@ -232,7 +231,8 @@ DEVICE real align_gather(const real* top_diff, const real* rois, const long long
       if (!align_touch(ay, sy, e.h, height, wy)) continue;
       const real* g_row = g + (sy / ay.grid) * pooled_w;
       for (int sx = sx0; sx < sx1; ++sx) {
-        if (align_touch(ax, sx, e.w, width, wx)) sum += g_row[sx / ax.grid] / (real)count * wy * wx;
+        if (!align_touch(ax, sx, e.w, width, wx)) continue;
+        sum += g_row[sx / ax.grid] / (real)count * wy * wx;  // this sample's part
       }
     }
   }
@@ -248,12 +248,12 @@ KERNEL void FN(roi_align_backward)(const long long n, const real* top_diff, cons
                                    real* bottom_diff) {
   CUDA_KERNEL_LOOP(index, n) {
     const PlanePos p = plane_pos(index, height, width);
-    const long long bins = (long long)pooled_h * pooled_w;
-    const AlignCell e = {p.plane / channels, (p.plane % channels) * bins, p.row, p.col,
-                         0, pooled_h, 0, pooled_w};
-    bottom_diff[index] = align_gather(top_diff, rois, num_rois, channels * bins, e, height,
-                                      width, pooled_h, pooled_w, spatial_scale, sampling_ratio,
-                                      aligned);
+    const int bins = pooled_h * pooled_w;
+    const AlignCell e = {(int)(p.plane / channels), (int)(p.plane % channels) * bins, p.row,
+                         p.col, 0, pooled_h, 0, pooled_w};
+    bottom_diff[index] = align_gather(top_diff, rois, num_rois, (long long)channels * bins, e,
+                                      height, width, pooled_h, pooled_w, spatial_scale,
+                                      sampling_ratio, aligned);
   }
 }
 
@@ -270,7 +270,7 @@ KERNEL void FN(psroi_align_backward)(const long long n, const real* top_diff, co
     const int channel = (int)(p.plane % channels);
     const int ph = (channel / k) % k, pw = channel % k;
     // Top offset of bin (0, 0) of class c, so that + ph * k + pw is the channel.
-    const AlignCell e = {p.plane / channels, channel - ph * k - pw, p.row, p.col,
+    const AlignCell e = {(int)(p.plane / channels), channel - ph * k - pw, p.row, p.col,
                          ph, ph + 1, pw, pw + 1};
     bottom_diff[index] = align_gather(top_diff, rois, num_rois, channels, e, height, width,
                                       k, k, spatial_scale, sampling_ratio, aligned);
