@@ -14,6 +14,12 @@ kernels scan them, so max ties and the order of additions are the kernels'.
 The Python loop runs over those offsets (at most the largest bin's area) and
 over cache-sized groups of bins, never over RoIs.
 
+GPU paths (``layers/cuda/roi_pooling.cu``, ``psroi_pooling.cu``): forward
+one thread per top element; backward a gather, one thread per bottom
+element summing the (RoI, bin) pairs that read it in RoI then bin order, so
+a GPU run gives the same bits every time (an atomicAdd scatter does not),
+and GPU training resumes exactly.
+
 The RoI base class and the RoI checks here are shared with ``layers.roi_align``.
 """
 import numpy as np
