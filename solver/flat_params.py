@@ -10,7 +10,7 @@ device and dtype"), ``FlatParams`` allocates
 
 and makes each parameter blob ``adopt`` its slices (``netdef.blob``): the
 layers read and write the same memory as before, the solver sees it whole.
-The parameters are laid out sorted by ``(lr_mult, decay_mult)``, so each
+The parameters are laid out sorted by lr_mult and then decay_mult, so each
 multiplier takes a few contiguous runs (``lr_runs``, ``decay_runs``:
 ``(slice, multiplier)``): a per-element multiplier is then a scalar
 operation per run, with no multiplier arrays in memory, and every element
@@ -38,7 +38,7 @@ class FlatParams:
     """
 
     def __init__(self, params, history_count, device):
-        self.params = sorted(params, key=lambda lp: (lp.lr_mult, lp.decay_mult))
+        self.params = _layout(params)
         self.device = device
         ends = list(itertools.accumulate(lp.blob.count for lp in self.params))
         self._slices = [slice(end - lp.blob.count, end) for lp, end in zip(self.params, ends)]
@@ -94,6 +94,19 @@ class FlatParams:
         return (f"FlatParams({len(self.params)} blobs, {self.data.size} values, "
                 f"{self.data.dtype.name}, {len(self.lr_runs)} lr run(s), "
                 f"{len(self.decay_runs)} decay run(s))")
+
+
+def _layout(params):
+    """``params`` sorted by lr_mult; within one lr_mult by decay_mult, the
+    decay_mult the previous lr_mult ended with first, so that it continues
+    that run (e.g. (1, 1), (2, 1), (2, 0): two lr runs and one decay run)."""
+    ordered, last = [], None
+    for _, group in itertools.groupby(sorted(params, key=lambda lp: lp.lr_mult),
+                                      key=lambda lp: lp.lr_mult):
+        group = sorted(group, key=lambda lp: (lp.decay_mult != last, lp.decay_mult))
+        ordered += group
+        last = group[-1].decay_mult
+    return ordered
 
 
 def _runs(slices, values):
