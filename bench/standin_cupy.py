@@ -29,7 +29,9 @@ the events that matter on a real GPU, each under the label of the innermost
 - ``explicit_sync``: ``Device.synchronize()``, ``Stream.synchronize()``,
   ``runtime.deviceSynchronize()``;
 - ``h2d``: host data copied to the device (``cupy.asarray`` of NumPy data, a
-  NumPy array assigned into a device array);
+  NumPy array assigned into a device array), through a host copy into
+  CuPy's staging buffer in the calling thread; ``h2d_async``: an
+  asynchronous copy from pinned memory (``ndarray.set(host, stream=...)``);
 - ``host_mix``: a plain NumPy array given to a device operation (a TypeError
   on real CuPy: a bug the stand-in would otherwise hide);
 - ``generator``: a ``cupy.random.RandomState`` made (a cuRAND generator).
@@ -46,7 +48,7 @@ import numpy as np
 
 SYNC_EVENTS = ("d2h", "scalar_sync", "explicit_sync")
 EVENTS = ("launch", "get_function", "compile", "array_op") + SYNC_EVENTS + (
-    "h2d", "host_mix", "generator")
+    "h2d", "h2d_async", "host_mix", "generator")
 
 
 class Counts:
@@ -194,6 +196,15 @@ class ndarray(np.ndarray):  # noqa: N801 (CuPy's name)
     def device(self):
         return CUDADevice(self._device_id)
 
+    def set(self, arr, stream=None):
+        """A host-to-device copy into this array (asynchronous with a stream,
+        which on CuPy needs pinned host memory to be truly asynchronous)."""
+        if arr.shape != self.shape or arr.dtype != self.dtype:
+            raise ValueError(f"stand-in CuPy: set() of a {arr.dtype} {arr.shape} array into a "
+                             f"{self.dtype} {self.shape} array")
+        COUNTS.add("h2d_async" if stream is not None else "h2d")
+        np.copyto(self.view(np.ndarray), arr)
+
     def get(self, stream=None, order="C", out=None):
         COUNTS.add("d2h")
         host = np.array(self.view(np.ndarray), order=order)
@@ -314,9 +325,23 @@ class CUDADevice:
         COUNTS.add("explicit_sync")
 
 
+class _Event:
+    """A recorded point of a stream; everything before it is done already
+    (the stand-in runs each operation at once)."""
+
+    def __init__(self):
+        self.waits = 0
+
+    def synchronize(self):
+        self.waits += 1
+
+
 class _Stream:
     def synchronize(self):
         COUNTS.add("explicit_sync")
+
+    def record(self, event=None):
+        return _Event()
 
 
 class CompileException(Exception):

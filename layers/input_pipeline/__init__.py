@@ -7,7 +7,10 @@
   (``TrainingOrder``: seeded, aspect-grouped, epoch after epoch) and the
   arrays of one minibatch (``MinibatchBuilder``; the precomputed-RoI form
   samples with ``layers.detection_targets.ProposalTargetCreator``);
-- ``prefetch``: building the next minibatches in a background thread.
+- ``prefetch``: building the next minibatches in a background thread;
+- ``staging``: on the GPU, the prefetch thread also writes each minibatch
+  into pinned host buffers, and the layer's forward copies them into the
+  top blobs asynchronously (``PinnedStaging``).
 
 The layer receives its dataset from above (``set_dataset``): anything with
 ``records`` (ImageRecord-like: ``image_id``, ``path``, ``width``,
