@@ -41,7 +41,8 @@ TIERS = (
         "solver.train", "solver.test", "solver.detect", "solver.plot", "solver.schedule",
         "solver.schedule_file", "solver.schedule_state", "solver.schedule_train",
         "solver.schedule_stages", "solver.schedule_eval", "solver.session",
-        "solver.train_settings", "solver.train_caffe", "solver.parse_log", "solver.cli",
+        "solver.train_settings", "solver.train_caffe", "solver.parse_log", "solver.visualize",
+        "solver.cli",
         "bench")),
 )
 
