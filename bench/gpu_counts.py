@@ -17,7 +17,9 @@ One warm-up iteration compiles the kernels and starts the prefetching; the
 next ``--iterations`` (default 1) are counted and reported per iteration:
 kernel launches, ``get_function`` look-ups, array operations (each at least
 one CuPy kernel), synchronizations (device-to-host copies, host reads of
-device values, explicit syncs) and host-to-device copies; ``host_mix`` counts
+device values, explicit syncs) and host-to-device copies (``h2d`` through
+CuPy's staging in the calling thread, ``h2d_async`` from pinned buffers the
+prefetch thread filled); ``host_mix`` counts
 plain NumPy arrays handed to device operations (a TypeError on real CuPy).
 The counts do not depend on the machine; the run takes a minute on 2 cores.
 """
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NET = ROOT / "prototxt" / "rfcn_tiny.prototxt"
 SOLVER = ROOT / "prototxt" / "rfcn_tiny_solver.prototxt"
 COLUMNS = ("launch", "get_function", "array_op", "syncs", "d2h", "scalar_sync",
-           "explicit_sync", "h2d", "host_mix")
+           "explicit_sync", "h2d", "h2d_async", "host_mix")
 
 
 def build(data_root):
