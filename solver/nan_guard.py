@@ -4,6 +4,9 @@ and the error that names it.
 Training stops with a NumericalError whose message names the first
 offending blob and the layer that made it (design section 7); the error
 carries ``iter``, ``blob``, ``layer`` and ``last_snapshot`` for callers.
+The per-pass check is ``sum_of_squares`` of the flat gradient buffers (one
+reduction, one host sync); the search for the offending blob runs only once
+it fails.
 """
 import collections
 

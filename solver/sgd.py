@@ -33,6 +33,12 @@ Parameters with ``lr_mult`` 0 are left out of all of this (Caffe computes no
 gradient for them, so their update is zero and they add nothing to the
 clipping norm).
 
+The trained parameters' data, diffs and history live in flat buffers
+(solver.flat_params): an iteration costs a dozen whole-buffer operations
+however many parameter blobs there are, and one host sync per forward +
+backward (the sum of squared gradients: the guard's check and the clipping
+norm), all inside the device's context.
+
 Paths in the solver file follow Caffe's rules (solver.solver_file).
 ``solver_mode`` and ``device_id`` are ignored: the device is chosen by the
 caller (``device=``).
@@ -111,7 +117,8 @@ class Solver:
     Attributes: ``net``, ``test_nets``, ``iter``, ``param`` (the
     SolverParameter), ``rule`` (the solver.update_rules rule), ``lr_policy``,
     ``history`` ("<layer>/<i>" + the rule's suffix -> array of the
-    parameter's shape: SGD's momentum under "<layer>/<i>"), ``rng`` (the
+    parameter's shape, a view into the flat history buffer: SGD's momentum
+    under "<layer>/<i>"), ``rng`` (the
     solver's own NumPy Generator, saved in snapshots, free for the caller's
     use), ``seed``, ``last_snapshot`` (the path of the latest
     ``.solverstate.npz`` written or restored), ``progress``.
@@ -332,8 +339,7 @@ class Solver:
                             elapsed_s=round(time.perf_counter() - self._started, 3), **extra)
 
     def _clear_param_diffs(self):
-        """Caffe's ClearParamDiffs: one fill per flat buffer (and the diffs
-        of lr_mult 0 parameters, which are rarely allocated, one by one)."""
+        """Caffe's ClearParamDiffs (lr_mult 0 diffs are rarely allocated)."""
         for flat in self._flat:
             flat.diff.fill(0)
         for lp in self._frozen:
@@ -354,11 +360,9 @@ class Solver:
         return norm
 
     def _apply_update(self, lr):
-        """Normalize, regularize, the rule's update value and the step
-        (Caffe's Normalize, Regularize, ComputeUpdateValue and Net::Update)
-        on the flat buffers: a few whole-buffer operations, the lr and decay
-        multipliers applied per run of equal multipliers (solver.flat_params);
-        ``lr`` is the policy's rate (before ``lr_mult``)."""
+        """Caffe's Normalize, Regularize, ComputeUpdateValue and Net::Update
+        on the flat buffers (multipliers per run: solver.flat_params); ``lr``
+        is the policy's rate (before ``lr_mult``)."""
         p = self.param
         with self.device.context():
             for flat in self._flat:
@@ -373,18 +377,21 @@ class Solver:
     def _guard(self, loss):
         """After a forward + backward: stop when the loss or a gradient is
         not finite, naming the first offending blob and layer. Returns the
-        sum of the squared gradients (one reduction per flat buffer, one host
-        sync; finite exactly when every gradient is, unless it overflowed,
-        which alone costs the element-wise check)."""
-        sumsq = sum_of_squares([flat.diff for flat in self._flat])
-        if math.isfinite(loss) and (math.isfinite(sumsq) or
-                                    finite_all([flat.diff for flat in self._flat])):
+        sum of the squared gradients (one sync; not finite also when it
+        overflowed, which alone costs the element-wise check)."""
+        diffs = [flat.diff for flat in self._flat]
+        sumsq = sum_of_squares(diffs)
+        if math.isfinite(loss) and (math.isfinite(sumsq) or finite_all(diffs)):
             return sumsq
         what, blob, layer = locate_non_finite(self.net)
         if what is None:
             what = f"the loss is {loss}"
         message = (f"{self.source}: iteration {self.iter}: {what}; training stopped and "
                    f"nothing was written for this iteration. {self._last_good()}")
+        self._stop(message, blob, layer)
+
+    def _stop(self, message, blob, layer):
+        """Log ``message`` as an error and raise it as a NumericalError."""
         self.progress.record("error", iter=self.iter, message=message, blob=blob, layer=layer)
         raise numerical_error(message, self.iter, blob, layer, self.last_snapshot)
 
@@ -494,9 +501,7 @@ class Solver:
                    f"'{lp.name}' (type {lp.type}) holds non-finite values ({kind}) "
                    f"(is the learning rate too high?); the snapshot was not "
                    f"written. {self._last_good()}")
-        self.progress.record("error", iter=self.iter, message=message,
-                             blob=f"{lp.name}/{k}", layer=lp.name)
-        raise numerical_error(message, self.iter, f"{lp.name}/{k}", lp.name, self.last_snapshot)
+        self._stop(message, f"{lp.name}/{k}", lp.name)
 
     def _snapshot_on_interrupt(self, why):
         """The snapshot of the last completed iteration, after Ctrl-C."""
