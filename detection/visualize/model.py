@@ -178,7 +178,8 @@ class VisualModel:
         return writers[-1]
 
     def layer_index(self, name):
-        return self.net._layer_names.index(name)
+        """The position of layer ``name`` in the net."""
+        return list(self.net.layer_dict).index(name)
 
     def check_blob(self, blob):
         """DataError naming ``blob`` and listing the net's blobs when it has none such."""
@@ -225,11 +226,8 @@ class VisualModel:
     def prepare(self, image):
         """``image`` ``(H, W, 3)`` uint8 RGB -> ``Prepared`` (see the class
         docstring for how each kind scales it)."""
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-            raise DataError(f"expected an (H, W, 3) RGB image, found shape {image.shape}")
-        bgr = image[:, :, ::-1].astype(np.float32)
-        height, width = image.shape[:2]
+        bgr = _bgr(image)
+        height, width = bgr.shape[:2]
         if self.kind == "detector":
             blob, scale = prepare_image(bgr, self.scale, self.max_size, self.pixel_means)
             im_info = np.array([[blob.shape[2], blob.shape[3], scale]], dtype=np.float32)
@@ -256,8 +254,9 @@ class VisualModel:
                 raise DataError(f"{self.net.source}: a classifier has no RoIs to pin")
             rois = np.asarray(to_numpy(rois), dtype=np.float32).reshape(-1, 5)
             self.net.forward(end=self.rois_layer, **prepared.inputs)
-            self.net.blobs["rois"].set_data(rois)
-            following = self.net._layer_names[self.layer_index(self.rois_layer) + 1]
+            with self.net.device.context():
+                self.net.blobs["rois"].set_data(rois)
+            following = self.net.layer_params[self.layer_index(self.rois_layer) + 1].name
             out = self.net.forward(start=following)
         return {name: np.array(to_numpy(value)) for name, value in out.items()}
 
@@ -277,7 +276,7 @@ class VisualModel:
         highest score first, exactly as ``solver.detect`` lists them at that
         threshold (its NMS, score floor and per-image cap)."""
         self._need_detector("detections")
-        bgr = np.asarray(image)[:, :, ::-1].astype(np.float32)
+        bgr = _bgr(image)
         scores, boxes = im_detect(self.net, bgr, self.scale, self.max_size,
                                   self.bbox_normalization)
         rois = self.blob_data("rois").reshape(-1, 5)
@@ -357,6 +356,14 @@ class VisualModel:
             heat = padded[:blob_h, :blob_w]
         in_h, in_w = prepared.input_shape
         return _resize(heat[:in_h, :in_w], *prepared.image_shape)
+
+
+def _bgr(image):
+    """``(H, W, 3)`` RGB (uint8, or floats on the 0..255 scale) -> float32 BGR."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise DataError(f"expected an (H, W, 3) RGB image, found shape {image.shape}")
+    return image[:, :, ::-1].astype(np.float32)
 
 
 def _resize(heat, height, width):

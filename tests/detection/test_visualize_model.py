@@ -268,3 +268,15 @@ def test_detection_target_on_the_gpu_matches_the_cpu():
     assert [d.class_index for d in found_gpu[:5]] == [d.class_index for d in found_cpu[:5]]
     np.testing.assert_allclose([d.score for d in found_gpu], [d.score for d in found_cpu],
                                atol=1e-4)
+
+
+def test_weights_metadata_gives_classes_and_test_scale(detector, tmp_path):
+    names = ["__background__", "circle", "square", "triangle", "ellipse", "cross", "ring"]
+    path = tmp_path / "weights.npz"
+    detector.net.save_weights(path, {"classes": names, "test_scale": [96, 128]})
+    model = VisualModel("prototxt/rfcn_tiny.prototxt", path)
+    assert model.classes == names and (model.scale, model.max_size) == (96, 128)
+    np.testing.assert_array_equal(model.net.params["conv1"][0].data,
+                                  detector.net.params["conv1"][0].data)
+    assert VisualModel("prototxt/rfcn_tiny.prototxt", path, classes=names[1:],
+                       scale=150).classes == names
