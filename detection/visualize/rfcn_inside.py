@@ -214,13 +214,23 @@ def rfcn_inside(model, image, detection=0, threshold=0.5):
     boxed = draw_detections(Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)),
                             [(det.class_name, det.score, det.box)])
     maps = tile(_map_tiles(vote, low, high), k)
-    summary = tile([titled(_assembled(vote, low, high), "the RoI assembled from its bins"),
-                    titled(_vote_grid(vote, low, high),
-                           f"{k} x {k} votes, mean {vote.votes.mean():.3f} = "
-                           f"{det.class_name} score {vote.score:.3f}")], 1)
-    return tile([
-        titled(boxed, f"detection {det.index}: {det.class_name} {det.score:.2f}"),
-        titled(maps, f"position-sensitive maps of '{det.class_name}' ({vote.layer}'s "
-                     f"bottom, colour from {low:.2f} to {high:.2f}); white: the bin each map "
-                     "votes with"),
-        summary], 3)
+    left = tile([titled(boxed, f"detection {det.index}: {det.class_name} {det.score:.2f}"),
+                 titled(_assembled(vote, low, high), "the RoI assembled from the bin each "
+                                                     "map gives")], 1)
+    votes = titled(_vote_grid(vote, low, high),
+                   f"{k} x {k} votes, mean {vote.votes.mean():.3f} = {det.class_name} score "
+                   f"{vote.score:.3f}")
+    return _row([left, titled(maps, f"position-sensitive maps of '{det.class_name}' "
+                                    f"({vote.layer}'s bottom; colour from {low:.2f} to "
+                                    f"{high:.2f}); white: the bin each map votes with"), votes])
+
+
+def _row(pictures, gap=8):
+    """``pictures`` side by side, tops aligned, on white."""
+    width = sum(p.width for p in pictures) + gap * (len(pictures) - 1)
+    canvas = Image.new("RGB", (width, max(p.height for p in pictures)), (255, 255, 255))
+    x = 0
+    for picture in pictures:
+        canvas.paste(picture, (x, 0))
+        x += picture.width + gap
+    return canvas

@@ -25,7 +25,8 @@ layer { name: "data" type: "Input" top: "data"
         input_param { shape { dim: 1 dim: 3 dim: 16 dim: 16 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 4 kernel_size: 3 pad: 1
-                            weight_filler { type: "gaussian" std: 0.3 } } }
+                            weight_filler { type: "gaussian" std: 0.3 }
+                            bias_filler { type: "constant" value: 0.1 } } }
 layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
 layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"
         inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
