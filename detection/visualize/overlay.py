@@ -36,12 +36,15 @@ def colour_map(values):
     return np.round(np.stack(channels, axis=-1)).astype(np.uint8)
 
 
-def _normalized(heat):
-    """``heat`` scaled to [0, 1] by its minimum and maximum (a constant map: zeros)."""
-    low, high = float(heat.min()), float(heat.max())
+def _normalized(heat, percentile=100.0):
+    """``heat`` scaled to [0, 1] by its minimum and its ``percentile``-th
+    percentile (the maximum at 100; values above it saturate). Returns
+    ``(scaled, low, high)``; a constant map gives zeros."""
+    low = float(heat.min())
+    high = float(heat.max()) if percentile >= 100 else float(np.percentile(heat, percentile))
     if not high > low:
         return np.zeros_like(heat, dtype=np.float64), low, high
-    return (heat.astype(np.float64) - low) / (high - low), low, high
+    return np.clip((heat.astype(np.float64) - low) / (high - low), 0.0, 1.0), low, high
 
 
 def _rgb_array(image):
@@ -62,11 +65,14 @@ def _font():
     return ImageFont.load_default()
 
 
-def heatmap_overlay(image, heat, alpha=0.5, colorbar=True, title=None):
+def heatmap_overlay(image, heat, alpha=0.5, colorbar=True, title=None, percentile=100.0):
     """The colour-mapped ``heat`` ``(H, W)`` blended over ``image``
     (``(H, W, 3)`` RGB, the same size) with weight ``alpha``, a colour bar
-    on the right labelled with the map's minimum and maximum when
-    ``colorbar``, and ``title`` above when given. Returns a PIL image."""
+    on the right labelled with the values its ends stand for when
+    ``colorbar``, and ``title`` above when given. Colours run from the
+    map's minimum to its ``percentile``-th percentile (100: the maximum; a
+    lower one, e.g. 99, makes sparse gradient maps visible, the top 1 %
+    saturating). Returns a PIL image."""
     rgb = _rgb_array(image)
     heat = np.asarray(heat, dtype=np.float32)
     if heat.shape != rgb.shape[:2]:
@@ -74,7 +80,9 @@ def heatmap_overlay(image, heat, alpha=0.5, colorbar=True, title=None):
                         "must be the same size")
     if not 0.0 <= alpha <= 1.0:
         raise DataError(f"alpha must lie in [0, 1], found {alpha}")
-    unit, low, high = _normalized(np.nan_to_num(heat))
+    if not 0.0 < percentile <= 100.0:
+        raise DataError(f"percentile must lie in (0, 100], found {percentile}")
+    unit, low, high = _normalized(np.nan_to_num(heat), percentile)
     blended = (1.0 - alpha) * rgb + alpha * colour_map(unit).astype(np.float64)
     picture = Image.fromarray(np.round(blended).astype(np.uint8))
     if colorbar:

@@ -47,6 +47,22 @@ def test_colour_bar_and_title_enlarge_the_picture():
     assert (np.asarray(titled)[:18] < 128).any()                 # some title text
 
 
+def test_percentile_saturates_the_top_values():
+    image = np.zeros((10, 10, 3), np.uint8)
+    heat = np.zeros((10, 10), np.float32)
+    heat[0, :5] = [1, 2, 3, 4, 100]                  # one outlier
+    plain = np.asarray(heatmap_overlay(image, heat, alpha=1.0, colorbar=False))
+    clipped = np.asarray(heatmap_overlay(image, heat, alpha=1.0, colorbar=False,
+                                         percentile=98))
+    np.testing.assert_array_equal(plain[0, 4], colour_map(1.0))
+    np.testing.assert_array_equal(plain[0, 3], colour_map(0.04))
+    high = np.percentile(heat, 98)                   # 4 ... (between 4 and 100)
+    np.testing.assert_array_equal(clipped[0, 3], colour_map(min(4 / high, 1.0)))
+    np.testing.assert_array_equal(clipped[0, 4], colour_map(1.0))
+    with pytest.raises(DataError, match=r"percentile must lie in \(0, 100\], found 0"):
+        heatmap_overlay(image, heat, percentile=0)
+
+
 def test_constant_and_nan_maps_do_not_fail():
     image = np.zeros((5, 5, 3), np.uint8)
     picture = heatmap_overlay(image, np.full((5, 5), np.nan), colorbar=True)
