@@ -1,7 +1,7 @@
 """Kernel launches and host synchronizations of one tiny R-FCN training
 iteration on the GPU path, counted without a GPU.
 
-    python -m bench.gpu_counts [--iterations N] [--by-layer] [--json PATH]
+    python -m bench.gpu_counts [--iterations N] [--by-layer] [--sites] [--json PATH]
 
 Trains prototxt/rfcn_tiny.prototxt with its solver (rfcn_tiny_solver.prototxt)
 on ``Device("gpu", 0)`` of the stand-in CuPy of ``bench.standin_cupy``: the
@@ -21,7 +21,9 @@ device values, explicit syncs) and host-to-device copies (``h2d`` through
 CuPy's staging in the calling thread, ``h2d_async`` from pinned buffers the
 prefetch thread filled); ``host_mix`` counts
 plain NumPy arrays handed to device operations (a TypeError on real CuPy).
-The counts do not depend on the machine; the run takes a minute on 2 cores.
+``--sites`` lists where each synchronization happens (the project's source
+line that asked for the host value). The counts do not depend on the
+machine; the run takes seconds.
 """
 import argparse
 import collections
@@ -70,8 +72,10 @@ def label_steps(net, counts):
     net.backward = labelled(net.backward, "net.backward")
 
 
-def count_iterations(iterations):
-    """Per-iteration counts: {label: {event: count}}, after one warm-up."""
+def count_iterations(iterations, sites=None):
+    """Per-iteration counts: {label: {event: count}}, after one warm-up;
+    ``sites`` (a dict), when given, receives (label, event, "file:line") ->
+    per-iteration count of each synchronization."""
     from bench.standin_cupy import COUNTS, installed
     from detection.datasets.synthetic import generate
     with tempfile.TemporaryDirectory() as tmp, installed():
@@ -83,6 +87,8 @@ def count_iterations(iterations):
             COUNTS.reset()
             solver.step(iterations)
         table = {label: dict(counter) for label, counter in COUNTS.table.items()}
+        if sites is not None:
+            sites.update({key: n / iterations for key, n in COUNTS.sites.items()})
         del net, solver
     return {label: {event: value / iterations for event, value in counter.items()}
             for label, counter in table.items()}
@@ -120,12 +126,19 @@ def main(argv=None):
                         help="iterations counted after the warm-up one (default 1)")
     parser.add_argument("--by-layer", action="store_true",
                         help="a row per plan step (forward and backward apart)")
+    parser.add_argument("--sites", action="store_true",
+                        help="where each synchronization happens (source lines)")
     parser.add_argument("--json", help="also write the per-iteration table here")
     args = parser.parse_args(argv)
-    table = count_iterations(args.iterations)
+    sites = {}
+    table = count_iterations(args.iterations, sites)
     print(f"tiny R-FCN, per training iteration (mean of {args.iterations}), "
           f"GPU path on the stand-in CuPy")
     print(report(table, args.by_layer))
+    if args.sites:
+        print("\nsynchronizations by source line (per iteration):")
+        for (label, event, site), n in sorted(sites.items(), key=lambda kv: kv[0][2]):
+            print(f"  {n:>5g}  {event:<13} {site:<40} {label}")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1, sort_keys=True))
     return 0

@@ -40,6 +40,7 @@ Synchronizations are ``d2h + scalar_sync + explicit_sync`` (``SYNC_EVENTS``).
 """
 import collections
 import contextlib
+import os
 import sys
 import threading
 import types
@@ -56,12 +57,16 @@ class Counts:
 
     def __init__(self):
         self.table = collections.defaultdict(collections.Counter)
+        # (label, event, "file:line") -> count, for the synchronizations:
+        # the line of project code that caused each.
+        self.sites = collections.Counter()
         self._local = threading.local()
         self._lock = threading.Lock()
 
     def reset(self):
         with self._lock:
             self.table.clear()
+            self.sites.clear()
 
     @contextlib.contextmanager
     def at(self, label):
@@ -80,8 +85,12 @@ class Counts:
         return "(outside)" if thread is threading.main_thread() else f"({thread.name})"
 
     def add(self, event, n=1):
+        where = self.where()
+        site = _caller() if event in SYNC_EVENTS else None
         with self._lock:
-            self.table[self.where()][event] += n
+            self.table[where][event] += n
+            if site:
+                self.sites[(where, event, site)] += n
 
     @contextlib.contextmanager
     def operation(self):
@@ -108,6 +117,22 @@ class Counts:
 
 
 COUNTS = Counts()
+
+
+# Frames skipped when naming the cause of a synchronization: this module,
+# NumPy, and netdef.device's to_numpy (its caller is the cause).
+_HELPERS = (f"{os.sep}numpy{os.sep}", f"netdef{os.sep}device.py")
+
+
+def _caller():
+    """``path:line`` of the innermost frame outside the helpers."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if path != __file__ and not any(h in path for h in _HELPERS):
+            return f"{os.path.relpath(path)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
 
 
 # -- arrays ------------------------------------------------------------------------------
