@@ -152,8 +152,8 @@ def _all_ancestors(model, layer_index):
     return reached
 
 
-def _checked_grad_cam_blob(model, blob):
-    valid = grad_cam_blobs(model)
+def _checked_grad_cam_blob(model, blob, score_blob):
+    valid = grad_cam_blobs(model, score_blob)
     choices = f"(Grad-CAM blobs: {', '.join(valid) or 'none'})"
     if blob not in model.net.blobs:
         raise DataError(f"{model.net.source}: the net has no blob '{blob}' {choices}")
@@ -165,7 +165,7 @@ def _checked_grad_cam_blob(model, blob):
         raise DataError(f"{model.net.source}: blob '{blob}' is a net input, not a feature map "
                         f"{choices}")
     if blob not in valid:
-        raise DataError(f"{model.net.source}: no gradient of '{model.score_blob}' reaches "
+        raise DataError(f"{model.net.source}: no gradient of '{score_blob}' reaches "
                         f"blob '{blob}' {choices}")
     return blob
 
@@ -186,7 +186,9 @@ def grad_cam(model, image, target=None, blob=None):
     ``(H, W)`` float32 in [0, 1] (all zeros when no cell has positive
     evidence). A blob the net lacks, one not 4-D, or one the score's
     gradient does not reach is a DataError listing the valid blobs."""
-    blob = default_grad_cam_blob(model) if blob is None else _checked_grad_cam_blob(model, blob)
+    target = model.target(image) if target is None else target
+    blob = default_grad_cam_blob(model) if blob is None else \
+        _checked_grad_cam_blob(model, blob, target.blob)
     reader = model.net.layer_params[_first_reader_index(model, blob)].name
     prepared = _seeded_backward(model, image, target, "normal", end=reader)
     activations = model.blob_data(blob)[0].astype(np.float64)      # (C, h, w)

@@ -99,6 +99,20 @@ def test_saliency_default_target_is_the_top_class():
                                saliency(model, img, class_target(top)))
 
 
+def test_saliency_of_one_unit_of_a_feature_map():
+    w1, b1, w2, b2 = rng_params(3, (2, 3, 1, 1), (2,), (3, 2 * H * W), (3,))
+    text = net_text(conv("conv", "data", 2) + relu("conv") + fc("conv"))
+    b1 = b1 + 20
+    model = build(text, {"conv": [w1, b1], "fc": [w2, b2]})
+    img = np.full((H, W, 3), 120, np.uint8)
+    z = np.einsum("oc,chw->ohw", w1[:, :, 0, 0], data_of(img)) + b1[:, None, None]
+    assert z[1, 2, 3] > 0
+    expected = np.zeros((H, W))
+    expected[2, 3] = np.abs(w1[1, :, 0, 0]).max()
+    heat = saliency(model, img, Target("conv", (0, 1, 2, 3), None, "unit"))
+    np.testing.assert_allclose(heat, expected, rtol=1e-6)
+
+
 # -- guided backprop and deconvnet: the ReLU rules on a chain ------------------------------
 
 def chain_reference(params, x, index, mode):
