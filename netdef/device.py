@@ -21,7 +21,8 @@ def _import_cupy():
     except ImportError as exc:  # no CuPy installed
         raise DeviceError(
             "a GPU was requested but CuPy is not installed; install the GPU "
-            "extra (pip install -e '.[gpu]') or run on the CPU") from exc
+            "extra (pip install -e '.[gpu]': CuPy and the CUDA libraries it loads; "
+            "python -m netdef.device_check --gpu N checks them) or run on the CPU") from exc
     return cupy
 
 
@@ -47,7 +48,8 @@ class Device:
             count = cupy.cuda.runtime.getDeviceCount()
             if not 0 <= self.index < count:
                 raise DeviceError(
-                    f"GPU {self.index} requested but CuPy sees {count} device(s)")
+                    f"GPU {self.index} requested but CuPy sees {count} device(s) "
+                    "(python -m netdef.device_check --gpu N says what is missing)")
 
     @property
     def is_gpu(self):
@@ -63,6 +65,17 @@ class Device:
         if self.is_gpu:
             return _import_cupy().cuda.Device(self.index)
         return contextlib.nullcontext()
+
+    def make_current(self):
+        """Make this GPU CuPy's current device for the rest of the process.
+
+        For a process that owns one GPU (a command run with ``--gpu N``, one
+        data-parallel rank): then even work that runs outside ``context()``
+        (a library call, a user's hook) lands on this GPU, not on GPU 0.
+        Nets and solvers still enter ``context()`` themselves, so several
+        devices in one process (tests, tools) stay correct. No-op on the CPU."""
+        if self.is_gpu:
+            _import_cupy().cuda.Device(self.index).use()
 
     def asarray(self, array, dtype=None):
         """``array`` on this device (a copy only when it has to move)."""

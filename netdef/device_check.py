@@ -216,8 +216,7 @@ def report(checks, gpu=0):
     if all_passed(checks):
         lines.append("ready: training with --gpu %d can start" % gpu)
     else:
-        lines.append(f"not ready. Everything the GPU path needs on a machine with the "
-                     f"NVIDIA driver: {INSTALL_ALL} (CuPy and its CUDA libraries from PyPI)")
+        lines.append("not ready: see the fix lines above")
     return "\n".join(lines)
 
 
@@ -225,10 +224,15 @@ def require_gpu(gpu, *, min_free_gib=1.0, option="--gpu"):
     """Raise DeviceError with the probe's report unless GPU ``gpu`` passes
     every check. Entry points call this before they build anything."""
     checks = probe(gpu, min_free_gib=min_free_gib)
-    if not all_passed(checks):
-        raise DeviceError(f"{option} {gpu}: this machine cannot run on GPU {gpu}\n"
-                          + report(checks, gpu))
-    return checks
+    if all_passed(checks):
+        return checks
+    failed = [check for check in checks if check.ok is False]
+    if failed[0].name in ("CuPy importable", "a device visible"):
+        headline = "no CUDA GPU is visible to CuPy on this machine"
+    else:
+        headline = f"GPU {gpu} is visible but {', '.join(c.name for c in failed)} failed"
+    raise DeviceError(f"{option} {gpu}: {headline}; fix what this check reports, or run on "
+                      f"the CPU (--cpu, the default)\n{report(checks, gpu)}")
 
 
 def main(argv=None):

@@ -150,6 +150,8 @@ def load_weights_into(net, path, skip_mismatched=False):
 
 def save_native(net, path, meta=None):
     """Write every layer's parameters in the native snapshot format."""
-    arrays = {f"{name}/{i}": to_numpy(blob.data)
-              for name, layer in net.layer_dict.items() for i, blob in enumerate(layer.blobs)}
+    with net.device.context():  # the copies to the host are ordered on the net's device
+        arrays = {f"{name}/{i}": to_numpy(blob.data)
+                  for name, layer in net.layer_dict.items()
+                  for i, blob in enumerate(layer.blobs)}
     save_arrays(path, arrays, dict(meta or {}, net=net.name, phase=net.phase))

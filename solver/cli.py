@@ -13,8 +13,9 @@ import os
 import sys
 import time
 
-from netdef.device import CPU, Device, gpu_available
-from netdef.errors import DeviceError, EngineError, NumericalError
+from netdef.device import CPU, Device
+from netdef.device_check import require_gpu
+from netdef.errors import EngineError, NumericalError
 from detection.datasets import load_dataset
 from detection.datasets.synthetic import default_dataset_root, ensure_dataset
 from detection.datasets.voc import find_voc_years, is_voc_layout
@@ -54,16 +55,17 @@ def add_device_arguments(parser):
 
 
 def select_device(gpu):
-    """The CPU for ``gpu`` None, else GPU ``gpu``; DeviceError, saying so,
-    when CuPy sees no GPU."""
+    """The CPU for ``gpu`` None. Else GPU ``gpu``, once the GPU probe
+    (``netdef.device_check``: CuPy, the device, cuBLAS, NVRTC, cuRAND, free
+    memory) passes, before anything is built; a DeviceError carrying the
+    probe's report (what is missing, the install command) when it does not.
+    The command owns that GPU: it becomes the process's current device."""
     if gpu is None:
         return CPU
-    if not gpu_available():
-        raise DeviceError(
-            f"--gpu {gpu}: no CUDA GPU is visible to CuPy on this machine (CuPy not installed, "
-            "no NVIDIA driver, or no device); install the GPU extra (pip install -e '.[gpu]') "
-            "on a machine with a GPU, or run on the CPU (--cpu, the default)")
-    return Device("gpu", gpu)
+    require_gpu(gpu)
+    device = Device("gpu", gpu)
+    device.make_current()
+    return device
 
 
 def builtin_dataset(say=print):
