@@ -10,9 +10,9 @@
 # 3. runs the gpu-marked tests (pytest -m gpu);
 # 4. trains the tiny R-FCN for its full schedule with --gpu 0 (evaluation at
 #    the end) and reports its mAP and wall time;
-# 5. runs the GPU benchmarks: bench.trunk_vs_pytorch, bench.train_iteration,
-#    bench.conv and bench.peak_memory (the R-FCN ResNet-101 iteration's peak
-#    device memory).
+# 5. runs the GPU benchmarks: bench.trunk_vs_pytorch (where PyTorch is
+#    installed: the bench extra), bench.train_iteration, bench.conv and
+#    bench.peak_memory (the R-FCN ResNet-101 iteration's peak device memory).
 #
 # Each step runs under its own time limit (seconds, below; together under 10
 # minutes) and writes DIR/logs/<step>.log; a failed or timed-out step is
@@ -31,7 +31,8 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY_RUN=1 ;;
     --no-install) INSTALL=0 ;;
     --out) shift; OUT=${1:?--out needs a folder} ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+               exit 0 ;;
     *) echo "gpu_smoke.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -92,8 +93,12 @@ if [ "$DRY_RUN" = 0 ] && [ -f "$OUT/rfcn_tiny/eval_iter_4000.json" ]; then
 print(f\"  train_tiny: mAP (VOC07) {r['map_07']:.4f} at iteration 4000\")" \
     "$OUT/rfcn_tiny/eval_iter_4000.json" | tee -a "$SUMMARY"
 fi
-step trunk_vs_pytorch 40 "$PYTHON" -m bench.trunk_vs_pytorch --gpu
-figures trunk_vs_pytorch '.'
+if [ "$DRY_RUN" = 1 ] || "$PYTHON" -c "import torch" 2>/dev/null; then
+  step trunk_vs_pytorch 40 "$PYTHON" -m bench.trunk_vs_pytorch --gpu
+  figures trunk_vs_pytorch '.'
+else
+  echo "trunk_vs_pytorch: skipped (needs PyTorch: pip install -e '.[bench]')" | tee -a "$SUMMARY"
+fi
 step train_iteration 45 "$PYTHON" -m bench.train_iteration --gpu
 figures train_iteration '.'
 step conv 35 "$PYTHON" -m bench.conv --gpu --skip-net
