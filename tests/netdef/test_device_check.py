@@ -211,3 +211,11 @@ def test_report_layout():
         "  NOT RUN  free memory      needs a visible GPU",
         "not ready: see the fix lines above",
     ]
+
+
+# -- a real GPU -------------------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_the_probe_passes_on_a_real_gpu(capsys):
+    assert main(["--gpu", "0", "--min-free-gib", "0.5"]) == 0, capsys.readouterr().out
+    assert select_device(0).index == 0

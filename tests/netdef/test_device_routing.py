@@ -162,3 +162,28 @@ def test_one_solver_step_runs_on_its_gpu(gpus):
     solver.step(1)
     assert_close(params(solver.net), params(reference.net))
     assert_only_gpu1(gpus)
+
+
+# -- real GPUs: the last one visible, while GPU 0 stays current -------------------------
+
+def last_real_gpu():
+    import cupy
+    return Device("gpu", cupy.cuda.runtime.getDeviceCount() - 1)
+
+
+@pytest.mark.gpu
+def test_net_and_solver_on_a_real_gpu_equal_the_cpu():
+    device = last_real_gpu()
+    reference = build(CPU)
+    expected_loss = reference.forward(**inputs()).loss
+    reference.backward()
+    net = build(device)
+    assert net.forward(**inputs()).loss == pytest.approx(expected_loss, rel=1e-9)
+    net.backward()
+    assert_close(param_diffs(net), param_diffs(reference))
+    cpu_solver, gpu_solver = solver_on(CPU), solver_on(device)
+    cpu_solver.step(2)
+    gpu_solver.step(2)
+    for key, expected in params(cpu_solver.net).items():
+        np.testing.assert_allclose(params(gpu_solver.net)[key], expected, rtol=1e-7,
+                                   atol=1e-9, err_msg=key)
