@@ -24,6 +24,7 @@ this module never needs it.
 import argparse
 import dataclasses
 import pathlib
+import re
 import shlex
 import sys
 
@@ -79,8 +80,9 @@ def _library_fix(cupy, component):
     names it (the ``cuda-toolkit`` wheel with that component)."""
     major = _cuda_major(cupy)
     command = f"pip install 'cuda-toolkit[{component}]=={major}.*'"
-    version = getattr(cupy, "__version__", "0")
-    if int(version.split(".")[0]) < 14:
+    version = str(getattr(cupy, "__version__", "0"))
+    major_version = re.match(r"\d*", version).group()
+    if int(major_version or 0) < 14:
         # CuPy before 14 does not look for the NVIDIA wheels at all.
         return (f"pip install -U 'cupy-cuda{major}x[ctk]>=14' (CuPy {version} cannot load "
                 f"CUDA libraries from pip wheels), or {INSTALL_ALL}")
