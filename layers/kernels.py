@@ -89,8 +89,10 @@ def launch(source, name, dtype, n, args):
     symbol = f"{name}_{dtype_suffix(dtype)}"
     text = kernel_source(source, dtype.name)
     if any(is_gpu_array(a) for a in args):
-        function, device = gpu_function(source, dtype, symbol)
+        import cupy
+        device = cupy.cuda.runtime.getDevice()
         check_arguments(text, name, symbol, dtype, args, on_gpu=True, device=device)
+        function = gpu_function(cupy, device, source, dtype, symbol)
         blocks = min((n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK, MAX_BLOCKS)
         function((blocks,), (THREADS_PER_BLOCK,), tuple(args))
     else:
@@ -102,22 +104,20 @@ def launch(source, name, dtype, n, args):
 
 # Compiled modules by (device, source, dtype name), and their entry points by
 # (device, source, dtype name, symbol): a launch after the first of each
-# kernel on each device costs two dictionary look-ups, no get_function.
+# kernel on each device costs one dictionary look-up, no get_function.
 _gpu_modules = {}
 _gpu_functions = {}
 
 
-def gpu_function(source, dtype, symbol):
-    """``(kernel, device)``: entry point ``symbol`` of ``source`` for
-    ``dtype`` on the current CUDA device, compiled and looked up once."""
-    import cupy
-    device = cupy.cuda.runtime.getDevice()
+def gpu_function(cupy, device, source, dtype, symbol):
+    """Entry point ``symbol`` of ``source`` for ``dtype`` on CUDA device
+    ``device`` (the current one), compiled and looked up once."""
     key = (device, source, dtype.name, symbol)
     function = _gpu_functions.get(key)
     if function is None:
         function = _gpu_module(cupy, device, source, dtype).get_function(symbol)
         _gpu_functions[key] = function
-    return function, device
+    return function
 
 
 def _gpu_module(cupy, device, source, dtype):

@@ -124,7 +124,7 @@ def test_gpu_launch_checks_the_same_way(cupy, what, make_args, message):
     with pytest.raises(KernelError, match=message):
         kernels.launch("neuron.cu", "relu_forward", np.float32, 4,
                        make_args(*_gpu_arrays(cupy)))
-    assert counts()["launch"] == 0
+    assert counts()["launch"] == 0 and counts()["compile"] == 0   # checked first
 
 
 def test_gpu_launch_refuses_a_host_array(cupy):
