@@ -59,8 +59,8 @@ from netdef.device import default_device, to_numpy
 from netdef.errors import DeviceError, NetDefinitionError, NumericalError
 from netdef.net import normalize_phase
 from netdef.weights import share_layers
-from solver.lr_policy import LRPolicy
 from solver.flat_params import flatten_params
+from solver.lr_policy import LRPolicy
 from solver.nan_guard import finite_all, locate_non_finite, locate_non_finite_weights, \
     numerical_error, sum_of_squares
 from solver.progress import Progress
