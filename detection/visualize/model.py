@@ -193,6 +193,11 @@ class VisualModel:
         return [name for name in self.net.blobs if name not in splits]
 
     def _check_backward(self):
+        if self.net.memory is not None:
+            raise NetDefinitionError(
+                f"{self.net.source}: the net uses the lean memory plan, so the activations the "
+                "visualizations read are reused; build it without keep= (or give VisualModel "
+                "the prototxt path)")
         index = self.layer_index(self.score_layer)
         if not self.net.layer_need_backward[index]:
             raise NetDefinitionError(

@@ -30,11 +30,13 @@ def classifier(text=CLASSIFIER, **kwargs):
     return VisualModel(Net(text, "TEST"), **kwargs)
 
 
-def rfcn_tiny(device=None):
-    """The tiny R-FCN's TEST net with force_backward, random (seeded) weights."""
+def rfcn_tiny(device=None, **kwargs):
+    """The tiny R-FCN's TEST net with force_backward, random (seeded) weights;
+    small test images (shorter side 96) unless told otherwise."""
     param = read_net("prototxt/rfcn_tiny.prototxt")
     param.force_backward = True
-    return VisualModel(Net(param, "TEST", device=device))
+    kwargs = {"scale": 96, "max_size": 128, **kwargs}
+    return VisualModel(Net(param, "TEST", device=device), **kwargs)
 
 
 def random_image(height, width, seed=0):
@@ -60,8 +62,9 @@ def test_detector_kind_blobs_and_classes(detector):
     assert detector.kind == "detector" and detector.rois_layer == "proposal"
     assert (detector.score_blob, detector.score_layer) == ("cls_score", "ave_cls_score_rois")
     assert detector.classes == list(generic_classes(7))
-    # no weights metadata and a text-built net: the default test scale
-    assert (detector.scale, detector.max_size) == (600, 1000)
+    # no weights metadata and a net built from a message: the default test scale
+    default = rfcn_tiny(scale=None, max_size=None)
+    assert (default.scale, default.max_size) == (600, 1000)
 
 
 def test_classifier_prepare_is_bgr_minus_means_resized():
@@ -79,12 +82,12 @@ def test_classifier_prepare_is_bgr_minus_means_resized():
 
 
 def test_detector_prepare_matches_the_detection_library(detector):
-    image = random_image(60, 80)
+    image = random_image(60, 90)
     prepared = detector.prepare(image)
-    blob, scale = prepare_image(image[:, :, ::-1].astype(np.float32), 600, 1000)
+    blob, scale = prepare_image(image[:, :, ::-1].astype(np.float32), 96, 128)
     np.testing.assert_array_equal(prepared.inputs["data"], blob)
-    np.testing.assert_allclose(prepared.inputs["im_info"], [[600, 800, scale]])
-    assert prepared.input_shape == (600, 800) and prepared.scale == pytest.approx(10.0)
+    np.testing.assert_allclose(prepared.inputs["im_info"], [[85, 128, scale]])
+    assert prepared.input_shape == (85, 128) and prepared.scale == pytest.approx(128 / 90)
 
 
 def test_prepare_rejects_a_non_image():
@@ -122,6 +125,11 @@ def test_a_net_without_backward_is_refused():
         VisualModel(Net(CLASSIFIER.replace("force_backward: true", ""), "TEST"))
 
 
+def test_a_lean_memory_net_is_refused():
+    with pytest.raises(NetDefinitionError, match="lean memory plan"):
+        VisualModel(Net(CLASSIFIER, "TEST", keep=["prob"]))
+
+
 def test_unknown_blob_lists_the_blobs():
     model = classifier()
     with pytest.raises(DataError, match=r"no blob 'conv9' \(blobs: data, conv, fc, prob\)"):
@@ -145,7 +153,7 @@ def test_detections_are_solver_detects_list(detector):
     image = random_image(48, 64, seed=1)
     found = detector.detections(image, threshold=0.16)
     assert found, "random weights give near-uniform scores above 0.16"
-    scores, boxes = im_detect(detector.net, image[:, :, ::-1].astype(np.float32), 600, 1000)
+    scores, boxes = im_detect(detector.net, image[:, :, ::-1].astype(np.float32), 96, 128)
     expected = detections_json("x.png", image.shape, postprocess(scores, boxes, 0.05),
                                detector.classes, 0.16)["detections"]
     assert [d.index for d in found] == list(range(len(found)))
@@ -242,13 +250,13 @@ def test_to_image_crops_and_resizes():
 
 
 def test_to_image_upsamples_a_feature_grid_by_its_stride(detector):
-    image = random_image(60, 80)
-    prepared = detector.prepare(image)                      # blob 600 x 800
-    grid = np.zeros((75, 100), np.float32)                  # stride 8
-    grid[10:20, 30:40] = 1.0
+    image = random_image(48, 64)
+    prepared = detector.prepare(image)                      # blob 96 x 128
+    grid = np.zeros((12, 16), np.float32)                   # stride 8
+    grid[2:4, 6:8] = 1.0
     out = detector.to_image(grid, prepared)
-    assert out.shape == (60, 80)
-    # cell (y, x) of the grid covers input pixels 8y..8y+7, image pixels 0.8y..
+    assert out.shape == (48, 64)
+    # cell (y, x) of the grid covers input pixels 8y..8y+7, image pixels 4y..4y+3
     ys, xs = np.nonzero(out > 0.5)
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (8, 15, 24, 31)
 
