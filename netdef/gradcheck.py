@@ -47,11 +47,18 @@ class ElementCheck:
 
 @dataclasses.dataclass
 class GradCheckResult:
-    """What a check found: the worst element per blob and overall."""
+    """What a check found: the worst element per blob and overall.
+
+    ``worst_per_blob`` maps each checked blob's label to its worst
+    ``ElementCheck`` (None when none of its elements was compared: all at
+    kinks, or the blob is empty); ``blob_sizes`` maps the labels to their
+    element counts.
+    """
     tolerance: float
     worst_per_blob: dict
     checked: int
     skipped_kinks: int
+    blob_sizes: dict = dataclasses.field(default_factory=dict)
 
     @property
     def worst(self):
@@ -59,15 +66,27 @@ class GradCheckResult:
         return max(candidates, key=lambda c: c.error) if candidates else None
 
     @property
+    def unchecked_blobs(self):
+        """Labels of non-empty blobs none of whose elements was compared: a
+        check of such a blob proves nothing (every element sat on a kink)."""
+        return [label for label, c in self.worst_per_blob.items()
+                if c is None and self.blob_sizes.get(label, 1) > 0]
+
+    @property
     def passed(self):
-        worst = self.worst
-        return worst is None or worst.error <= self.tolerance
+        """At least one element compared in all, and in every non-empty
+        blob, and every compared element within the tolerance: a check that
+        compared nothing has not passed."""
+        if self.checked == 0 or self.unchecked_blobs:
+            return False
+        return self.worst.error <= self.tolerance
 
     def report(self):
         lines = [f"{'blob':<28} {'worst index':<18} {'analytic':>13} {'numeric':>13} {'rel err':>9}"]
         for label, c in self.worst_per_blob.items():
             if c is None:
-                lines.append(f"{label:<28} (no element checked)")
+                empty = self.blob_sizes.get(label, 1) == 0
+                lines.append(f"{label:<28} " + ("(empty)" if empty else "(no element checked)  FAIL"))
                 continue
             mark = "" if c.error <= self.tolerance else "  FAIL"
             lines.append(f"{label:<28} {str(c.index):<18} {c.analytic:>13.6g} "
@@ -184,7 +203,8 @@ def check_layer(spec, bottom_arrays, *, check_bottoms=None, check_params=True,
             if worst[label] is None or check.error > worst[label].error:
                 worst[label] = check
     objective()
-    return GradCheckResult(tolerance, worst, checked, skipped)
+    return GradCheckResult(tolerance, worst, checked, skipped,
+                           {label: int(blob.data.size) for label, blob in targets})
 
 
 # -- whole nets ------------------------------------------------------------------
