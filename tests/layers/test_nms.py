@@ -87,21 +87,36 @@ def test_nms_matches_scalar_reference(dtype):
                                       nms_scalar_reference(boxes, scores, thresh))
 
 
-def test_ties_go_to_the_lower_index_and_duplicates_suppress_each_other():
+# The decision rules below are checked on both paths: the NumPy one and the
+# CUDA kernels run on the host (use_kernel=True), each against the answer.
+PATHS = [pytest.param(False, id="numpy"), pytest.param(True, id="kernel", marks=requires_cxx)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("use_kernel", PATHS)
+def test_ties_go_to_the_lower_index_and_duplicates_suppress_each_other(use_kernel, dtype):
     box = [10.0, 10.0, 50.0, 50.0]
-    boxes = np.array([box, box, [200, 200, 220, 220], box])
-    scores = np.array([0.5, 0.9, 0.1, 0.9])
-    np.testing.assert_array_equal(nms(boxes, scores, 0.7), [1, 2])
+    boxes = np.array([box, box, [200, 200, 220, 220], box], dtype=dtype)
+    scores = np.array([0.5, 0.9, 0.1, 0.9], dtype=dtype)
+    np.testing.assert_array_equal(nms(boxes, scores, 0.7, use_kernel=use_kernel), [1, 2])
     # IoU 1 is not > 1: with thresh 1 nothing is suppressed, ties by index
-    np.testing.assert_array_equal(nms(boxes, scores, 1.0), [1, 3, 0, 2])
+    np.testing.assert_array_equal(nms(boxes, scores, 1.0, use_kernel=use_kernel), [1, 3, 0, 2])
 
 
-def test_suppression_is_strictly_greater_than_thresh():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("use_kernel", PATHS)
+def test_suppression_is_strictly_greater_than_thresh(use_kernel, dtype):
     # IoU exactly 0.5: [0, 0, 9, 9] (area 100) and [0, 0, 9, 19] (area 200)
-    boxes = np.array([[0.0, 0.0, 9.0, 19.0], [0.0, 0.0, 9.0, 9.0]])
-    scores = np.array([2.0, 1.0])
-    np.testing.assert_array_equal(nms(boxes, scores, 0.5), [0, 1])
-    np.testing.assert_array_equal(nms(boxes, scores, 0.49), [0])
+    boxes = np.array([[0.0, 0.0, 9.0, 19.0], [0.0, 0.0, 9.0, 9.0]], dtype=dtype)
+    scores = np.array([2.0, 1.0], dtype=dtype)
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5, use_kernel=use_kernel), [0, 1])
+    np.testing.assert_array_equal(nms(boxes, scores, 0.49, use_kernel=use_kernel), [0])
+    # the same pair 70 boxes apart: the decision in a later 64-box mask word
+    far = np.concatenate([boxes[:1], 1000.0 + 30.0 * np.arange(69, dtype=dtype)[:, None]
+                          + np.array([0, 0, 9, 9], dtype=dtype), boxes[1:]])
+    far_scores = np.linspace(2, 1, 71).astype(dtype)
+    np.testing.assert_array_equal(nms(far, far_scores, 0.5, use_kernel=use_kernel), np.arange(71))
+    np.testing.assert_array_equal(nms(far, far_scores, 0.49, use_kernel=use_kernel), np.arange(70))
 
 
 def test_max_output_is_a_prefix_and_edge_sizes():
