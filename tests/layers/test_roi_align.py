@@ -226,12 +226,15 @@ def test_gradients(sampling_ratio, aligned):
 @requires_cxx
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("sampling_ratio,aligned", SETTINGS)
-def test_gpu_paths_on_host(dtype, sampling_ratio, aligned):
+@pytest.mark.parametrize("height,width", [(6, 7), (1, 5), (4, 1)])
+def test_gpu_paths_on_host(dtype, sampling_ratio, aligned, height, width):
+    # 1-row and 1-column maps put samples exactly on the far edge (v == size),
+    # which must still count (the reference's neighbours()).
     tol = {} if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
     run_gpu_path_on_host(align_spec(2, 3, SCALE, sampling_ratio, aligned),
-                         [features((2, 3, 6, 7)), ROIS], dtype=dtype, **tol)
+                         [features((2, 3, height, width)), ROIS], dtype=dtype, **tol)
     run_gpu_path_on_host(ps_spec(2, 3, SCALE, sampling_ratio, aligned),
-                         [features((2, 18, 6, 7)), ROIS], dtype=dtype, **tol)
+                         [features((2, 18, height, width)), ROIS], dtype=dtype, **tol)
 
 
 @pytest.mark.gpu
