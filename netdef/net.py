@@ -18,6 +18,11 @@ logged in ``net.build_log``:
    them, Eltwise SUM + ReLU, Splits that share their bottom), unless
    ``plan=False``.
 
+Every blob and parameter is charged to the net's memory budget
+(``netdef.memory_budget``) before it is allocated, in steps 4 and 6 and in
+``reshape``: a net that needs more than the limit is refused with a
+``MemoryBudgetError`` naming the layer, the blob, the shape and the bytes.
+
 Usage (pycaffe style)::
 
     net = Net("deploy.prototxt", "TEST", weights="model.caffemodel")
@@ -45,6 +50,8 @@ from netdef import graph
 from netdef.blob import Blob
 from netdef.caffemodel import write_caffemodel
 from netdef.memory import MemoryPlan
+from netdef.memory_budget import (BlobAccount, MemoryBudget, check_plan, param_blob_maker,
+                                  resolve_limit)
 from netdef.plan import LayerStep, make_steps
 from netdef.schema import read_net
 from netdef.weights import load_weights_into, save_native
@@ -84,7 +91,7 @@ class Net:
 
     Net(model, phase="TRAIN", weights=None, *, device=None, dtype=float32,
         stages=(), level=0, seed=0, allow_python_modules=(), plan=True, keep=None,
-        force_backward=None)
+        force_backward=None, memory_limit=None)
     Also accepts pycaffe's positional form Net(model, weights, phase).
     ``force_backward``: None follows the prototxt's ``force_backward``;
     True (False) forces (does not force) it whatever the file says: True
@@ -94,12 +101,15 @@ class Net:
     switch; results agree with the plan to rounding. ``keep``: None keeps
     every blob readable (Caffe's promise); a list of blob names chooses the
     lean memory plan (``netdef.memory``), in which only those blobs and the
-    inputs and outputs stay readable after a pass.
+    inputs and outputs stay readable after a pass. ``memory_limit``: the
+    bytes the net may hold (an int, or a text such as "8G"); None takes
+    NETDEF_MEMORY_LIMIT or the machine's available memory (see
+    ``netdef.memory_budget``); ``net.budget`` keeps the running total.
     """
 
     def __init__(self, model, phase=TRAIN, weights=None, *, device=None, dtype=np.float32,
                  stages=(), level=0, seed=0, allow_python_modules=(), plan=True, keep=None,
-                 force_backward=None):
+                 force_backward=None, memory_limit=None):
         if isinstance(phase, (str, Path)) and str(phase).upper() not in (TRAIN, TEST) \
                 and weights in (TRAIN, TEST, 0, 1):
             phase, weights = weights, phase  # pycaffe: Net(model, weights, phase)
@@ -112,6 +122,8 @@ class Net:
         self.param = model if hasattr(model, "layer") else read_net(model)
         self.name = self.param.name
         self.build_log = []
+        self.budget = MemoryBudget(*resolve_limit(memory_limit, self.device), where=self.source)
+        self.build_log.append(f"memory budget: {self.budget.limit:,} bytes ({self.budget.source})")
         if force_backward is not None:
             self.build_log.append(f"force_backward: {bool(force_backward)} (the caller's, "
                                   f"the file says {self.param.force_backward})")
@@ -150,6 +162,8 @@ class Net:
                 available.update(lp.top)
                 if lp.type in ("Input",):
                     self.inputs += list(lp.top)
+                # Parameter blobs, too, are charged before they are allocated.
+                layer.new_param_blob = param_blob_maker(self.budget, layer)
                 self._setup(layer, lp, bottoms, tops)
                 self.layers.append(layer)
                 self._layer_names.append(lp.name)
@@ -165,6 +179,7 @@ class Net:
         self._bind_params()
         self._plan_backward(net_param.force_backward if force_backward is None
                             else force_backward)
+        check_plan(self.budget, self)
         self.steps, decisions = make_steps(self, fuse=plan)
         self.build_log += decisions
 
@@ -195,15 +210,20 @@ class Net:
                 "already produced by an earlier layer (only in-place reuse, top i == "
                 "bottom i, is allowed)")
         blob = Blob((), dtype=self.dtype, xp=self.device.xp)
+        blob.pool = BlobAccount(self.budget, f"blob '{name}'", self.device.xp)
         self.blobs[name] = blob
         return blob
 
     def _setup(self, layer, lp, bottoms, tops):
         try:
-            layer.setup(bottoms, tops)
-            layer.reshape(bottoms, tops)
-        except EngineError:
-            raise
+            with self.budget.inside(layer.where):
+                layer.setup(bottoms, tops)
+                layer.reshape(bottoms, tops)
+        except EngineError as exc:
+            if f"layer '{lp.name}'" in str(exc) or type(exc).__module__ != "netdef.errors":
+                raise
+            # A helper's error (a filler's, say) gets the layer it came from.
+            raise type(exc)(f"{self.source}: {layer.where}: {exc}") from exc
         except (ValueError, IndexError, TypeError) as exc:
             shapes = ", ".join(f"'{n}' {b.shape}" for n, b in zip(lp.bottom, bottoms)) or "none"
             raise ShapeError(
@@ -339,7 +359,14 @@ class Net:
         an error (filter with ``net.blobs`` for optional ones)."""
         if self.memory is not None:
             raise NetDefinitionError(f"{self.source}: the net already has a lean memory plan")
+        accounts = {id(blob): blob.pool for blob in self.blobs.values()}
         self.memory = MemoryPlan(self, keep)
+        # The plan gave its blobs its pool: they keep their accounts, which
+        # now take storage from the pool.
+        for blob in self.blobs.values():
+            if blob.pool is self.memory.pool:
+                accounts[id(blob)].inner = self.memory.pool
+                blob.pool = accounts[id(blob)]
         self.build_log.append(self.memory.summary())
 
     def _steps_between(self, first, last):
@@ -473,9 +500,11 @@ class Net:
         """Propagate new input shapes through every layer (pycaffe)."""
         with self.device.context():
             for layer, bottoms, tops in zip(self.layers, self.bottom_blobs, self.top_blobs):
-                layer.reshape(bottoms, tops)
+                with self.budget.inside(layer.where):
+                    layer.reshape(bottoms, tops)
         if self.memory is not None:
             self.memory.release_all()
+        check_plan(self.budget, self)
 
     def clear_param_diffs(self):
         """Zero every learnable parameter's diff (gradients accumulate)."""
