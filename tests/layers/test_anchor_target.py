@@ -157,6 +157,46 @@ def test_subsampling_invariants_and_determinism():
     np.testing.assert_array_equal(p1[0], p2[0])
 
 
+# An image of 231 x 291: anchor 0 at map cell (y 11, x 12) ends exactly on the
+# image's last row and column + 1 (x2 = 99 + 16 * 12 = 291, y2 = 55 + 16 * 11
+# = 231), and anchor 3 at x 1 starts at x1 = -56 + 16 = -40.
+EDGE_IM_INFO = np.array([[231.0, 291.0, 1.0]])
+
+
+@pytest.mark.parametrize("border", [0, 40])
+def test_anchor_edges_exactly_on_the_image_edge(border):
+    """x2 == width or y2 == height is outside (the rule is x2 < width +
+    border); x1 == -border is inside (x1 >= -border)."""
+    arrays = inputs(im_info=EDGE_IM_INFO)
+    _, tops = run(spec(f"batch_size: 100000 fg_fraction: 1 allowed_border: {border}"), arrays)
+    labels, targets = per_anchor(tops, H, W)[:2]
+    want, want_targets = reference(GT, EDGE_IM_INFO, H, W, border=float(border))
+    np.testing.assert_array_equal(labels, want)
+    np.testing.assert_allclose(targets, want_targets, rtol=1e-12, atol=1e-12)
+    boxes = np.array([REFERENCE_ANCHORS[a] + [16 * x, 16 * y, 16 * x, 16 * y]
+                      for y in range(H) for x in range(W) for a in range(A)])
+    on_far_edge = (boxes[:, 2] == 291 + border) | (boxes[:, 3] == 231 + border)
+    on_near_edge = (boxes[:, 0] == -border) | (boxes[:, 1] == -border)
+    inside_otherwise = ((boxes[:, :2] >= -border).all(axis=1) & (boxes[:, 2] <= 291 + border)
+                        & (boxes[:, 3] <= 231 + border))
+    assert (on_far_edge & inside_otherwise).any() and (on_near_edge & inside_otherwise).any()
+    # outside: ignored with zero targets; inside: a target (every inside
+    # anchor gets one, labelled or not)
+    assert np.all(labels[on_far_edge] == -1) and not targets[on_far_edge].any()
+    near_only = on_near_edge & inside_otherwise & ~on_far_edge
+    assert near_only.any() and targets[near_only].any(axis=1).all()
+
+
+def test_fg_quota_truncates_a_non_integer_count():
+    # 0.375 * 10 = 3.75 foreground anchors: py-faster-rcnn's int() keeps 3
+    sampled = "batch_size: 10 fg_fraction: 0.375 allowed_border: 1000"
+    before, _ = reference(GT, IM_INFO, H, W, border=1000.0)
+    assert np.sum(before == 1) > 4
+    _, tops = run(spec(sampled), inputs(), seed=3)
+    labels = per_anchor(tops, H, W)[0]
+    assert np.sum(labels == 1) == 3 and np.sum(labels == 0) == 7
+
+
 def test_positive_weight_splits_outside_weights():
     _, tops = run(spec("batch_size: 100000 fg_fraction: 1 positive_weight: 0.25"), inputs())
     labels, _, _, outside_w = per_anchor(tops, H, W)
