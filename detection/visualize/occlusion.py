@@ -82,7 +82,8 @@ def _scores(model, prepared, data, target):
         rois[:, 0] = np.arange(count)  # copy b's RoI reads image b
         pinned_forward(model, inputs, rois)
     scores = model.net.blobs[target.blob].data
-    return scores[(slice(None),) + tuple(target.index[1:])]
+    # a copy: the next batch overwrites the blob (a CuPy index is a view)
+    return scores[(slice(None),) + tuple(target.index[1:])].copy()
 
 
 def _check(name, value):
