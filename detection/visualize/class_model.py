@@ -136,7 +136,7 @@ def class_model(model, class_index, steps=200, lr=None, l2=1e-7, jitter=0, blur_
     ``(h, w, 3)`` uint8 RGB (means added back, clipped) and ``J`` at each
     step, measured before that step's update."""
     index = _class(model, class_index)
-    if steps < 1 or (lr is not None and lr <= 0) or l2 < 0 or jitter < 0 or blur_every < 0 or blur_sigma < 0:
+    if steps < 1 or (lr is not None and lr <= 0) or min(l2, jitter, blur_every, blur_sigma) < 0:
         raise DataError(f"class_model: need steps >= 1, lr > 0 and l2, jitter, blur_every, "
                         f"blur_sigma >= 0; found steps {steps}, lr {lr}, l2 {l2}, jitter "
                         f"{jitter}, blur_every {blur_every}, blur_sigma {blur_sigma}")
