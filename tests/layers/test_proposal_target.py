@@ -126,6 +126,37 @@ def test_sampling_counts_and_fg_first():
     check_against_reference(tops, few, GT, len(fg), 84, agnostic=False)
 
 
+def test_rois_exactly_at_the_thresholds():
+    """Best IoU == fg_thresh is foreground, == bg_thresh_lo background (both
+    bounds inclusive, bg_thresh_hi exclusive, as py-faster-rcnn)."""
+    gt = np.array([[0.0, 0.0, 9.0, 19.0, 3]])                # area 10 x 20 = 200
+    rois = np.array([[0, 0.0, 0.0, 9.0, 9.0],                # IoU 100 / 200 = 0.5
+                     [0, 0.0, 0.0, 4.0, 19.0],               # IoU 0.5
+                     [0, 0.0, 0.0, 4.0, 9.0],                # IoU 50 / 200 = 0.25
+                     [0, 0.0, 0.0, 4.0, 8.0]])               # IoU 0.225: neither
+    assert [plain_iou(r[1:], gt[0, :4]) for r in rois] == [0.5, 0.5, 0.25, 0.225]
+    extra = ("num_classes: 21 batch_size: -1 fg_thresh: 0.5 bg_thresh_hi: 0.5 "
+             "bg_thresh_lo: 0.25")
+    _, _, tops = run(spec(extra), rois=rois, gt=gt)
+    labels = tops[1].reshape(-1)
+    np.testing.assert_array_equal(labels, [3, 3, 3, 0])      # fg first: the two RoIs and the gt
+    assert sorted(map(tuple, tops[0][:3])) == sorted(map(tuple, [rois[0], rois[1],
+                                                                  [0, 0, 0, 9, 19]]))
+    np.testing.assert_array_equal(tops[0][3], rois[2])
+
+
+@pytest.mark.parametrize("fraction,want_fg", [(0.375, 4), (0.25, 2)])
+def test_fg_quota_of_a_non_integer_count_is_rounded(fraction, want_fg):
+    # py-faster-rcnn: np.round(fg_fraction * batch_size): 3.75 -> 4, and 2.5
+    # -> 2 (NumPy rounds halves to even)
+    _, _, tops = run(spec(f"num_classes: 21 batch_size: 10 fg_fraction: {fraction}"), seed=1)
+    fg, bg = candidates(ROIS, GT)
+    assert len(fg) > want_fg and len(bg) > 10
+    labels = tops[1].reshape(-1)
+    assert labels.size == 10 and np.sum(labels > 0) == want_fg
+    check_against_reference(tops, ROIS, GT, want_fg, 84, agnostic=False)
+
+
 def test_unnormalized_targets_and_custom_stds():
     _, _, tops = run(spec("num_classes: 21 batch_size: -1 bbox_normalize_targets: false"))
     fg, _ = candidates(ROIS, GT)
