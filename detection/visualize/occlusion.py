@@ -4,12 +4,13 @@ image and map how much the target score drops.
     target = model.target(image_rgb, detection=0)
     heat = occlusion(model, image_rgb, target, patch=24, stride=12)   # (H, W)
 
-The patch works on the net's input blob (the image as the net sees it: a
-detector's image scaled to its test scale, a classifier's resized to the
-blob), where the grey of the mean pixel is 0: the input has the means
-subtracted. Patches start every ``stride`` pixels along each axis of the
-image's part of the blob, plus one flush with its far edge, so every pixel
-is covered. A pixel's value is the mean score drop (unoccluded score minus
+Patch side and stride are given in the image's own pixels and applied to
+the net's input blob (the image as the net sees it: a detector's image
+scaled to its test scale, a classifier's resized to the blob), scaled by
+the same factors (at least 1 pixel), where the grey of the mean pixel is
+0: the input has the means subtracted. Patches start every stride along
+each axis of the image's part of the blob, plus one flush with its far
+edge, so every pixel is covered. A pixel's value is the mean score drop (unoccluded score minus
 occluded score) over the patches covering it: positive where hiding the
 pixels lowers the score. The map is then brought to the image's own
 pixels (``VisualModel.to_image``).
@@ -24,13 +25,21 @@ import numpy as np
 from netdef.device import to_numpy
 from netdef.errors import DataError
 
-__all__ = ["occlusion", "patch_corners", "default_patch"]
+__all__ = ["occlusion", "patch_corners", "default_patch", "input_factors", "pinned_forward"]
 
 
 def default_patch(height, width):
-    """The default patch side: an eighth of the shorter side of the image's
-    part of the input blob, at least 1 pixel."""
+    """The default patch side for an image of ``(height, width)``: an eighth
+    of its shorter side, at least 1 pixel."""
     return max(1, int(round(min(height, width) / 8)))
+
+
+def input_factors(prepared, kind):
+    """``(sy, sx)``: input-blob pixels per image pixel along each axis (a
+    detector's one scale; a classifier's image is resized to the blob)."""
+    if kind == "detector":
+        return (prepared.scale, prepared.scale)
+    return tuple(i / n for i, n in zip(prepared.input_shape, prepared.image_shape))
 
 
 def _starts(extent, patch, stride):
@@ -41,10 +50,10 @@ def _starts(extent, patch, stride):
 
 
 def patch_corners(height, width, patch, stride):
-    """``(P, 2)`` int ``(y, x)`` top-left corners of the patches over an
-    image part of ``(height, width)``: every ``stride`` pixels, plus one
-    flush with the far edge; row-major order."""
-    ys, xs = (_starts(n, min(patch, n), stride) for n in (height, width))
+    """``(P, 2)`` int ``(y, x)`` top-left corners of the patches (``patch``
+    and ``stride``: ``(h, w)`` pixels) over an image part of ``(height,
+    width)``: every stride, plus one flush with the far edge; row-major."""
+    ys, xs = (_starts(n, min(p, n), s) for n, p, s in zip((height, width), patch, stride))
     grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1)
     return grid.reshape(-1, 2)
 
@@ -97,21 +106,23 @@ def occlusion(model, image, target, patch=None, stride=None, batch=8, progress=N
     """The occlusion sensitivity map of ``target`` (``model.target(...)``)
     for ``image`` ``(H, W, 3)`` uint8 RGB: ``(H, W)`` float32 score drops.
 
-    patch: side of the square grey patch in input-blob pixels (default
-    ``default_patch``: an eighth of the shorter side of the image's part);
-    stride: pixels between patch starts (default half the patch); batch:
+    patch: side of the square grey patch in image pixels (default
+    ``default_patch``: an eighth of the image's shorter side); stride:
+    image pixels between patch starts (default half the patch); batch:
     occluded copies per forward; progress: ``callable(done, total)`` after
     each batch, counting patches."""
     prepared = model.prepare(image)
-    height, width = prepared.input_shape
-    patch = _check("patch", default_patch(height, width) if patch is None else patch)
+    patch = _check("patch", default_patch(*prepared.image_shape) if patch is None else patch)
     stride = _check("stride", max(1, patch // 2) if stride is None else stride)
     batch = _check("batch", batch)
+    height, width = prepared.input_shape
+    factors = input_factors(prepared, model.kind)
+    size = tuple(min(max(1, int(round(patch * f))), n) for f, n in zip(factors, (height, width)))
+    step = tuple(max(1, int(round(stride * f))) for f in factors)
     xp = model.net.device.xp
     data = xp.asarray(prepared.inputs[model.input_blob])
     base = _scores(model, prepared, data, target)[0]
-    corners = patch_corners(height, width, patch, stride)
-    size = (min(patch, height), min(patch, width))
+    corners = patch_corners(height, width, size, step)
     drops = xp.zeros(data.shape[2:], dtype=data.dtype)
     covered = xp.zeros(data.shape[2:], dtype=data.dtype)
     for start in range(0, len(corners), batch):

@@ -21,6 +21,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from detection.visualize.occlusion import input_factors
 from detection.visualize.overlay import tile
 from detection.visualize.receptive_field import receptive_field
 from netdef.device import to_numpy
@@ -71,8 +72,7 @@ def _check_units(model, blob, units, k):
 
 def _image_box(field, y, x, prepared, kind):
     """The field of position ``(y, x)`` in the image's own pixels."""
-    (height, width), (in_h, in_w) = prepared.image_shape, prepared.input_shape
-    sy, sx = (prepared.scale,) * 2 if kind == "detector" else (in_h / height, in_w / width)
+    sy, sx = input_factors(prepared, kind)
     x1, y1, x2, y2 = field.box(y, x)
     return (x1 / sx, y1 / sy, (x2 + 1) / sx - 1, (y2 + 1) / sy - 1)
 

@@ -66,7 +66,8 @@ def starts(extent, patch, stride):
 
 
 def reference_map(model, image, target, patch, stride):
-    """One occluded copy at a time through VisualModel.forward."""
+    """One occluded copy at a time through VisualModel.forward; ``patch``
+    and ``stride`` (a side or ``(h, w)``) here in input-blob pixels."""
     prepared = model.prepare(image)
     data = prepared.inputs[model.input_blob]
     height, width = prepared.input_shape
@@ -76,14 +77,15 @@ def reference_map(model, image, target, patch, stride):
         model.forward(dataclasses.replace(prepared, inputs=inputs), rois=target.rois)
         return float(model.blob_data(target.blob)[target.index])
 
+    (ph, pw), (sh, sw) = np.broadcast_to(patch, 2), np.broadcast_to(stride, 2)
     base = score(data)
     drops, covered = np.zeros(data.shape[2:]), np.zeros(data.shape[2:])
-    for y in starts(height, patch, stride):
-        for x in starts(width, patch, stride):
+    for y in starts(height, ph, sh):
+        for x in starts(width, pw, sw):
             occluded = data.copy()
-            occluded[:, :, y:y + patch, x:x + patch] = 0
-            drops[y:y + patch, x:x + patch] += base - score(occluded)
-            covered[y:y + patch, x:x + patch] += 1
+            occluded[:, :, y:y + ph, x:x + pw] = 0
+            drops[y:y + ph, x:x + pw] += base - score(occluded)
+            covered[y:y + ph, x:x + pw] += 1
     return model.to_image(drops / np.maximum(covered, 1), prepared)
 
 
@@ -100,8 +102,9 @@ def test_batched_map_equals_one_patch_at_a_time():
     model = VisualModel(Net(CLASSIFIER, "TEST", seed=3))
     image = random_image(24, 28)
     target = model.target(image)
+    # the 24 x 28 image is resized to the 12 x 14 blob: image pixels / 2
     expected = reference_map(model, image, target, patch=5, stride=3)
-    found = occlusion(model, image, target, patch=5, stride=3, batch=4)
+    found = occlusion(model, image, target, patch=10, stride=6, batch=4)
     np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -121,17 +124,32 @@ def test_detector_keeps_the_roi_pinned_in_every_batch():
     model = tiny_detector()
     image = random_image(36, 48, seed=1)
     target = detector_target(model)
+    # scale 48 / 36: a 12-pixel patch every 9 pixels is 16 every 12 in the blob
     expected = reference_map(model, image, target, patch=16, stride=12)
-    found = occlusion(model, image, target, patch=16, stride=12, batch=5)
+    found = occlusion(model, image, target, patch=12, stride=9, batch=5)
     assert np.abs(expected).max() > 0
     np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_patch_corners_cover_the_far_edges():
-    corners = patch_corners(10, 7, 4, 3)
+    corners = patch_corners(10, 7, (4, 4), (3, 3))
     assert corners.tolist() == [[y, x] for y in (0, 3, 6) for x in (0, 3)]
-    assert patch_corners(3, 5, 8, 2).tolist() == [[0, 0]]   # a patch larger than the image
+    corners = patch_corners(10, 7, (4, 2), (5, 2))
+    assert corners.tolist() == [[y, x] for y in (0, 5, 6) for x in (0, 2, 4, 5)]
+    # a patch larger than the image
+    assert patch_corners(3, 5, (8, 8), (2, 2)).tolist() == [[0, 0]]
     assert default_patch(192, 256) == 24 and default_patch(5, 3) == 1
+
+
+def test_patch_is_in_image_pixels_on_each_axis():
+    """A classifier's 24 x 7 image is resized to the 12 x 14 blob: a 4-pixel
+    patch is 2 rows by 8 columns there, a stride of 6 is 3 rows, 12 columns."""
+    model = VisualModel(Net(CLASSIFIER, "TEST", seed=1))
+    image = random_image(24, 7, seed=4)
+    target = model.target(image)
+    expected = reference_map(model, image, target, patch=(2, 8), stride=(3, 12))
+    found = occlusion(model, image, target, patch=4, stride=6)
+    np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_progress_counts_patches_per_batch():
