@@ -15,6 +15,12 @@ windows overlap. AVE sums the real cells and divides by the window's area
 clipped to the *padded* input (``min(start + kernel, in + pad) - start`` per
 axis): pad cells count in the divisor, cells past the padded edge do not.
 
+Kernel, stride and pad must fit a 32-bit int (Caffe keeps them as ``int``;
+the CUDA kernels take ``int``). A stride larger than the padded map
+(``in + 2 * pad``) on an axis with more than one output is refused: every
+window after the first would lie wholly outside the map (Caffe's ceil rule
+makes 2 outputs for any such stride; it is a typo, not a net).
+
 A window with no real cell can only occur with pad 0, ceil rounding and
 stride > kernel. Caffe then outputs -FLT_MAX for MAX; here it outputs 0 with
 argmax -1 (and 0 for AVE), so no huge finite value leaks into the net. The
@@ -28,6 +34,7 @@ from layers.kernels import launch
 # PoolingParameter enums (values of caffe.proto).
 MAX, AVE, STOCHASTIC = 0, 1, 2
 CEIL, FLOOR = 0, 1
+INT32_MAX = 2 ** 31 - 1
 
 
 def pooled_size(size, kernel, pad, stride, ceil_mode, any_pad):
@@ -96,6 +103,11 @@ class PoolingLayer(Layer):
         self.stride = self._pair(p, "stride", "stride_h", "stride_w", 1)
         if min(self.stride) <= 0:
             raise self.definition_error(f"stride must be positive, found {self.stride}")
+        for name, values in (("kernel", self.kernel or (1, 1)), ("stride", self.stride),
+                             ("pad", self.pad)):
+            if max(values) > INT32_MAX:
+                raise self.definition_error(
+                    f"{name} must fit a 32-bit int (at most {INT32_MAX}), found {values}")
         if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
             raise self.definition_error(
                 "global_pooling needs pad 0 and stride 1, found pad "
@@ -137,6 +149,13 @@ class PoolingLayer(Layer):
         any_pad = pad_h > 0 or pad_w > 0
         self.pooled = (pooled_size(h, kh, pad_h, sh, self.ceil_mode, any_pad),
                        pooled_size(w, kw, pad_w, sw, self.ceil_mode, any_pad))
+        if any(p > 1 and s > size + 2 * pad for p, s, size, pad in
+               zip(self.pooled, self.stride, (h, w), self.pad)):
+            raise self.shape_error(
+                0, f"a map whose padded extent (H + 2 * pad, W + 2 * pad) = "
+                   f"({h + 2 * pad_h}, {w + 2 * pad_w}) is at least the stride {self.stride} "
+                   f"on each axis with more than one output (output {self.pooled}: every "
+                   "window after the first would lie outside the map)", shape)
         out_shape = (n, c) + self.pooled
         for top in tops:
             top.reshape(out_shape)

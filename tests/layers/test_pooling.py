@@ -333,6 +333,12 @@ DEFINITION_ERRORS = [
     ("MAX", "global_pooling: true kernel_size: 2", 1, r"global_pooling.*no kernel_size"),
     ("AVE", "global_pooling: true pad: 1", 1, r"global_pooling needs pad 0 and stride 1.*\(1, 1\)"),
     ("AVE", "global_pooling: true stride: 2", 1, r"global_pooling needs pad 0 and stride 1"),
+    # The field is uint32; Caffe keeps it as int and the CUDA kernels take int.
+    ("MAX", "kernel_size: 2 stride: 4294967295", 1,
+     r"'pool'.*stride must fit a 32-bit int \(at most 2147483647\), found \(4294967295, "),
+    ("MAX", "kernel_h: 2 kernel_w: 2 stride_h: 1 stride_w: 2147483648", 1,
+     r"stride must fit a 32-bit int .*found \(1, 2147483648\)"),
+    ("AVE", "kernel_size: 2147483648 pad: 2", 1, r"kernel must fit a 32-bit int"),
 ]
 
 
@@ -348,7 +354,29 @@ def test_definition_errors(pool, fields, tops, message):
     ("kernel_size: 5", (1, 1, 4, 6), r"bottom 'x' expected a map of at least kernel - 2 \* pad = "
                                      r"\(5, 5\).*found shape \(1, 1, 4, 6\)"),
     ("kernel_h: 6 kernel_w: 2 pad: 1", (1, 1, 3, 3), r"at least .* = \(4, 0\)"),
+    # Caffe's ceil rule makes a second window wholly beyond the map.
+    ("kernel_size: 2 stride: 30000", (1, 2, 8, 8),
+     r"layer 'pool'.*bottom 'x' expected a map whose padded extent .* = \(8, 8\) is at least "
+     r"the stride \(30000, 30000\) .*output \(2, 2\).*found shape \(1, 2, 8, 8\)"),
+    ("kernel_h: 1 kernel_w: 1 stride_h: 1 stride_w: 9", (1, 1, 3, 8), r"\(3, 8\) is at least"),
 ])
 def test_shape_errors(fields, shape, message):
     with pytest.raises(ShapeError, match=message):
         setup_layer(build_layer(spec("MAX", fields)), [np.ones(shape)])
+
+
+@pytest.mark.parametrize("kernel,stride,pad", [
+    (8, 30000, 0),  # one window: the stride is unused
+    (3, 30000, 1),  # the second window starts in the padding: dropped
+    (1, 8, 0),      # stride == the map: Caffe's 2 outputs, the second empty
+])
+def test_large_strides_that_leave_no_window_outside_still_work(kernel, stride, pad):
+    """Strides up to the padded map, or with a single output, keep Caffe's
+    output size and values (the refusal is only for windows wholly outside)."""
+    x = distinct((1, 2, 8, 8))
+    layer = build_layer(spec("MAX", f"kernel_size: {kernel} stride: {stride} pad: {pad}"))
+    bottoms, tops = setup_layer(layer, [x])
+    layer.forward(bottoms, tops)
+    expected, _ = reference(x, "MAX", (kernel,) * 2, (stride,) * 2, (pad,) * 2)
+    assert tops[0].shape == expected.shape
+    np.testing.assert_allclose(tops[0].data, expected)
