@@ -43,6 +43,7 @@ from PIL import Image
 
 from detection.datasets import load_dataset
 from detection.detector import read_class_names
+from detection.draw import draw_detections
 from detection.visualize import gradients
 from detection.visualize.browser import browse
 from detection.visualize.class_model import class_model
@@ -76,12 +77,20 @@ DEFAULT_OUT = os.path.join("out", "visualize")
 
 def progress_bar(stream, label, width=30):
     """A ``callable(done, total)`` drawing ``label [#####   ] done/total``
-    on one line of ``stream`` (redrawn in place), ending the line at the
-    last step."""
+    on one line of ``stream``: redrawn in place on a terminal, else (a log)
+    one line at each quarter; the line ends at the last step."""
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    shown = []
+
     def report(done, total):
+        quarter = 4 * done // max(total, 1)
+        if not tty and done < total and quarter in shown:
+            return
+        shown.append(quarter)
         filled = int(width * done / max(total, 1))
-        print(f"\r  {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-              end="\n" if done >= total else "", file=stream, flush=True)
+        bar = f"  {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+        print("\r" + bar if tty else bar, end="\n" if done >= total or not tty else "",
+              file=stream, flush=True)
     return report
 
 
@@ -293,7 +302,12 @@ def _write_target(model, image, stem, target, args):
         picture = rfcn_inside(model, image, detection=k, threshold=args.threshold)
     else:
         heat = MAP_METHODS[args.method](model, image, target, args)
-        picture = heatmap_overlay(image, heat, title=f"{args.method}: {target.label}")
+        shown = image
+        if target.detection is not None:       # the detection's box under the heat map
+            det = target.detection
+            shown = np.asarray(draw_detections(Image.fromarray(image),
+                                               [(det.class_name, det.score, det.box)]))
+        picture = heatmap_overlay(shown, heat, title=f"{args.method}: {target.label}")
         if args.save_maps:
             _say(args, f"wrote {save_map(args.out, stem, args.method, heat, detection=k)}")
     _say(args, f"wrote {save_overlay(args.out, stem, args.method, picture, detection=k)}")

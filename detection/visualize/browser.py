@@ -81,19 +81,21 @@ def draw_ground_truth(image, boxes, labels, classes, difficult=None):
 
 
 def thumbnail(picture, size, caption):
-    """``picture`` shrunk (never enlarged) to fit ``size`` ``(w, h)``,
-    centred on a ``size`` canvas with ``caption`` in a strip below it."""
+    """``picture`` shrunk (never enlarged) to fit ``size`` ``(w, h)``, at the
+    top of a white cell of that size plus a caption strip, centred across,
+    with ``caption`` right below it."""
     width, height = size
     shrunk = picture.copy()
     shrunk.thumbnail((width, height), Image.Resampling.LANCZOS)
     cell = Image.new("RGB", (width, height + CAPTION_HEIGHT), (255, 255, 255))
-    cell.paste(shrunk, ((width - shrunk.width) // 2, (height - shrunk.height) // 2))
+    cell.paste(shrunk, ((width - shrunk.width) // 2, 0))
     draw = ImageDraw.Draw(cell)
     font = _font(12)
     text = caption
     while text and draw.textlength(text, font=font) > width - 4:
         text = text[:-1]          # cut a caption wider than the cell
-    draw.text((2, height + 3), text, font=font, fill=(0, 0, 0))
+    draw.text(((width - draw.textlength(text, font=font)) // 2, shrunk.height + 3), text,
+              font=font, fill=(0, 0, 0))
     return cell
 
 
