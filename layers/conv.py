@@ -30,6 +30,8 @@ from layers.kernels import launch
 from netdef.device import array_module
 from netdef.fillers import fill
 
+INT32_MAX = 2 ** 31 - 1  # Caffe keeps the geometry as int; the CUDA kernels take int
+
 
 def spatial_values(layer, field, h_field, w_field, default):
     """(h, w) of ``layer``'s convolution_param from the repeated ``field`` or
@@ -69,6 +71,9 @@ def read_geometry(layer):
                               ("dilation", layer.dilation, 1), ("pad", layer.pad, 0)):
         if min(values) < low:
             raise layer.definition_error(f"{name} must be >= {low} on each axis, found {values}")
+        if max(values) > INT32_MAX:
+            raise layer.definition_error(
+                f"{name} must fit a 32-bit int (at most {INT32_MAX}), found {values}")
     layer.num_output, layer.group, layer.bias_term = int(p.num_output), int(p.group), \
         bool(p.bias_term)
     if layer.num_output < 1:
@@ -84,8 +89,9 @@ def read_geometry(layer):
 
 def check_bottoms(layer, bottoms):
     """The checks both convolution layers make of their bottoms (4-D, the
-    channel axis, one shape for all, channels divisible by group and equal
-    to the weights'); returns the common shape (N, C, H, W)."""
+    channel axis, one shape for all, at least one channel, channels
+    divisible by group and equal to the weights'); returns the common shape
+    (N, C, H, W)."""
     first = bottoms[0].shape
     if len(first) != 4:
         raise layer.shape_error(0, "a 4-D blob (N, C, H, W)", first)
@@ -98,6 +104,8 @@ def check_bottoms(layer, bottoms):
         if blob.shape != first:
             raise layer.shape_error(i, f"the shape of bottom '{layer.bottom_name(0)}' {first}",
                                     blob.shape)
+    if first[1] < 1:
+        raise layer.shape_error(0, "at least 1 channel (axis 1)", first)
     if first[1] % layer.group:
         raise layer.shape_error(0, f"channels divisible by group {layer.group}", first)
     if layer.blobs and first[1] != layer.channels:
@@ -181,6 +189,20 @@ class ConvolutionLayer(Layer):
         self.forward_plan, self.data_plan = make_plans(
             c // self.group, h, w, self.num_output // self.group, self.kernel, self.pad,
             self.stride, self.dilation)
+
+    def scratch_bytes(self):
+        """An upper estimate of the workspace scratch of one call, for the
+        Net's memory budget (``netdef.memory_budget``): a padded copy of one
+        image plus its whole column matrix (C * kh * kw, Ho * Wo), which is
+        the GPU path's buffer; the CPU plans take chunks of it."""
+        if self._plan_key is None:
+            return 0
+        shape, dtype = self._plan_key
+        _, c, h, w = shape
+        _, _, ho, wo = self.output_shape(shape)
+        (kh, kw), (ph, pw) = self.kernel, self.pad
+        elements = c * (h + 2 * ph) * (w + 2 * pw) + c * kh * kw * ho * wo
+        return elements * np.dtype(dtype).itemsize
 
     # -- CPU ----------------------------------------------------------------------
     def _split(self, array):

@@ -4,6 +4,11 @@
 casts it and moves it to its device. Fan-in is ``count / shape[0]`` and
 fan-out ``count / shape[1]``, as in Caffe (for a convolution weight
 ``(out, in/groups, kh, kw)``).
+
+A fan of 0 (a weight with a zero axis: a layer whose input has no channels
+or features) leaves xavier and msra without a variance: a
+``NetDefinitionError`` naming the filler, the fan and the shape (the Net
+adds the layer). Other fillers give an empty array for an empty shape.
 """
 import numpy as np
 
@@ -17,14 +22,21 @@ def _fans(shape):
     return fan_in, fan_out
 
 
-def _variance_denominator(param, shape):
+def _variance_denominator(param, shape, kind):
     fan_in, fan_out = _fans(shape)
     norm = param.variance_norm
     if norm == param.FAN_OUT:
-        return fan_out
-    if norm == param.AVERAGE:
-        return (fan_in + fan_out) / 2.0
-    return fan_in
+        name, value = "fan_out", fan_out
+    elif norm == param.AVERAGE:
+        name, value = "(fan_in + fan_out) / 2", (fan_in + fan_out) / 2.0
+    else:
+        name, value = "fan_in", fan_in
+    if value <= 0:
+        raise NetDefinitionError(
+            f"{kind} filler: expected a weight with a positive {name}, found {name} "
+            f"{value:g} for shape {tuple(shape)} (a zero axis: does the layer's input have "
+            "no channels or features?)")
+    return value
 
 
 def _bilinear(shape):
@@ -48,7 +60,7 @@ def fill(param, shape, rng):
         return np.full(shape, param.value, dtype=np.float64)
     if kind == "gaussian":
         values = rng.normal(param.mean, param.std, size=shape)
-        if param.sparse >= 0 and len(shape) >= 2:
+        if param.sparse >= 0 and len(shape) >= 2 and shape[1]:
             # Keep each weight with probability sparse / num_outputs.
             keep = rng.random(shape) < param.sparse / shape[1]
             values = values * keep
@@ -56,11 +68,14 @@ def fill(param, shape, rng):
     if kind == "uniform":
         return rng.uniform(param.min, param.max, size=shape)
     if kind == "xavier":
-        scale = np.sqrt(3.0 / _variance_denominator(param, shape))
+        scale = np.sqrt(3.0 / _variance_denominator(param, shape, kind))
         return rng.uniform(-scale, scale, size=shape)
     if kind == "msra":
-        return rng.normal(0.0, np.sqrt(2.0 / _variance_denominator(param, shape)), size=shape)
+        return rng.normal(0.0, np.sqrt(2.0 / _variance_denominator(param, shape, kind)),
+                          size=shape)
     if kind == "positive_unitball":
+        if not int(np.prod(shape)):
+            return np.zeros(shape)
         values = rng.uniform(0.0, 1.0, size=shape).reshape(shape[0], -1)
         return (values / values.sum(axis=1, keepdims=True)).reshape(shape)
     if kind == "bilinear":

@@ -535,3 +535,28 @@ def test_tops_must_pair_with_bottoms():
 def test_bad_parameters(params, message):
     with pytest.raises(NetDefinitionError, match=r"layer 'conv' \(type Convolution\): " + message):
         make(params, (1, 2, 3, 3))
+
+
+def test_zero_channel_input_is_refused_before_the_fillers():
+    """A bottom with no channels: named, before xavier/msra meet a zero fan."""
+    with pytest.raises(ShapeError, match=r"layer 'conv'.*bottom 'bottom\[0\]' expected at least 1 "
+                                         r"channel \(axis 1\), found shape \(2, 0, 5, 5\)"):
+        setup_layer(build_layer('name: "conv" type: "Convolution" convolution_param { '
+                                'num_output: 4 kernel_size: 3 weight_filler { type: "xavier" } }'),
+                    [np.ones((2, 0, 5, 5))])
+
+
+@pytest.mark.parametrize("field", ["kernel_size: 2147483648", "stride: 4294967295",
+                                   "pad: 2147483648", "dilation: 2147483648"])
+def test_geometry_must_fit_int32(field):
+    name = field.split("_")[0].split(":")[0]
+    with pytest.raises(NetDefinitionError, match=rf"layer 'conv'.*{name} must fit a 32-bit int "
+                                                 r"\(at most 2147483647\)"):
+        make(f"num_output: 1 {field}" + ("" if name == "kernel" else " kernel_size: 1"),
+             (1, 1, 3, 3))
+
+
+def test_scratch_bytes_covers_a_padded_image_and_its_columns():
+    layer, _, _ = make("num_output: 2 kernel_size: 3 pad: 1 stride: 2", (2, 3, 5, 7))
+    # padded copy 3 x 7 x 9, columns (3 * 3 * 3, 3 * 4), float64
+    assert layer.scratch_bytes() == (3 * 7 * 9 + 27 * 12) * 8
