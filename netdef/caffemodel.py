@@ -33,6 +33,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _LEGACY_DIMS = ("num", "channels", "height", "width")
+#: Caffe's limits on a blob: kMaxBlobAxes axes, INT_MAX values.
+_MAX_AXES = 32
+_MAX_COUNT = 2**31 - 1
 _DATA_FIELD = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["data"].number
 _DOUBLE_DATA_FIELD = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["double_data"].number
 _LAYER_FIELD = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name["layer"].number
@@ -126,6 +129,14 @@ def _blob_layout(blob, where, blob_index):
     if any(d < 0 for d in shape):
         raise WeightsError(f"{where}: blob {blob_index} has a negative dimension "
                            f"in its shape {shape}")
+    if len(shape) > _MAX_AXES:
+        raise WeightsError(f"{where}: blob {blob_index} has {len(shape)} axes; a blob has "
+                           f"at most {_MAX_AXES}")
+    if math.prod(d for d in shape if d) > _MAX_COUNT:
+        # Caffe's Blob::Reshape refuses it too; NumPy could not even form the
+        # shape when a zero dimension makes the count 0, e.g. (2^31, 2^31, 2^31, 0).
+        raise WeightsError(f"{where}: blob {blob_index} has shape {shape}, beyond Caffe's "
+                           f"limit of {_MAX_COUNT} values per blob")
     expected = math.prod(shape)
     if expected != count:
         raise WeightsError(

@@ -5,7 +5,15 @@ member per array, and one member named ``__meta__`` holding UTF-8 JSON as a
 uint8 array. Nothing in it is ever unpickled (``allow_pickle=False`` on both
 sides), so loading a file cannot run code. Files are written to a temporary
 file in the target directory and renamed over the target, so a crash never
-leaves a half-written file under the final name.
+leaves a half-written file under the final name; the temporary files a
+killed writer left behind are removed by the next write into that folder
+(``sweep_temporaries``).
+
+Reading checks every member before it is read: a ``.npy`` array of a
+numeric dtype (no structured, object, string or time types) whose header's
+shape accounts for exactly the bytes the member holds, and JSON metadata of
+bounded nesting. A damaged or hostile file is a WeightsError naming it,
+never a MemoryError, RecursionError or OverflowError.
 
     save_arrays("net_iter_100.npz", {"conv1/0": w, "conv1/1": b},
                 {"iter": 100, "bbox_means": [0, 0, 0, 0]})
@@ -13,21 +21,84 @@ leaves a half-written file under the final name.
 """
 import contextlib
 import json
+import math
 import os
+import re
 import secrets
+import threading
 import zipfile
+import zlib
 
 import numpy as np
 
 from netdef.errors import WeightsError
 
-__all__ = ["save_arrays", "load_arrays", "atomic_writer", "META_KEY", "FORMAT"]
+__all__ = ["save_arrays", "load_arrays", "atomic_writer", "sweep_temporaries", "META_KEY",
+           "FORMAT", "MAX_JSON_DEPTH"]
 
 #: Archive member that holds the metadata; not usable as an array name.
 META_KEY = "__meta__"
 #: Identifies files written by :func:`save_arrays`.
 FORMAT = "netdef-arrays"
 _VERSION = 1
+#: Deepest nesting of lists and dicts accepted in the metadata.
+MAX_JSON_DEPTH = 64
+#: Caffe's limit on the axes of a blob (kMaxBlobAxes).
+_MAX_AXES = 32
+#: A deflated member may expand at most this much (deflate's ceiling is ~1032).
+_DEFLATE_RATIO = 1100
+#: The temporary files of ``atomic_writer``: ``.<name>.<pid>.<8 hex>.tmp``.
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+_swept = set()
+_swept_lock = threading.Lock()
+
+
+def _process_gone(pid):
+    """True when no process ``pid`` exists on this machine."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, OSError):
+        return False   # someone else's process, or a pid we cannot ask about
+    return False
+
+
+def sweep_temporaries(directory):
+    """Remove the temporary files of interrupted ``atomic_writer`` writes in
+    ``directory``: names ``.<name>.<pid>.<8 hex>.tmp`` whose writing process
+    no longer runs on this machine (a live writer's file, e.g. another
+    training run's, is kept). Returns the paths removed.
+
+    ``atomic_writer`` calls it the first time a process writes into a
+    folder, so a run started after a kill -9 cleans its output folder at its
+    first snapshot. (On a folder shared between machines a writer on another
+    machine looks gone: do not point two machines' runs at one folder.)
+    """
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMPORARY.match(name)
+        if match and _process_gone(int(match.group(1))):
+            target = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if os.path.isfile(target) and not os.path.islink(target):
+                    os.unlink(target)
+                    removed.append(target)
+    return removed
+
+
+def _sweep_once(directory):
+    with _swept_lock:
+        first = directory not in _swept
+        _swept.add(directory)
+    if first:
+        sweep_temporaries(directory)
 
 
 @contextlib.contextmanager
@@ -38,10 +109,13 @@ def atomic_writer(path):
     The data go to a temporary file in the same directory, which is flushed,
     fsynced and renamed over ``path`` (``os.replace``); on an exception the
     temporary file is removed and ``path`` is left as it was. Write errors
-    raise WeightsError naming ``path``.
+    raise WeightsError naming ``path``. The first write of a process into a
+    folder removes the temporary files killed writers left there
+    (``sweep_temporaries``).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    _sweep_once(directory)
     temporary = os.path.join(
         directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -112,36 +186,116 @@ def load_arrays(path):
     """Read a file written by :func:`save_arrays`; return ``(arrays, meta)``.
 
     ``arrays`` is a dict name -> NumPy array in the order they were saved.
-    A missing, truncated or foreign file raises WeightsError naming it.
+    A missing, truncated, foreign or malformed file raises WeightsError
+    naming it; every member is checked (dtype, shape against the bytes it
+    holds, JSON nesting) before its array is allocated.
     """
     path = os.fspath(path)
     try:
-        # Our own handle, so that it is closed even when NumPy fails midway.
+        # Our own handle, so that it is closed whatever fails midway.
         with open(path, "rb") as handle:
-            archive = np.load(handle, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):
+            if handle.read(6) == b"\x93NUMPY":
                 raise _not_ours(path, "it is a single .npy array, not an archive")
-            with archive:
-                names = list(archive.files)
-                if META_KEY not in names:
-                    raise _not_ours(path, f"it has no '{META_KEY}' entry")
-                raw = archive[META_KEY]
-                arrays = {name: archive[name] for name in names if name != META_KEY}
+            handle.seek(0)
+            size = os.fstat(handle.fileno()).st_size
+            with zipfile.ZipFile(handle) as archive:
+                members = _checked_members(archive, size, path)
+                header = _header(_read_member(archive, members.pop(META_KEY), META_KEY,
+                                              path), path)
+                arrays = {name: _read_member(archive, info, name, path)
+                          for name, info in members.items()}
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise WeightsError(f"{path}: is a directory") from None
     except WeightsError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile,
+            zlib.error) as exc:
+        # RuntimeError: an encrypted member; NotImplementedError (a subclass):
+        # an unknown compression method.
         raise _not_ours(path, f"{type(exc).__name__}: {exc}") from None
+    return arrays, header["meta"]
 
+
+def _checked_members(archive, size, path):
+    """name -> ZipInfo of the archive's ``.npy`` members, each one's claimed
+    sizes checked against the file's size before anything is read."""
+    members, stored = {}, 0
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+            raise _not_ours(path, f"member '{info.filename}' is not a .npy array")
+        name = info.filename[:-len(".npy")]
+        if name in members:
+            raise _not_ours(path, f"member '{info.filename}' appears twice")
+        stored += info.compress_size
+        ceiling = info.compress_size * (
+            1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_RATIO)
+        if stored > size or info.file_size > ceiling:
+            raise _not_ours(path, f"member '{info.filename}' claims {info.file_size} bytes "
+                                  f"({info.compress_size} stored) in a file of {size} bytes")
+        members[name] = info
+    if META_KEY not in members:
+        raise _not_ours(path, f"it has no '{META_KEY}' entry")
+    return members
+
+
+def _read_member(archive, info, name, path):
+    """The array of one member, after its header is checked against the
+    member's size: numeric dtype, at most 32 axes, and exactly the bytes
+    its shape needs."""
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version not in ((1, 0), (2, 0)):
+            raise _not_ours(path, f"array '{name}': .npy format version {version} is not "
+                                  f"supported")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(member)
+        data_bytes = info.file_size - member.tell()
+    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None \
+            or dtype.kind not in "biufc":
+        raise _not_ours(path, f"array '{name}' has dtype {dtype}; only plain numeric arrays "
+                              f"(bool, integer, float, complex) are read")
+    if len(shape) > _MAX_AXES or any(d < 0 for d in shape):
+        raise _not_ours(path, f"array '{name}' has shape {shape}; at most {_MAX_AXES} "
+                              f"non-negative dimensions are read")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed != data_bytes or math.prod(d for d in shape if d) * dtype.itemsize >= 2**63:
+        raise _not_ours(path, f"array '{name}': its header claims shape {shape} of {dtype} "
+                              f"({claimed} bytes) but the member holds {data_bytes} bytes")
+    with archive.open(info) as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
+
+
+def _json_depth(value):
+    """The nesting depth of lists and dicts in ``value`` (no recursion)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _header(raw, path):
+    """The checked ``{"format", "version", "meta"}`` header of ``__meta__``."""
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise _not_ours(path, f"'{META_KEY}' is not a byte string")
     try:
         header = json.loads(raw.tobytes().decode("utf-8"))
+        depth = _json_depth(header)
+    except RecursionError:
+        depth = "more than the JSON parser's limit of"
     except (UnicodeDecodeError, ValueError) as exc:
         raise _not_ours(path, f"'{META_KEY}' is not JSON: {exc}") from None
+    if not isinstance(depth, int) or depth > MAX_JSON_DEPTH:
+        raise _not_ours(path, f"'{META_KEY}' nests lists and objects {depth} levels deep "
+                              f"(at most {MAX_JSON_DEPTH} are read)")
     if (not isinstance(header, dict) or header.get("format") != FORMAT
             or not isinstance(header.get("meta"), dict)):
         raise _not_ours(path, f"'{META_KEY}' does not describe a {FORMAT} file")
@@ -149,4 +303,4 @@ def load_arrays(path):
         raise WeightsError(
             f"{path}: {FORMAT} version {header.get('version')} is not supported "
             f"(this engine reads version {_VERSION})")
-    return arrays, header["meta"]
+    return header

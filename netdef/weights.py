@@ -11,17 +11,28 @@ zip archive), not by file name. Whatever the source (a file, a solver
 snapshot's weights, another Net), the arrays go through ``copy_layers``:
 same-named layers with parameters get them, and a ``WeightsReport`` says
 what was loaded, missing, unused or skipped.
+
+Files are checked whole before any blob changes: array names
+``<layer>/<index>`` with indices 0, 1, ... (native format), floating-point
+values only (a bool or integer array is refused, not cast), every value
+finite, and every layer fitting the net. A solver snapshot given as weights
+is refused with how to use it instead.
 """
 import dataclasses
+import re
 import zipfile
+
+import numpy as np
 
 from netdef.caffemodel import caffemodel_blobs, conform_blob, read_caffemodel
 from netdef.device import to_numpy
 from netdef.errors import WeightsError
 from netdef.snapshot_format import load_arrays, save_arrays
 
-__all__ = ["WeightsReport", "read_layer_arrays", "group_param_keys", "copy_layers",
-           "share_layers", "load_weights_into", "save_native"]
+__all__ = ["WeightsReport", "read_layer_arrays", "group_param_keys", "check_param_array",
+           "range_problem", "copy_layers", "share_layers", "load_weights_into", "save_native"]
+
+_INDEX = re.compile(r"[0-9]+")
 
 
 @dataclasses.dataclass
@@ -45,28 +56,74 @@ class WeightsReport:
         return "; ".join(parts)
 
 
-def group_param_keys(arrays):
+def group_param_keys(arrays, source="the arrays"):
     """``{"<layer>/<i>": array}`` (the native format's keys) as ``{layer:
-    [array 0, array 1, ...]}`` in index order."""
+    [array 0, array 1, ...]}`` in index order. A key of another form, or a
+    layer whose indices are not 0, 1, ..., raises WeightsError naming
+    ``source``."""
+    indexed = {}
+    for key, array in arrays.items():
+        name, _, index = key.rpartition("/")
+        if not name or not _INDEX.fullmatch(index):
+            raise WeightsError(
+                f"{source}: array '{key}' is not named '<layer>/<index>' (e.g. 'conv1/0' for "
+                f"the first parameter blob of layer conv1, as Net.save_weights writes)")
+        indexed.setdefault(name, {})[int(index)] = array
     layers = {}
-    for key in sorted(arrays, key=_param_key_order):
-        name, _ = key.rsplit("/", 1)
-        layers.setdefault(name, []).append(arrays[key])
+    for name in sorted(indexed):
+        blobs = indexed[name]
+        if sorted(blobs) != list(range(len(blobs))):
+            raise WeightsError(f"{source}: layer '{name}' has parameter blobs "
+                               f"{sorted(blobs)}; expected 0 to {len(blobs) - 1}")
+        layers[name] = [blobs[i] for i in range(len(blobs))]
     return layers
 
 
-def _param_key_order(key):
-    name, index = key.rsplit("/", 1)
-    return (name, int(index))
+def check_param_array(array, where):
+    """Raise WeightsError (starting with ``where``) unless ``array`` holds
+    finite floating-point values: a bool, integer or complex array is not
+    silently cast (a bool bias would load as 1.0), NaN/Inf are refused."""
+    if array.dtype.kind != "f":
+        raise WeightsError(f"{where}: dtype {array.dtype}; parameter values must be "
+                           f"floating point (float16, float32 or float64)")
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        first = tuple(int(i) for i in np.unravel_index(bad[0], array.shape))
+        raise WeightsError(f"{where}: {bad.size} of {array.size} values are NaN or Inf "
+                           f"(the first at index {first}: {array[first]}); non-finite "
+                           f"weights are not loaded")
+
+
+def _refuse_non_weights(path, meta):
+    kind = meta.get("kind")
+    if kind == "solverstate":
+        export = meta.get("caffemodel") if isinstance(meta.get("caffemodel"), str) else ""
+        raise WeightsError(
+            f"{path} is a solver snapshot (.solverstate.npz: weights, solver history and "
+            f"random state), not a weights file. To continue training from it use "
+            f"'python -m solver.train ... --resume {path}' (Solver.restore); to test it, "
+            f"'python -m solver.test ... --weights {path}'; to load its weights into a net, "
+            f"copy_from the .caffemodel exported beside it"
+            + (f" ({export})" if export else ""))
+    if kind is not None:
+        raise WeightsError(f"{path}: not a weights file (a {kind!r} file)")
 
 
 def read_layer_arrays(path):
-    """layer name -> list of NumPy arrays, from either format."""
+    """layer name -> list of NumPy arrays, from either format; names,
+    dtypes and values checked (see the module docstring)."""
     path = str(path)
     if zipfile.is_zipfile(path):
-        arrays, _ = load_arrays(path)
-        return group_param_keys(arrays)
-    return caffemodel_blobs(read_caffemodel(path))
+        arrays, meta = load_arrays(path)
+        _refuse_non_weights(path, meta)
+        layers = group_param_keys(arrays, path)
+    else:
+        layers = caffemodel_blobs(read_caffemodel(path), path)
+    for name, blobs in layers.items():
+        for i, array in enumerate(blobs):
+            check_param_array(array, f"{path}: layer '{name}' param {i}")
+    return layers
 
 
 def _mismatch(name, arrays, layer, exact, words):
@@ -107,27 +164,54 @@ def copy_layers(net, stored, source, *, skip_mismatched=False, exact=False,
 
     Returns a WeightsReport: loaded, missing (net layers with parameters
     that ``stored`` lacks), unused (``stored`` layers the net lacks),
-    skipped."""
+    skipped. Every layer is checked before any blob is written, so an error
+    leaves the net as it was."""
     report = WeightsReport(str(source))
+    planned = []
+    for name, layer in net.layer_dict.items():
+        if not layer.blobs:
+            continue
+        if name not in stored:
+            report.missing.append(name)
+            continue
+        problem, conformed = _mismatch(name, stored[name], layer, exact, words)
+        problem = problem or _out_of_range(name, conformed, layer, words[0])
+        if problem:
+            if not skip_mismatched:
+                raise WeightsError(f"{source}: {problem}{hint}")
+            report.skipped.append((name, problem))
+            continue
+        planned.append((name, layer, conformed))
     with net.device.context():
-        for name, layer in net.layer_dict.items():
-            if not layer.blobs:
-                continue
-            if name not in stored:
-                report.missing.append(name)
-                continue
-            problem, conformed = _mismatch(name, stored[name], layer, exact, words)
-            if problem:
-                if not skip_mismatched:
-                    raise WeightsError(f"{source}: {problem}{hint}")
-                report.skipped.append((name, problem))
-                continue
+        for name, layer, conformed in planned:
             for array, blob in zip(conformed, layer.blobs):
                 if array is not blob.data:
                     blob.data[...] = net.device.asarray(array, dtype=blob.dtype)
             report.loaded.append(name)
     report.unused = [name for name in stored if name not in net.layer_dict]
     return report
+
+
+def _out_of_range(name, arrays, layer, source_word):
+    """Why an array would overflow the layer's blob dtype, or None."""
+    for i, (array, blob) in enumerate(zip(arrays, layer.blobs)):
+        if isinstance(array, np.ndarray):
+            problem = range_problem(array, blob.dtype, f"layer '{name}' param {i}: "
+                                                       f"{source_word}")
+            if problem:
+                return problem
+    return None
+
+
+def range_problem(array, dtype, what):
+    """``"<what> holds <x>, beyond the range of <dtype>"`` when the NumPy
+    float ``array`` has values that would become Inf in the narrower float
+    ``dtype`` (e.g. 1e300 in float64 into float32); else None."""
+    if array.size and array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize:
+        largest = float(np.abs(array).max())
+        if largest > np.finfo(dtype).max:
+            return f"{what} holds {largest:g}, beyond the range of {dtype}"
+    return None
 
 
 def share_layers(source_net, target_net, source):

@@ -8,12 +8,20 @@ The state is JSON data::
                        "test/0": {...}, ...},   # layers with random state only
      "solver_rng": the solver's NumPy bit-generator state,
      "providers": {name: provider.get_state()}}
+
+A restore checks everything first (``check_snapshot``, with
+solver.snapshot_checks), then sets the state providers (``set_providers``,
+which puts them back if one refuses its state), and only then writes the
+weights, history and random states, which can no longer fail.
 """
 import json
 
 from netdef.errors import WeightsError
+from netdef.weights import range_problem
+from solver.snapshot_checks import check_random_states
 
-__all__ = ["json_copy", "capture_state", "set_state", "check_snapshot", "restore_history"]
+__all__ = ["json_copy", "capture_state", "set_state", "check_snapshot", "set_providers",
+           "restore_history"]
 
 
 def json_copy(value, what):
@@ -67,28 +75,16 @@ def set_state(nets, rng, providers, state, notes=None):
     return notes
 
 
-def check_snapshot(state, net, history, providers, path):
+def check_snapshot(state, net, history, providers, path, nets=(), rng=None):
     """The parameter blobs of ``net`` by ``"<layer>/<i>"`` when the
-    SolverState ``state`` fits them (same layers and shapes), ``history``
-    (the solver's history dict) and ``providers`` (names); else WeightsError
-    naming ``path`` and every problem."""
-    problems = []
+    SolverState ``state`` fits them (same layers and shapes, values within
+    the blobs' dtype), ``history`` (the solver's history dict) and
+    ``providers`` (names), and its random states fit ``nets`` (list of
+    ``(key, Net)``) and the solver's Generator ``rng`` (when given); else
+    WeightsError naming ``path`` and every problem."""
     expected = {f"{name}/{i}": blob for name, layer in net.layer_dict.items()
                 for i, blob in enumerate(layer.blobs)}
-    for key, blob in expected.items():
-        layer, index = key.rsplit("/", 1)
-        if key not in state.weights:
-            problems.append(f"no weights for layer '{layer}' parameter {index}")
-        elif tuple(state.weights[key].shape) != blob.shape:
-            problems.append(f"layer '{layer}' parameter {index}: the snapshot has shape "
-                            f"{tuple(state.weights[key].shape)}, the net {blob.shape}")
-    extra = sorted({k.rsplit("/", 1)[0] for k in state.weights if k not in expected})
-    if extra:
-        problems.append(f"weights for layers the net does not have: {', '.join(extra)}")
-    for key, array in state.history.items():
-        if key in history and tuple(array.shape) != history[key].shape:
-            problems.append(f"solver history '{key}' has shape {tuple(array.shape)}, "
-                            f"the parameter {history[key].shape}")
+    problems = _array_problems(state, expected, history)
     stored, registered = set(state.providers), set(providers)
     if stored - registered:
         problems.append(f"state of provider(s) {', '.join(sorted(stored - registered))} "
@@ -96,10 +92,60 @@ def check_snapshot(state, net, history, providers, path):
     if registered - stored:
         problems.append(f"no state for the registered provider(s) "
                         f"{', '.join(sorted(registered - stored))}")
+    if rng is not None:
+        problems += check_random_states(state.random_states, nets, state.solver_rng, rng)
     if problems:
         raise WeightsError(f"{path}: cannot resume net '{net.name}' from this snapshot: "
                            + "; ".join(problems))
     return expected
+
+
+def _array_problems(state, expected, history):
+    """Weights and history of ``state`` against the net's blobs
+    ``expected`` and the solver's ``history``: presence, shapes, range."""
+    problems = []
+    for key, blob in expected.items():
+        layer, index = key.rsplit("/", 1)
+        if key not in state.weights:
+            problems.append(f"no weights for layer '{layer}' parameter {index}")
+        elif tuple(state.weights[key].shape) != blob.shape:
+            problems.append(f"layer '{layer}' parameter {index}: the snapshot has shape "
+                            f"{tuple(state.weights[key].shape)}, the net {blob.shape}")
+        else:
+            problems += _overflow(state.weights[key], blob.dtype,
+                                  f"layer '{layer}' parameter {index}")
+    extra = sorted({k.rsplit("/", 1)[0] for k in state.weights if k not in expected})
+    if extra:
+        problems.append(f"weights for layers the net does not have: {', '.join(extra)}")
+    for key, array in state.history.items():
+        if key in history and tuple(array.shape) != history[key].shape:
+            problems.append(f"solver history '{key}' has shape {tuple(array.shape)}, "
+                            f"the parameter {history[key].shape}")
+        elif key in history:
+            problems += _overflow(array, history[key].dtype, f"solver history '{key}'")
+    return problems
+
+
+def _overflow(array, dtype, what):
+    problem = range_problem(array, dtype, what)
+    return [problem] if problem else []
+
+
+def set_providers(providers, states, path):
+    """Give each state provider its state from ``states`` (name -> state);
+    when one refuses its state (raises), the providers set so far and that
+    one get their previous states back and WeightsError names ``path`` and
+    the provider. Call it before anything else of a restore changes."""
+    previous = {}
+    for name, provider in providers.items():
+        previous[name] = provider.get_state()
+        try:
+            provider.set_state(states[name])
+        except Exception as exc:  # the caller's code: any refusal means "does not fit"
+            for done, state in previous.items():
+                providers[done].set_state(state)
+            raise WeightsError(f"{path}: the state of provider '{name}' was refused "
+                               f"({type(exc).__name__}: {exc}); nothing was restored") from exc
 
 
 def restore_history(history, stored, device, rule_type):

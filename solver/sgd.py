@@ -64,7 +64,8 @@ from solver.lr_policy import LRPolicy
 from solver.nan_guard import finite_all, locate_non_finite, locate_non_finite_weights, \
     numerical_error, sum_of_squares
 from solver.progress import Progress
-from solver.resume import capture_state, check_snapshot, json_copy, restore_history, set_state
+from solver.resume import capture_state, check_snapshot, json_copy, restore_history, \
+    set_providers, set_state
 from solver.snapshot import SolverState, snapshot_paths, write_export
 from solver.solver_file import SolverFile
 from solver.update_rules import create_rule
@@ -551,12 +552,15 @@ class Solver:
         """Resume from a ``.solverstate.npz``: weights, the rule's history,
         iteration, loss window, random states of every layer, the solver's
         RNG, the state providers' states and the metadata (which replaces
-        ``self.metadata`` and is returned). The snapshot must fit the net
-        (same parameter layers and shapes) and name the same state providers;
-        otherwise WeightsError, with nothing changed."""
+        ``self.metadata`` and is returned). The snapshot must be well formed
+        and fit the solver (solver.resume.check_snapshot); otherwise
+        WeightsError, with nothing changed: all is checked before anything
+        is written."""
         path = os.fspath(path)
         state = SolverState.load(path)
-        expected = check_snapshot(state, self.net, self.history, self.state_providers, path)
+        expected = check_snapshot(state, self.net, self.history, self.state_providers, path,
+                                  self._nets(), self.rng)
+        set_providers(self.state_providers, state.providers, path)  # undone if one refuses
         with self.device.context():
             for key, blob in expected.items():
                 blob.data[...] = self.device.asarray(state.weights[key], dtype=blob.dtype)
@@ -565,8 +569,8 @@ class Solver:
         self.seed = int(state.seed)
         self.loss_window.clear()
         self.loss_window.extend(float(v) for v in state.loss_window)
-        self._set_state({"random_states": state.random_states, "solver_rng": state.solver_rng,
-                         "providers": state.providers}, notes)
+        set_state(self._nets(), self.rng, {}, {"random_states": state.random_states,
+                                               "solver_rng": state.solver_rng}, notes)
         self.metadata = state.metadata
         self.last_snapshot, self._last_snapshot_iter = path, self.iter
         self.progress.reset_speed()

@@ -45,6 +45,7 @@ from netdef.caffemodel import write_caffemodel
 from netdef.device import to_numpy
 from netdef.errors import WeightsError
 from netdef.snapshot_format import load_arrays, save_arrays
+from solver.snapshot_checks import check_arrays, check_meta
 
 __all__ = ["SolverState", "snapshot_paths", "write_export", "STATE_SUFFIX", "MODEL_SUFFIX"]
 
@@ -108,16 +109,18 @@ class SolverState:
 
     @classmethod
     def load(cls, path):
-        """Read a ``.solverstate.npz``; a foreign or damaged file raises
-        WeightsError naming it."""
+        """Read a ``.solverstate.npz``; a foreign, damaged or malformed file
+        (metadata of the wrong type, arrays that are not finite floating
+        point: solver.snapshot_checks) raises WeightsError naming it."""
         arrays, meta = load_arrays(path)
         if meta.get("kind") != KIND:
             raise WeightsError(
                 f"{path}: not a solver snapshot (kind {meta.get('kind')!r}); a weights "
                 f"file is loaded with Net.copy_from, a solver state with restore")
         if meta.get("version") != VERSION:
-            raise WeightsError(f"{path}: solver snapshot version {meta.get('version')} is not "
-                               f"supported (this solver reads version {VERSION})")
+            raise WeightsError(f"{path}: solver snapshot version {meta.get('version')!r} is "
+                               f"not supported (this solver reads version {VERSION})")
+        check_meta(meta, path)
         weights, history = {}, {}
         for key, array in arrays.items():
             group, _, name = key.partition("/")
@@ -127,9 +130,8 @@ class SolverState:
                 history[name] = array
             else:
                 raise WeightsError(f"{path}: unexpected array '{key}' in a solver snapshot")
+        check_arrays(weights, history, path)
         fields = {name: meta[name] for name in cls._JSON_FIELDS if name in meta}
-        if "iter" not in fields:
-            raise WeightsError(f"{path}: the solver snapshot has no iteration")
         return cls(weights=weights, history=history, **fields)
 
 

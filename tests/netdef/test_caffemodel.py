@@ -522,8 +522,11 @@ def test_solver_snapshot_weights_load_through_the_same_copy(tmp_path):
     net.save_weights(str(tmp_path / "w.npz"))
     layers = read_layer_arrays(str(tmp_path / "w.npz"))
     assert list(layers) == ["conv1", "fc"] and len(layers["conv1"]) == 2
-    grouped = group_param_keys({"a/10": 10, "a/2": 2, "b/0": 0})
-    assert grouped == {"a": [2, 10], "b": [0]}
+    grouped = group_param_keys({"a/10": 10, "a/1": 1, "b/0": 0, "a/0": 0,
+                                **{f"a/{i}": i for i in range(2, 10)}})
+    assert grouped == {"a": list(range(11)), "b": [0]}
+    with pytest.raises(WeightsError, match=r"layer 'a' has parameter blobs \[2, 10\]"):
+        group_param_keys({"a/10": 10, "a/2": 2})   # blob 2 would land in slot 0
     other = pair_net(seed=4)
     assert other.copy_from(str(tmp_path / "w.npz")).loaded == ["conv1", "fc"]
     assert np.array_equal(other.params["conv1"][0].data, net.params["conv1"][0].data)
