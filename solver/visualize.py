@@ -23,7 +23,7 @@ as a float32 ``.npy`` of the image's height and width.
 Methods with their own synopsis:
 
     python -m solver.visualize class-model NET --weights W --class NAME
-        [--steps N] [--jitter PX] [--blur-every N] [--blur-sigma S]
+        [--steps N] [--jitter PX] [--blur-every N] [--blur-sigma S] [--lr X] [--l2 X]
     python -m solver.visualize top-patches NET --weights W --data DIR --blob B
         --units U [U ...] [--k K] [--split S] [--limit N]
     python -m solver.visualize embeddings NET --weights W --data DIR --blob B
@@ -47,11 +47,13 @@ from detection.draw import draw_detections
 from detection.visualize import gradients
 from detection.visualize.browser import browse
 from detection.visualize.class_model import class_model
+from detection.visualize.embeddings import embeddings
 from detection.visualize.model import VisualModel
 from detection.visualize.occlusion import occlusion
 from detection.visualize.overlay import heatmap_overlay, save_map, save_overlay
 from detection.visualize.rfcn_inside import rfcn_inside
 from detection.visualize.rpn_inside import rpn_inside
+from detection.visualize.top_patches import top_patches
 from netdef.errors import DataError
 from netdef.snapshot_format import atomic_writer
 from solver.cli import add_device_arguments, exit_status, select_device
@@ -134,8 +136,10 @@ def _image_parser(subparsers, method):
     parser.add_argument("--save-maps", action="store_true",
                         help="also write each map as a float32 .npy")
     if method == "occlusion":
-        parser.add_argument("--patch", type=int, help="grey patch side in image pixels")
-        parser.add_argument("--stride", type=int, help="step between patches")
+        parser.add_argument("--patch", type=int, help="grey patch side in image pixels "
+                                                      "(default an eighth of the shorter side)")
+        parser.add_argument("--stride", type=int, help="image pixels between patches "
+                                                       "(default half the patch)")
         parser.add_argument("--batch", type=int, default=8, help="patches per forward pass")
     if method == "rpn":
         parser.add_argument("--location", type=int, nargs=2, metavar=("ROW", "COL"),
@@ -154,6 +158,9 @@ def _other_parsers(subparsers):
     sub.add_argument("--jitter", type=int, default=0, help="random shift in pixels per step")
     sub.add_argument("--blur-every", type=int, default=0, help="blur every N steps (0: never)")
     sub.add_argument("--blur-sigma", type=float, help="the blur's Gaussian sigma")
+    sub.add_argument("--lr", type=float, help="step size (default: set from the first "
+                                              "gradient)")
+    sub.add_argument("--l2", type=float, help="weight of the L2 regularizer")
     for name in ("top-patches", "embeddings"):
         sub = subparsers.add_parser(name, help=_HELP[name], description=_HELP[name])
         _net_arguments(sub)
@@ -342,8 +349,9 @@ def _run_class_model(args):
     model = _open_model(args)
     index = model.class_index(args.class_name)
     options = {"steps": args.steps, "jitter": args.jitter, "blur_every": args.blur_every}
-    if args.blur_sigma is not None:
-        options["blur_sigma"] = args.blur_sigma
+    for name in ("blur_sigma", "lr", "l2"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     bar = progress_bar(args.messages, f"class model '{args.class_name}'")
     image, objectives = class_model(model, index, callback=lambda step, value: bar(
         step + 1, args.steps), **options)
@@ -354,18 +362,15 @@ def _run_class_model(args):
 
 
 def _run_top_patches(args):
-    from detection.visualize.top_patches import top_patches   # on use: reads a dataset
     model = _open_model(args)
     dataset = _open_split(args)
-    images = [read_rgb(r.path) for r in dataset.records]
-    picture = top_patches(model, images, args.blob, args.units, k=args.k,
-                          progress=progress_bar(args.messages, "top patches"))
+    picture = top_patches(model, [r.path for r in dataset.records], args.blob, args.units,
+                          k=args.k, progress=progress_bar(args.messages, "top patches"))
     _save_picture(args, f"top_patches_{_file_part(args.blob)}.png", picture)
     return 0
 
 
 def _run_embeddings(args):
-    from detection.visualize.embeddings import embeddings     # on use: t-SNE is optional
     model = _open_model(args)
     dataset = _open_split(args)
     method = "tsne" if args.tsne else "pca"
