@@ -21,7 +21,10 @@ Yosinski et al. (2015)'s regularizers, both off by default: ``jitter``
 rolls the image by a random shift of up to ``jitter`` pixels per axis
 before each forward (and the gradient back after it); ``blur_every``
 blurs the image with a Gaussian of ``blur_sigma`` pixels every that many
-steps. With both off ``J`` rises at every step for a small enough ``lr``.
+steps. With both off ``J`` rises at every step for a small enough ``lr``
+where the net is smooth; the blank image itself can sit on a kink (max
+pooling over equal values, ReLUs at exactly 0), so with such nets the
+first step may not rise.
 """
 import math
 

@@ -71,11 +71,11 @@ def pinned_forward(model, inputs, rois):
     """Run ``model``'s net on ``inputs`` (name -> array, any batch size)
     with the detector's ``rois`` ``(R, 5)`` written over the proposal
     layer's: the proposal layer (one image only) does not run."""
-    net = model.net
-    at = model.layer_index(model.rois_layer)
-    net.forward(end=net._layer_names[at - 1], **inputs)
+    net, names = model.net, list(model.net.layer_dict)
+    at = names.index(model.rois_layer)
+    net.forward(end=names[at - 1], **inputs)
     net.blobs["rois"].set_data(np.asarray(to_numpy(rois), dtype=np.float32).reshape(-1, 5))
-    net.forward(start=net._layer_names[at + 1])
+    net.forward(start=names[at + 1])
 
 
 def _scores(model, prepared, data, target):
