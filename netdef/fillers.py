@@ -33,7 +33,7 @@ def _variance_denominator(param, shape, kind):
         name, value = "fan_in", fan_in
     if value <= 0:
         raise NetDefinitionError(
-            f"{kind} filler: expected a weight with a positive {name}, found {name} "
+            f"{kind} filler: expected a weight shape with a positive {name}, found {name} = "
             f"{value:g} for shape {tuple(shape)} (a zero axis: does the layer's input have "
             "no channels or features?)")
     return value
