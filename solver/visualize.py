@@ -73,7 +73,6 @@ MAP_METHODS = {
         progress=progress_bar(args.messages, "occlusion")),
 }
 IMAGE_METHODS = tuple(MAP_METHODS) + ("rfcn", "rpn")
-OTHER_METHODS = ("class-model", "top-patches", "embeddings", "browse")
 DEFAULT_OUT = os.path.join("out", "visualize")
 
 
@@ -289,6 +288,9 @@ def _run_images(args):
         stem = os.path.splitext(os.path.basename(path))[0]
         if args.method == "rpn":
             gt = truth.get(os.path.basename(path)) if truth is not None else None
+            if truth is not None and gt is None:
+                _say(args, f"{path}: not an image of --data's split {args.split}: no "
+                           "AnchorTarget labels drawn")
             picture = rpn_inside(model, image, location=args.location, gt_boxes=gt)
             _say(args, f"wrote {save_overlay(args.out, stem, 'rpn', picture)}")
             continue

@@ -174,3 +174,19 @@ def test_top_patches_and_embeddings(files, tmp_path):
     assert status == 0, said
     assert {"top_patches_conv5.png", "embeddings_psroipooled_cls_rois_pca.png",
             "embeddings_psroipooled_cls_rois_pca.npy"} <= set(os.listdir(tmp_path))
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_the_maps_match_the_cpu(files, tmp_path):
+    for device, folder in ((["--cpu"], tmp_path / "cpu"), (["--gpu", "0"], tmp_path / "gpu")):
+        for method in ("gradcam", "saliency", "occlusion", "rfcn", "rpn"):
+            extra = ["--detection", "0"] if method != "rpn" else []
+            if method != "rfcn" and method != "rpn":
+                extra.append("--save-maps")
+            status, said = run(detector_args(files, method, folder, *extra, *device))
+            assert status == 0, said
+    assert sorted(os.listdir(tmp_path / "cpu")) == sorted(os.listdir(tmp_path / "gpu"))
+    for method in ("gradcam", "saliency", "occlusion"):
+        name = f"test_000000_{method}_det0.npy"
+        cpu, gpu = np.load(tmp_path / "cpu" / name), np.load(tmp_path / "gpu" / name)
+        np.testing.assert_allclose(gpu, cpu, atol=1e-3 * max(1.0, float(np.abs(cpu).max())))
