@@ -169,11 +169,22 @@ def _anchors_panel(image, state, location, scale):
                           f"stride {stride}")
 
 
+def _checked_boxes(gt_boxes):
+    """``gt_boxes`` as ``(G, 4)`` float64 (a class column dropped)."""
+    gt = np.asarray(gt_boxes, np.float64)
+    if gt.size == 0:
+        return np.zeros((0, 4))
+    if gt.ndim != 2 or gt.shape[1] not in (4, 5):
+        raise DataError(f"rpn: gt_boxes must be (G, 4) [x1, y1, x2, y2] or (G, 5) with the "
+                        f"class; got shape {gt.shape}")
+    return gt[:, :4]
+
+
 def _labels_panel(image, model, state, gt_boxes, scale):
     canvas = image.copy()
     if gt_boxes is None:
         return titled(canvas, "AnchorTarget labels: no ground-truth boxes given")
-    gt = np.asarray(gt_boxes, np.float64).reshape(-1, np.shape(gt_boxes)[-1])[:, :4]
+    gt = _checked_boxes(gt_boxes)
     labels = anchor_labels(model, state, gt * scale)
     fg, bg = np.flatnonzero(labels == LABEL_FG), np.flatnonzero(labels == LABEL_BG)
     draw = ImageDraw.Draw(canvas)

@@ -144,6 +144,16 @@ def test_a_location_off_the_map_is_an_error(setup):
         rpn_inside(model, image, location=(99, 0))
 
 
+def test_ground_truth_with_a_class_column_and_a_bad_shape(setup):
+    model, image, boxes = setup
+    with_class = np.concatenate([boxes, np.ones((len(boxes), 1))], axis=1)
+    assert rpn_inside(model, image, gt_boxes=with_class).size == \
+        rpn_inside(model, image, gt_boxes=boxes).size
+    assert rpn_inside(model, image, gt_boxes=np.zeros((0, 4))).size
+    with pytest.raises(DataError, match=r"gt_boxes must be \(G, 4\) .*got shape \(2, 3\)"):
+        rpn_inside(model, image, gt_boxes=np.zeros((2, 3)))
+
+
 def test_a_classifier_has_no_rpn():
     model = VisualModel(CLASSIFIER)
     with pytest.raises(DataError, match="is a classifier .*RPN inside needs a detector"):
