@@ -8,6 +8,7 @@ from layers.detection_targets import DEFAULT_MEANS, DEFAULT_STDS, ProposalTarget
 from layers.input_pipeline.minibatch import (E2E_TOPS, ROI_TOPS, MinibatchBuilder, TrainingOrder,
                                              select_entries)
 from layers.input_pipeline.prefetch import DEFAULT_DEPTH, Prefetcher
+from layers.input_pipeline.staging import PinnedStaging
 from layers.python_compat import field_or_default, layer_settings
 from netdef.errors import DataError, DataWarning
 
@@ -302,7 +303,8 @@ class RoIDataLayer(Layer):
             self._dataset.records, self._entries, self.scales, self.max_size,
             random_scales=self.training, proposals=self._proposals,
             target_creator=self.target_creator, tops=self.top_keys, name=self.where)
-        self._pipeline = Prefetcher(build, order.plans(self.epoch, self.cursor),
+        self._staging = PinnedStaging(self.device, self.dtype)
+        self._pipeline = Prefetcher(self._staging.wrap(build), order.plans(self.epoch, self.cursor),
                                     depth=DEFAULT_DEPTH if self.prefetch else 0,
                                     name=f"{self.name} prefetch")
 
@@ -344,9 +346,11 @@ class RoIDataLayer(Layer):
         for top, key in zip(tops, self.top_keys):
             top.set_data(batch[key])
 
-    # The minibatch is built on the host either way; set_data copies it to
-    # the tops' device.
-    forward_gpu = forward_cpu
+    def forward_gpu(self, bottoms, tops):
+        # The prefetch thread built the minibatch on the host and staged it
+        # in pinned buffers: asynchronous copies into the tops.
+        batch = self.next_minibatch()
+        self._staging.upload(batch, zip(self.top_keys, tops))
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         pass

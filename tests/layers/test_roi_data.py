@@ -11,6 +11,7 @@ from PIL import Image
 
 from layers.roi_data import RoIDataLayer
 from netdef.errors import DataError, NetDefinitionError
+from netdef.device import to_numpy
 from netdef.gradcheck import build_layer, setup_layer
 from detection.datasets import DataWarning, load_dataset
 from layers.input_pipeline.preprocess import PIXEL_MEANS
@@ -436,10 +437,24 @@ def test_net_with_the_python_data_layer(dataset):
 
 # -- devices -------------------------------------------------------------------------------------
 
-def test_gpu_path_is_the_host_code():
-    """The minibatch is built on the host on either device; forward_gpu only
-    differs in where Blob.set_data copies it."""
-    assert RoIDataLayer.forward_gpu is RoIDataLayer.forward_cpu
+def test_gpu_path_stages_the_host_minibatch(dataset):
+    """On a (stand-in) GPU the prefetched minibatch goes through pinned
+    staging into the tops: the same values as the CPU's."""
+    from bench.standin_cupy import installed
+    from netdef.device import CPU, Device
+    results = []
+    with installed():
+        for device in (CPU, Device("gpu", 0)):
+            layer = build_layer(roi_spec(), device=device, dtype=np.float32)
+            _, tops = setup_layer(layer, [])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DataWarning)
+                layer.set_dataset(dataset, make_proposals(dataset))
+            layer.forward([], tops)
+            results.append([np.array(to_numpy(t.data)) for t in tops])
+            layer.close()
+    for cpu, gpu in zip(*results):
+        np.testing.assert_array_equal(cpu, gpu)
 
 
 @pytest.mark.gpu
