@@ -109,19 +109,8 @@ class Proposals:
         if meta.get("version") != VERSION:
             raise DataError(f"{path}: proposals file version {meta.get('version')} is not "
                             f"supported (this reader: {VERSION})")
-        ids = meta.get("image_ids")
-        boxes, counts = arrays.get("boxes"), arrays.get("counts")
-        if not isinstance(ids, list) or boxes is None or counts is None:
-            raise DataError(f"{path}: proposals file without image_ids, boxes or counts")
-        if counts.ndim != 1 or len(counts) != len(ids) or (counts < 0).any() \
-                or int(counts.sum()) != len(boxes) or boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise DataError(f"{path}: inconsistent proposals file ({len(ids)} image ids, "
-                            f"{counts.shape} counts summing to {int(counts.sum())}, boxes "
-                            f"{boxes.shape})")
+        ids, boxes, counts, scores = _checked_content(path, meta, arrays)
         splits = np.cumsum(counts)[:-1]
-        scores = arrays.get("scores")
-        if scores is not None and scores.shape != (len(boxes),):
-            raise DataError(f"{path}: {scores.shape} scores for {len(boxes)} boxes")
         meta = {k: v for k, v in meta.items() if k not in ("kind", "version", "image_ids")}
         return cls(ids, np.split(boxes, splits),
                    None if scores is None else np.split(scores, splits), meta)
@@ -148,6 +137,34 @@ def _blob_array(net, name, what):
             f"{net.source}: the RPN net has no blob '{name}' ({what}); its blobs: "
             f"{', '.join(net.blobs)}")
     return to_numpy(net.blobs[name].data)
+
+
+def _checked_content(path, meta, arrays):
+    """``(image ids, boxes, counts, scores or None)`` of a proposals file,
+    checked: ids a list of strings, ``boxes`` (N, 4) and ``scores`` (N,)
+    finite floating point, ``counts`` (I,) non-negative integers summing to
+    N; else DataError naming ``path``."""
+    ids = meta.get("image_ids")
+    boxes, counts, scores = arrays.get("boxes"), arrays.get("counts"), arrays.get("scores")
+    if not isinstance(ids, list) or boxes is None or counts is None:
+        raise DataError(f"{path}: proposals file without image_ids, boxes or counts")
+    if not all(isinstance(i, str) for i in ids):
+        raise DataError(f"{path}: the image_ids of a proposals file must be strings")
+    if counts.dtype.kind not in "iu" or counts.ndim != 1 or len(counts) != len(ids) \
+            or (counts < 0).any():
+        raise DataError(f"{path}: proposals counts must be {len(ids)} non-negative integers "
+                        f"(one per image id), found {counts.dtype} {counts.shape}")
+    total = sum(int(c) for c in counts.tolist())   # Python ints: no int64 wrap-around
+    for name, array, shape in (("boxes", boxes, (total, 4)), ("scores", scores, (total,))):
+        if array is None:
+            continue
+        if array.dtype.kind != "f" or array.shape != shape:
+            raise DataError(f"{path}: inconsistent proposals file ({len(ids)} image ids, "
+                            f"counts summing to {total}, {name} {array.dtype} {array.shape}; "
+                            f"expected float {shape})")
+        if not np.isfinite(array).all():
+            raise DataError(f"{path}: the proposals' {name} hold NaN or Inf")
+    return ids, boxes, counts, scores
 
 
 def generate_proposals(net, records, *, scale=600, max_size=1000, rois_blob="rois",

@@ -209,7 +209,7 @@ def range_problem(array, dtype, what):
     ``dtype`` (e.g. 1e300 in float64 into float32); else None."""
     if array.size and array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize:
         largest = float(np.abs(array).max())
-        if largest > np.finfo(dtype).max:
+        if largest > float(np.finfo(dtype).max):
             return f"{what} holds {largest:g}, beyond the range of {dtype}"
     return None
 
