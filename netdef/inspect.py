@@ -3,7 +3,9 @@
 Builds the net (CPU, no weights) and prints, per layer: type, bottoms and
 tops with shapes, parameter count, multiply-adds and the memory of its top
 blobs, then the totals. Errors in the prototxt are printed as one line
-naming file, line, layer and blob, with exit status 2.
+naming file, line, layer and blob, with exit status 2; so is a net that needs
+more memory than the budget (``netdef.memory_budget``; ``--memory-limit``),
+which is refused before anything that large is allocated.
 
 Multiply-adds count the convolutions and inner products (as Kaiming He's
 ResNet table does): ``weight count x output positions``.
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from netdef.device import device_from_index
-from netdef.errors import EngineError
+from netdef.errors import EngineError, NetDefinitionError
 from netdef.net import Net
 
 COUNTED_TYPES = ("Convolution", "InnerProduct")
@@ -127,17 +129,26 @@ def parse_input_shapes(items):
         try:
             shapes[name] = tuple(int(d) for d in dims.replace("x", ",").split(","))
         except ValueError:
-            raise SystemExit(f"--input expects NAME=D1,D2,..., found {item!r}")
+            shapes[name] = None
+        if shapes[name] is None or min(shapes[name], default=0) < 0:
+            raise SystemExit(f"--input expects NAME=D1,D2,... with dims >= 0, found {item!r}")
     return shapes
 
 
 def set_input_shapes(net, items):
     """Give the net zero-filled inputs of the ``--input NAME=D1,D2,...``
     shapes (netdef.inspect, netdef.layer_times); True when any was given, so
-    that the net needs a reshape."""
+    that the net needs a reshape. The blobs are resized in place (a new
+    shape comes zeroed), so the memory budget refuses a shape too large
+    before it is allocated."""
     shapes = parse_input_shapes(items)
-    for name, shape in shapes.items():
-        net.set_input_arrays(**{name: np.zeros(shape, net.dtype)})
+    unknown = [name for name in shapes if name not in net.blobs]
+    if unknown:
+        raise NetDefinitionError(f"{net.source}: --input names no blob of the net: "
+                                 f"{', '.join(unknown)} (inputs: {', '.join(net.inputs)})")
+    with net.device.context():
+        for name, shape in shapes.items():
+            net.blobs[name].reshape(shape)
     return bool(shapes)
 
 
@@ -156,12 +167,16 @@ def main(argv=None):
     parser.add_argument("--run", type=int, default=0, metavar="N",
                         help="also run N forward passes on random inputs and report the time")
     parser.add_argument("--gpu", type=int, metavar="INDEX", help="build and run on this GPU")
+    parser.add_argument("--memory-limit", metavar="BYTES",
+                        help="the most memory the net may take (e.g. 8G; default: "
+                             "NETDEF_MEMORY_LIMIT, else the available memory)")
     parser.add_argument("--allow-python-module", action="append", default=[], metavar="MODULE",
                         help="allow a type: \"Python\" layer from this module (imports and runs it)")
     args = parser.parse_args(argv)
     try:
         net = Net(args.prototxt, args.phase, stages=args.stage, level=args.level,
-                  device=device_from_index(args.gpu), allow_python_modules=args.allow_python_module)
+                  device=device_from_index(args.gpu), allow_python_modules=args.allow_python_module,
+                  memory_limit=args.memory_limit)
         if set_input_shapes(net, args.input):
             net.reshape()
         print(format_report(net, layer_rows(net)))

@@ -17,8 +17,9 @@ What is counted (what the Net will allocate):
   (``netdef.fillers`` returns float64): checked, not kept;
 - diffs, when a blob allocates one (charged then), and, once the build has
   planned backward, the diffs that backward will allocate (blobs on the
-  backward path, learnable parameters) plus the scratch of the hungriest
-  layer (one ``layers.workspace.Workspace`` serves all layers; a layer
+  backward path, learnable parameters) in a TRAIN net or one that forces
+  backward (a TEST net is run forward; its diffs are charged if a backward
+  allocates them), plus the scratch of the hungriest layer (one ``layers.workspace.Workspace`` serves all layers; a layer
   states its need with ``scratch_bytes()``, see ``layers/conv.py``):
   ``check_plan`` refuses a net whose whole need is over the limit.
 
@@ -234,9 +235,10 @@ class MemoryBudget:
 
     def check_extra(self, what, nbytes):
         """Refuse when ``nbytes`` more than the charged total is over the
-        limit (what a pass will allocate later: diffs, scratch)."""
+        limit (what a pass will allocate later: diffs, scratch). ``what``
+        may be a function making the text, called only to refuse."""
         if self.total + nbytes > self.limit:
-            raise self.refuse(what, nbytes, self.total + nbytes)
+            raise self.refuse(what() if callable(what) else what, nbytes, self.total + nbytes)
 
 
 class BlobAccount:
@@ -250,6 +252,15 @@ class BlobAccount:
     def __init__(self, budget, label, xp, inner=None):
         self.budget, self.label, self.xp, self.inner = budget, label, xp, inner
         self.charged = {}  # "data" / "diff" -> bytes
+
+    @classmethod
+    def attach(cls, blob, budget, label):
+        """Give ``blob`` (as created: its data allocated, its diff not) an
+        account charged for that data; its later storage is checked first."""
+        account = cls(budget, label, blob.xp)
+        budget.charge(account, "data", blob.shape, blob.dtype)
+        blob.pool = account
+        return account
 
     def take(self, shape, dtype, zero):
         self.budget.charge(self, "diff" if zero else "data", shape, dtype)
@@ -273,11 +284,11 @@ def param_blob_maker(budget, layer):
         shape = tuple(int(s) for s in shape)
         label = f"parameter blob {made[0]}"
         made[0] += 1
-        budget.check_extra(f"{label}, {describe(shape, layer.dtype)}, with the float64 values "
-                           "its filler draws,",
+        budget.check_extra(lambda: f"{label}, {describe(shape, layer.dtype)}, with the float64 "
+                                   "values its filler draws,",
                            array_bytes(shape, layer.dtype) + array_bytes(shape, np.float64))
         blob = Blob((), dtype=layer.dtype, xp=layer.device.xp)
-        blob.pool = BlobAccount(budget, label, layer.device.xp)
+        BlobAccount.attach(blob, budget, label)
         blob.reshape(shape)
         return blob
 
@@ -285,7 +296,7 @@ def param_blob_maker(budget, layer):
 
 
 def _diffs_to_come(net):
-    """(label, bytes) of every diff backward will allocate that is not
+    """(label, blob, bytes) of every diff backward will allocate that is not
     allocated (charged) yet: bottoms it propagates to, tops of layers that
     run backward, learnable parameters with a non-zero lr_mult."""
     pending = {}
@@ -303,25 +314,28 @@ def _diffs_to_come(net):
     for label, blob in pending.values():
         account = blob.pool if isinstance(blob.pool, BlobAccount) else None
         if account is None or "diff" not in account.charged:
-            found.append((f"{label} ({describe(blob.shape, blob.dtype)})",
-                          array_bytes(blob.shape, blob.dtype)))
+            found.append((label, blob, array_bytes(blob.shape, blob.dtype)))
     return found
 
 
 def check_plan(budget, net):
     """Refuse ``net`` (built, backward planned) when the storage charged so
-    far plus the diffs its backward will allocate plus the scratch of its
-    hungriest layer (``layer.scratch_bytes()``, for layers that state it)
-    is over the budget; the message names the largest of them."""
-    diffs = _diffs_to_come(net)
+    far plus the diffs its backward will allocate (TRAIN, or forced
+    backward) plus the scratch of its hungriest layer
+    (``layer.scratch_bytes()``, for layers that state it) is over the
+    budget; the message names the largest of them."""
+    trains = net.phase == "TRAIN" or net.force_backward
+    diffs = _diffs_to_come(net) if trains else []
     scratch = [(f"scratch of layer '{name}'", layer.scratch_bytes())
                for name, layer in net.layer_dict.items() if hasattr(layer, "scratch_bytes")]
     largest_scratch = max(scratch, key=lambda s: s[1], default=("no scratch", 0))
-    extra = sum(n for _, n in diffs) + largest_scratch[1]
+    extra = sum(n for _, _, n in diffs) + largest_scratch[1]
     if budget.total + extra <= budget.limit:
         return
-    largest = max(diffs + [largest_scratch], key=lambda d: d[1])
+    named = [(f"the diff of {label} ({describe(blob.shape, blob.dtype)})", n)
+             for label, blob, n in diffs]
+    largest = max(named + [largest_scratch], key=lambda d: d[1])
     budget.check_extra(
         f"backward's gradients ({len(diffs)} diff(s)) and the shared scratch "
-        f"({largest_scratch[0]}), the largest {largest[0]} with {human_bytes(largest[1])},",
+        f"({largest_scratch[0]}; the largest of them: {largest[0]}, {human_bytes(largest[1])})",
         extra)

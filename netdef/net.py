@@ -177,8 +177,9 @@ class Net:
         self.layer_dict = collections.OrderedDict(zip(self._layer_names, self.layers))
         self.outputs = [name for name in self.blobs if name in available]
         self._bind_params()
-        self._plan_backward(net_param.force_backward if force_backward is None
-                            else force_backward)
+        self.force_backward = net_param.force_backward if force_backward is None \
+            else force_backward
+        self._plan_backward(self.force_backward)
         check_plan(self.budget, self)
         self.steps, decisions = make_steps(self, fuse=plan)
         self.build_log += decisions
@@ -210,7 +211,7 @@ class Net:
                 "already produced by an earlier layer (only in-place reuse, top i == "
                 "bottom i, is allowed)")
         blob = Blob((), dtype=self.dtype, xp=self.device.xp)
-        blob.pool = BlobAccount(self.budget, f"blob '{name}'", self.device.xp)
+        BlobAccount.attach(blob, self.budget, f"blob '{name}'")
         self.blobs[name] = blob
         return blob
 

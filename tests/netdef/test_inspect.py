@@ -90,3 +90,61 @@ def test_recurrent_multiply_adds_count_each_weight_per_step():
     assert macs["lstm"] == (60 + 36) * 8
     # RNN: W_xh 3x5 and W_hh, W_ho 3x3 per step (x 8); W_xh_static 3x6 per sequence (x 2)
     assert macs["rnn"] == (15 + 9 + 9) * 8 + 18 * 2
+
+
+HUGE_INPUT = ('name: "huge"\nlayer { name: "data" type: "Input" top: "data"\n'
+              '  input_param { shape { dim: 3 dim: 1000000 dim: 1000000 } } }\n'
+              'layer { name: "relu" type: "ReLU" bottom: "data" top: "relu" }\n')
+
+
+def _peak_of(call):
+    """(result, peak bytes traced while running ``call``)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        return call(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_cli_a_net_over_the_memory_budget_exits_2_before_allocating(tmp_path, capsys):
+    """A 10.9 TiB Input: one line naming layer, blob, shape and bytes, exit 2."""
+    path = tmp_path / "huge.prototxt"
+    path.write_text(HUGE_INPUT)
+    status, peak = _peak_of(lambda: main([str(path)]))
+    assert status == 2 and peak < 4 << 20
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: layer 'data' (type Input): the data of blob 'data', "
+                          "shape (3, 1000000, 1000000) float32, needs 10.9 TiB")
+    assert "over its memory budget of" in err and "(the default: " in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_input_override_over_the_budget_and_memory_limit(capsys):
+    deploy = str(PROTOTXT / "resnet50_deploy.prototxt")
+    # ResNet-50 at 224 x 224 (~200 MB with its weights) fits 400M; a 576 MB
+    # input does not, and is refused before it exists.
+    status, peak = _peak_of(lambda: main([deploy, "--memory-limit", "400M",
+                                          "--input", "data=3,3,4000,4000"]))
+    assert status == 2 and peak < 400 << 20
+    assert f"error: {deploy}: the data of blob 'data', shape (3, 3, 4000, 4000) float32, needs " \
+           "549.3 MiB" in capsys.readouterr().err
+    assert main([deploy, "--memory-limit", "10M"]) == 2
+    err = capsys.readouterr().err
+    assert "over its memory budget of 10.0 MiB (memory_limit='10M' given to the Net" in err
+    assert main([deploy, "--input", "nodata=1,3,224,224"]) == 2
+    assert "--input names no blob of the net: nodata (inputs: data)" in capsys.readouterr().err
+
+
+def test_cli_module_exits_2_with_the_environment_limit(tmp_path):
+    """``python -m netdef.inspect`` itself, the limit from NETDEF_MEMORY_LIMIT."""
+    import os
+    import subprocess
+    import sys
+    path = tmp_path / "net.prototxt"
+    path.write_text(HUGE_INPUT.replace("dim: 1000000 dim: 1000000", "dim: 1000 dim: 1000"))
+    env = dict(os.environ, NETDEF_MEMORY_LIMIT="1M")
+    done = subprocess.run([sys.executable, "-m", "netdef.inspect", str(path)], env=env,
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 2, done.stderr
+    assert "needs 11.4 MiB" in done.stderr and "(NETDEF_MEMORY_LIMIT=1M;" in done.stderr
