@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import threading
+import tokenize
 import zipfile
 import zlib
 
@@ -214,7 +215,8 @@ def load_arrays(path):
             zlib.error) as exc:
         # RuntimeError: an encrypted member; NotImplementedError (a subclass):
         # an unknown compression method.
-        raise _not_ours(path, f"{type(exc).__name__}: {exc}") from None
+        text = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
+        raise _not_ours(path, f"{type(exc).__name__}: {text}") from None
     return arrays, header["meta"]
 
 
@@ -251,7 +253,12 @@ def _read_member(archive, info, name, path):
                                   f"supported")
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                        else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = read_header(member)
+        try:
+            shape, _, dtype = read_header(member)
+        except (SyntaxError, tokenize.TokenError, RecursionError) as exc:
+            # NumPy parses the header as a Python literal; these escape it.
+            raise _not_ours(path, f"array '{name}': its .npy header does not parse "
+                                  f"({type(exc).__name__})") from None
         data_bytes = info.file_size - member.tell()
     if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None \
             or dtype.kind not in "biufc":
@@ -268,18 +275,18 @@ def _read_member(archive, info, name, path):
         return np.lib.format.read_array(member, allow_pickle=False)
 
 
-def _json_depth(value):
-    """The nesting depth of lists and dicts in ``value`` (no recursion)."""
-    deepest, pending = 0, [(value, 1)]
+def _too_deep(value):
+    """Whether lists and dicts nest more than MAX_JSON_DEPTH levels in
+    ``value`` (walked without recursion)."""
+    pending = [(value, 1)]
     while pending:
         item, depth = pending.pop()
         if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
             if depth > MAX_JSON_DEPTH:
-                break
+                return True
             children = item.values() if isinstance(item, dict) else item
             pending.extend((child, depth + 1) for child in children)
-    return deepest
+    return False
 
 
 def _header(raw, path):
@@ -288,14 +295,14 @@ def _header(raw, path):
         raise _not_ours(path, f"'{META_KEY}' is not a byte string")
     try:
         header = json.loads(raw.tobytes().decode("utf-8"))
-        depth = _json_depth(header)
-    except RecursionError:
-        depth = "more than the JSON parser's limit of"
+        too_deep = _too_deep(header)
+    except RecursionError:   # deeper than the parser itself goes
+        too_deep = True
     except (UnicodeDecodeError, ValueError) as exc:
         raise _not_ours(path, f"'{META_KEY}' is not JSON: {exc}") from None
-    if not isinstance(depth, int) or depth > MAX_JSON_DEPTH:
-        raise _not_ours(path, f"'{META_KEY}' nests lists and objects {depth} levels deep "
-                              f"(at most {MAX_JSON_DEPTH} are read)")
+    if too_deep:
+        raise _not_ours(path, f"'{META_KEY}' nests lists and objects more than "
+                              f"{MAX_JSON_DEPTH} levels deep")
     if (not isinstance(header, dict) or header.get("format") != FORMAT
             or not isinstance(header.get("meta"), dict)):
         raise _not_ours(path, f"'{META_KEY}' does not describe a {FORMAT} file")

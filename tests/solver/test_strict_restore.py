@@ -238,7 +238,6 @@ def test_deeply_nested_metadata_is_a_named_error(pair, tmp_path):
         deep = [deep]
     bad = rewrite(path, tmp_path, meta_change=set_field("metadata", {"x": deep}))
     before = everything(target)
-    with pytest.raises(WeightsError, match=r"nests lists and objects \d+ levels deep "
-                                           r"\(at most 64 are read\)"):
+    with pytest.raises(WeightsError, match="nests lists and objects more than 64 levels deep"):
         target.restore(bad)
     assert_unchanged(target, before)
