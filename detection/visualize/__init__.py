@@ -10,37 +10,31 @@
 gradient methods live in ``gradients``, pictures and saved maps in
 ``overlay``; occlusion, class models, receptive fields, top patches,
 embeddings, R-FCN / RPN insides and the dataset browser in modules of their
-own. Names are imported on first use, so importing the package costs
-nothing and one method's optional dependency never blocks another.
+own. The package exports the public functions: where a function has its
+module's name (``occlusion``, ``class_model``, ``receptive_field``,
+``top_patches``, ``embeddings``, ``rfcn_inside``, ``rpn_inside``), the
+package's name is the function; reach the module's other names with
+``from detection.visualize.occlusion import ...``. The imports below run in
+dependency order so that no later submodule import rebinds such a name to
+its module.
 """
-import importlib
+from detection.visualize.model import Detection, Prepared, Target, VisualModel
+from detection.visualize.overlay import (colour_map, heatmap_overlay, map_name, save_map,
+                                         save_overlay, tile)
+from detection.visualize.gradients import (cam, deconvnet, grad_cam, grad_cam_blobs,
+                                           guided_backprop, saliency)
+from detection.visualize.occlusion import occlusion
+from detection.visualize.receptive_field import ReceptiveField, receptive_field, receptive_fields
+from detection.visualize.top_patches import top_activations, top_patches
+from detection.visualize.class_model import class_model
+from detection.visualize.embeddings import Embedding, embeddings
+from detection.visualize.browser import browse
+from detection.visualize.rfcn_inside import rfcn_inside
+from detection.visualize.rpn_inside import rpn_inside
 
-#: public name -> the module (in this package) defining it
-_EXPORTS = {
-    "VisualModel": "model", "Prepared": "model", "Detection": "model", "Target": "model",
-    "saliency": "gradients", "guided_backprop": "gradients", "deconvnet": "gradients",
-    "grad_cam": "gradients", "cam": "gradients", "grad_cam_blobs": "gradients",
-    "heatmap_overlay": "overlay", "save_map": "overlay", "save_overlay": "overlay",
-    "tile": "overlay", "colour_map": "overlay", "map_name": "overlay",
-    "occlusion": "occlusion", "class_model": "class_model",
-    "receptive_field": "receptive_field", "receptive_fields": "receptive_field",
-    "ReceptiveField": "receptive_field",
-    "top_patches": "top_patches", "top_activations": "top_patches",
-    "embeddings": "embeddings", "Embedding": "embeddings",
-    "rfcn_inside": "rfcn_inside", "rpn_inside": "rpn_inside", "browse": "browser",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'detection.visualize' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__ = ["VisualModel", "Prepared", "Detection", "Target",
+           "saliency", "guided_backprop", "deconvnet", "grad_cam", "cam", "grad_cam_blobs",
+           "heatmap_overlay", "save_map", "save_overlay", "tile", "colour_map", "map_name",
+           "occlusion", "class_model", "receptive_field", "receptive_fields", "ReceptiveField",
+           "top_patches", "top_activations", "embeddings", "Embedding",
+           "rfcn_inside", "rpn_inside", "browse"]

@@ -1,4 +1,7 @@
 """Tests of detection.visualize.model: kinds, inputs, targets, detections, maps to the image."""
+import importlib
+import types
+
 import numpy as np
 import pytest
 
@@ -293,3 +296,12 @@ def test_weights_metadata_gives_classes_and_test_scale(detector, tmp_path):
                                   detector.net.params["conv1"][0].data)
     assert VisualModel("prototxt/rfcn_tiny.prototxt", path, classes=names[1:],
                        scale=150).classes == names
+
+
+def test_package_exports_are_the_functions_not_their_modules():
+    package = importlib.import_module("detection.visualize")
+    for name in package.__all__:
+        value = getattr(package, name)
+        assert not isinstance(value, types.ModuleType), name
+        assert value.__module__.startswith("detection.visualize."), name
+    assert package.occlusion is importlib.import_module("detection.visualize.occlusion").occlusion
