@@ -212,3 +212,46 @@ def test_gpu_default_is_its_free_memory_plus_the_pool():
     assert gpu_free_bytes(_stub_gpu(3 << 30, 1 << 30))[0] == 4 << 30
     limit, source = default_limit(_stub_gpu(3 << 30), {"MPI_LOCALNRANKS": "4"})
     assert limit == 3 << 30 and source.startswith("the default: GPU 1's free memory")
+
+
+# -- the issue's rows, through a Net -------------------------------------------------
+
+def _net(layer, channels=2):
+    return ('name: "row"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { '
+            f'dim: 1 dim: {channels} dim: 8 dim: 8 }} }} }}\n' + layer)
+
+
+@pytest.mark.parametrize("text,error,message", [
+    (_net('layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+          'pooling_param { pool: MAX kernel_size: 2 stride: 30000 } }'),
+     "ShapeError", r"layer 'p' \(type Pooling\): bottom 'data' expected a map whose padded extent"),
+    (_net('layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+          'pooling_param { pool: AVE kernel_size: 2 stride: 4294967295 } }'),
+     "NetDefinitionError", r"layer 'p' \(type Pooling\): stride must fit a 32-bit int"),
+    (_net('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { '
+          'num_output: 2 kernel_size: 3 weight_filler { type: "msra" } } }', channels=0),
+     "ShapeError", r"layer 'c' \(type Convolution\): bottom 'data' expected at least 1 channel"),
+    (_net('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { '
+          'num_output: 4294967295 kernel_size: 3 } }'),
+     "MemoryBudgetError", r"layer 'c' \(type Convolution\): parameter blob 0, shape "
+                          r"\(4294967295, 2, 3, 3\) float32"),
+])
+def test_issue_rows_are_named_errors(text, error, message):
+    with traced_peak(4 << 20), pytest.raises(EngineError, match=message) as info:
+        Net(text, "TRAIN")
+    assert type(info.value).__name__ == error
+
+
+@pytest.mark.gpu
+def test_gpu_net_budget_is_the_gpus_free_memory():
+    """On a GPU the default is its free memory; a 10.9 TiB input is refused
+    naming it, and a small net builds and charges its blobs there."""
+    from netdef.device import Device
+    gpu = Device("gpu", 0)
+    with pytest.raises(MemoryBudgetError, match=r"needs 10\.9 TiB.*\(the default: GPU 0's free memory"):
+        Net(TIB_INPUT, "TEST", device=gpu)
+    net = Net(small(), "TRAIN", device=gpu)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    net.forward(data=x)
+    net.backward()
+    assert net.budget.total > 0 and net.budget.source.startswith("the default: GPU 0")
