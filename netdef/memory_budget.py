@@ -19,9 +19,17 @@ What is counted (what the Net will allocate):
   planned backward, the diffs that backward will allocate (blobs on the
   backward path, learnable parameters) in a TRAIN net or one that forces
   backward (a TEST net is run forward; its diffs are charged if a backward
-  allocates them), plus the scratch of the hungriest layer (one ``layers.workspace.Workspace`` serves all layers; a layer
-  states its need with ``scratch_bytes()``, see ``layers/conv.py``):
-  ``check_plan`` refuses a net whose whole need is over the limit.
+  allocates them), plus the scratch of the hungriest layer (one
+  ``layers.workspace.Workspace`` serves all layers; a layer states its need
+  with ``scratch_bytes()``, see ``layers/conv.py``): ``check_plan`` refuses
+  a net whose whole need is over the limit. A diff freed by a reshape stays
+  charged at its old size until backward takes it again (charged then).
+
+Not counted: buffers a layer allocates itself rather than through a Blob
+(Pooling's argmax, a data layer's prefetch), the values a DummyData filler
+draws, and what a solver adds (its history); a MemoryError raised while a
+layer is set up or reshaped is still reported as a ``MemoryBudgetError``
+naming the layer.
 
 Under the lean memory plan (``netdef.memory``) the blobs are still built,
 and resized by ``Net.reshape``, each with its own storage before the plan
@@ -204,8 +212,9 @@ class MemoryBudget:
         except MemoryError as exc:
             # An allocation the accounts do not see (a layer's own buffer)
             # that the allocator refused: named, not a raw MemoryError.
+            reason = str(exc) or "MemoryError"
             raise MemoryBudgetError(
-                f"{self._prefix()}: the allocator could not provide memory ({exc or 'MemoryError'}) "
+                f"{self._prefix()}: the allocator could not provide memory ({reason}) "
                 f"with {human_bytes(self.total)} charged to the net; its memory budget is "
                 f"{human_bytes(self.limit)} ({self.source}; {HOW_TO_CHANGE})") from exc
         finally:
