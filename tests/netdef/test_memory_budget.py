@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from netdef import Net
+from netdef import Net, memory_budget
 from netdef.memory_budget import (ENV_LIMIT, BlobAccount, MemoryBudget, MemoryBudgetError,
                                   default_limit, gpu_free_bytes, host_available_bytes,
                                   local_process_count, parse_bytes, resolve_limit)
@@ -173,15 +173,16 @@ def test_environment_limit_refuses_a_net(monkeypatch):
         Net(small(), "TEST")
 
 
-def test_default_divides_among_local_processes():
+def test_default_divides_among_local_processes(monkeypatch):
     assert local_process_count({}) == (1, None)
     assert local_process_count({"SLURM_NTASKS_PER_NODE": "4(x2)"}) == (4, "SLURM_NTASKS_PER_NODE")
     assert local_process_count({"OMPI_COMM_WORLD_LOCAL_SIZE": "8", "MPI_LOCALNRANKS": "2"}) == \
         (8, "OMPI_COMM_WORLD_LOCAL_SIZE")
     assert local_process_count({"MPI_LOCALNRANKS": "zero"}) == (1, None)
-    whole, _ = default_limit(None, {})
-    quarter, source = default_limit(None, {"MPI_LOCALNRANKS": "4"})
-    assert quarter == pytest.approx(whole / 4, rel=0.05) and "/ 4 processes (MPI_LOCALNRANKS)" in source
+    monkeypatch.setattr(memory_budget, "host_available_bytes", lambda: (8 << 30, "a test"))
+    assert default_limit(None, {}) == (8 << 30, "the default: 8.0 GiB available (a test)")
+    assert default_limit(None, {"MPI_LOCALNRANKS": "4"}) == \
+        (2 << 30, "the default: 8.0 GiB available (a test) / 4 processes (MPI_LOCALNRANKS)")
 
 
 def test_host_memory_from_meminfo_cgroup_or_sysconf(tmp_path):
