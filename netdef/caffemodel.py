@@ -88,6 +88,11 @@ def load_net_param(path, upgrade=True):
         raise _not_a_caffemodel(
             path, f"it decodes but none of its {len(layers)} layers has a name")
     for index, layer in enumerate(layers):
+        for field in ("name", "type"):
+            if isinstance(getattr(layer, field), bytes):
+                # protobuf hands back bytes for a string field that is not UTF-8
+                raise _not_a_caffemodel(path, f"layer {index}: its {field} "
+                                              f"{getattr(layer, field)!r} is not UTF-8 text")
         for blob_index, blob in enumerate(layer.blobs):
             _blob_layout(blob, _where(path, layer, index), blob_index)
 

@@ -23,6 +23,15 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_count(value):
+    """A non-negative integer that fits an int64 (iterations, seeds,
+    positions, counters)."""
+    return _is_int(value) and 0 <= value < 2**63
+
+
+_COUNT = "a non-negative integer below 2^63"
+
+
 def _is_number(value):
     return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
@@ -39,8 +48,8 @@ def _type_name(value):
 
 #: field -> (test, what the field must be)
 _FIELDS = {
-    "iter": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    "seed": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "iter": (_is_count, _COUNT),
+    "seed": (_is_count, _COUNT),
     "net": (lambda v: isinstance(v, str), "a string"),
     "dtype": (lambda v: isinstance(v, str), "a string"),
     "caffemodel": (lambda v: isinstance(v, str), "a string"),
@@ -85,9 +94,9 @@ def _random_states_layout(states):
             where = f"random_states['{key}']['{name}']"
             if not isinstance(entry, dict) or not isinstance(entry.get("state"), dict):
                 problems.append(f"{where} is not a dict with a 'state' dict")
-            elif not _is_int(entry.get("seed")):
+            elif not _is_count(entry.get("seed")):
                 problems.append(f"{where}['seed'] is {_shown(entry.get('seed'))} "
-                                f"({_type_name(entry.get('seed'))}), expected an integer")
+                                f"({_type_name(entry.get('seed'))}), expected {_COUNT}")
     return problems
 
 
@@ -137,7 +146,7 @@ def check_random_states(random_states, nets, solver_rng, rng):
                     found = check_generator_state(value, current, where)
                     if found:
                         problems.append(found)
-                elif not _is_int(value):
+                elif not _is_count(value):
                     problems.append(f"{where} is {_shown(value)} ({_type_name(value)}), "
-                                    f"expected an integer")
+                                    f"expected {_COUNT}")
     return problems

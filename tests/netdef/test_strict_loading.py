@@ -339,3 +339,15 @@ def test_caffemodel_non_finite_values_are_refused(tmp_path):
     with pytest.raises(WeightsError, match=r"nan.caffemodel: layer 'conv1' param 0: 1 of 2 "
                                            r"values are NaN or Inf"):
         make_net().copy_from(path)
+
+
+def test_caffemodel_layer_names_that_are_not_utf8_are_refused(tmp_path):
+    net = caffe_pb2.NetParameter(name="pair")
+    layer = net.layer.add(name="conv1", type="Convolution")
+    layer.blobs.add().data.extend([1.0])
+    raw = net.SerializeToString().replace(b"conv1", b"c\xb1nv1")
+    (tmp_path / "bad.caffemodel").write_bytes(raw)
+    with pytest.raises(WeightsError, match=r"bad.caffemodel: not a Caffe binary NetParameter "
+                                           r"\(.caffemodel\): layer 0: its name b'c\\xb1nv1' "
+                                           r"is not UTF-8 text"):
+        make_net().copy_from(tmp_path / "bad.caffemodel")

@@ -100,6 +100,9 @@ def first_layer_state(change):
 META_CASES = {
     "iter string": (set_field("iter", "abc"), r"'iter' is 'abc' \(str\), expected a non-negative"),
     "iter negative": (set_field("iter", -3), r"'iter' is -3 \(int\)"),
+    "iter 2^63": (set_field("iter", 2**63), r"'iter' is 9223372036854775808 \(int\), expected "
+                                            r"a non-negative integer below 2\^63"),
+    "seed negative": (set_field("seed", -1), r"'seed' is -1 \(int\)"),
     "iter bool": (set_field("iter", True), r"'iter' is True \(bool\)"),
     "iter missing": (lambda meta: meta.pop("iter"), "it has no iteration"),
     "seed null": (set_field("seed", None), r"'seed' is None \(null\), expected a non-negative"),
@@ -119,10 +122,17 @@ META_CASES = {
     "layer counter text": (
         lambda meta: meta["random_states"]["train"]["drop"]["state"].__setitem__(
             "mask_draws", "many"),
-        "train layer 'drop' random state 'mask_draws' is 'many' \\(str\\), expected an int"),
+        "train layer 'drop' random state 'mask_draws' is 'many' \\(str\\), expected a non-neg"),
+    "layer counter negative": (
+        lambda meta: meta["random_states"]["train"]["drop"]["state"].__setitem__(
+            "mask_draws", -2),
+        "train layer 'drop' random state 'mask_draws' is -2 \\(int\\)"),
     "layer seed null": (
         lambda meta: meta["random_states"]["train"]["drop"].__setitem__("seed", None),
-        r"random_states\['train'\]\['drop'\]\['seed'\] is None"),
+        r"random_states\['train'\]\['drop'\]\['seed'\] is None \(null\), expected a non-neg"),
+    "layer seed negative": (
+        lambda meta: meta["random_states"]["train"]["drop"].__setitem__("seed", -5),
+        r"random_states\['train'\]\['drop'\]\['seed'\] is -5"),
     "random states list": (set_field("random_states", []), "'random_states' is list"),
     "random states entry": (
         lambda meta: meta["random_states"]["train"].__setitem__("drop", [1]),
