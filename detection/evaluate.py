@@ -5,12 +5,14 @@ every image, score the detections (VOC mAP or COCO AP), print the table.
     all_boxes, table, summary, seconds = evaluate_detector(detector, test_set, coco, stream)
     summary_line(summary)    # "mAP 0.8123 (VOC07 11-point), ..."
 """
+import os
 import sys
 import time
 
 from detection.classes import pad_classes
 from detection.datasets import DetectionDataset, load_dataset
 from detection.evaluation import evaluate_coco, evaluate_voc, format_table
+from netdef.errors import DataError
 
 __all__ = ["evaluate_detections", "summary_line", "detection_progress", "open_test_set",
            "evaluate_detector"]
@@ -51,17 +53,44 @@ def detection_progress(stream, every=50):
     return report
 
 
-def open_test_set(root, split, *, on_error="raise", pad_to=None, images=None):
+def open_test_set(root, split, *, on_error="raise", pad_to=None, images=None,
+                  check_images=False, json_is_test_set=False):
     """The split to evaluate on (images without objects kept), padded with
     placeholder classes up to ``pad_to`` (the built-in dataset under a
-    larger net), cut to its first ``images`` records when given."""
-    test_set = load_dataset(root, split, on_error=on_error, keep_empty=True)
+    larger net), cut to its first ``images`` records when given.
+
+    A COCO instances file given as ``root`` holds a single split: with
+    ``json_is_test_set`` (``solver.test --data FILE``) it is the test set;
+    otherwise ``root`` is also where training read its images (``solver.train``,
+    the schedule), so ``split`` must name a second instances file (``--test-split
+    FILE``) and anything else is a DataError asking for one, rather than an
+    evaluation on the training annotations. ``check_images`` decodes every
+    image while loading (see ``load_dataset``).
+    """
+    source = _test_source(root, split, json_is_test_set)
+    test_set = load_dataset(source, split, on_error=on_error, keep_empty=True,
+                            check_images=check_images)
     if pad_to is not None and pad_to > test_set.num_classes:
         test_set = pad_classes(test_set, pad_to)
     if images is not None:
         test_set = DetectionDataset(test_set.name, test_set.classes,
-                                    test_set.records[:max(images, 0)])
+                                    test_set.records[:max(images, 0)], on_error=on_error)
     return test_set
+
+
+def _test_source(root, split, json_is_test_set):
+    """Where the test split is read from: ``root``, or for a COCO file
+    trained on, the second file ``split`` names."""
+    root = os.fspath(root)
+    if not (os.path.isfile(root) and root.lower().endswith(".json")) or json_is_test_set:
+        return root
+    split = os.fspath(split)
+    if split.lower().endswith(".json") and os.path.isfile(split):
+        return split
+    raise DataError(
+        f"{root}: a COCO annotation file holds a single split, the one training reads, so it "
+        f"cannot also be the test split (found test split {split!r}); give the test "
+        "annotations as a second file: --test-split path/to/instances_val.json (or --no-eval)")
 
 
 def evaluate_detector(detector, test_set, coco, stream=sys.stdout, every=100):

@@ -76,9 +76,14 @@ class RoIDataLayer(Layer):
     random choices come from a seed derived from its position.
 
     Loading runs ahead in a background thread (layers/input_pipeline/prefetch.py) with
-    ``prefetch``; the batches are the same either way. forward_gpu is the
-    same code as forward_cpu: the minibatch is built on the host and copied
-    into the tops (``Blob.set_data``). No backward.
+    ``prefetch``; the batches are the same either way. An image that fails
+    when drawn (a truncated or corrupt file that the dataset's header check
+    let through) raises a DataError naming it, or with the dataset's
+    ``on_error`` "skip" is replaced by the next training example with a
+    DataWarning (``MinibatchBuilder``): the same replacement in every run.
+    The minibatch is built on the host; on the GPU the prefetch thread also
+    stages it in pinned buffers and forward copies them into the tops
+    asynchronously (layers/input_pipeline/staging.py). No backward.
     """
 
     random_state_attributes = ("epoch", "cursor", "order_seed", "examples")
@@ -124,6 +129,7 @@ class RoIDataLayer(Layer):
         self._entries = None
         self._expected_examples = None
         self._pipeline = None
+        self.on_error = "raise"
         self._size_reference_tops(tops)
 
     def _read_sampling(self, p):
@@ -198,15 +204,22 @@ class RoIDataLayer(Layer):
             top.reshape(shape)
 
     # -- the dataset ---------------------------------------------------------------------
-    def set_dataset(self, dataset, proposals=None):
+    def set_dataset(self, dataset, proposals=None, on_error=None):
         """Train on ``dataset`` (a DetectionDataset); ``proposals`` (a list
-        with one ``(R, 4)`` array per record) for the precomputed-RoI form.
+        with one ``(R, 4)`` array per record) for the precomputed-RoI form;
+        ``on_error`` ("raise" or "skip") for images that fail when drawn,
+        by default the dataset's own ``on_error`` (how it was loaded), else
+        "raise".
 
         Raises ``DataError`` for a class count that does not match the net,
         missing or malformed proposals, or too few usable images.
         """
         records = list(dataset.records)
         name = getattr(dataset, "name", "dataset")
+        on_error = on_error or getattr(dataset, "on_error", "raise")
+        if on_error not in ("raise", "skip"):
+            raise DataError(f"{self.where}: on_error must be 'raise' or 'skip', "
+                            f"found {on_error!r}")
         classes = getattr(dataset, "num_classes", None)
         if classes is not None and classes != self.num_classes and not self.class_agnostic:
             raise DataError(
@@ -230,6 +243,7 @@ class RoIDataLayer(Layer):
                 f"({len(entries.skipped)} left out), fewer than ims_per_batch {self.ims_per_batch}")
         self._stop_pipeline()
         self._dataset, self._proposals, self._entries = dataset, proposals, entries
+        self.on_error = on_error
         self.skipped = list(entries.skipped)
         self._check_resume()
 
@@ -302,7 +316,8 @@ class RoIDataLayer(Layer):
         build = MinibatchBuilder(
             self._dataset.records, self._entries, self.scales, self.max_size,
             random_scales=self.training, proposals=self._proposals,
-            target_creator=self.target_creator, tops=self.top_keys, name=self.where)
+            target_creator=self.target_creator, tops=self.top_keys, name=self.where,
+            on_error=self.on_error)
         self._staging = PinnedStaging(self.device, self.dtype)
         self._pipeline = Prefetcher(self._staging.wrap(build), order.plans(self.epoch, self.cursor),
                                     depth=DEFAULT_DEPTH if self.prefetch else 0,

@@ -94,8 +94,13 @@ def is_coco_path(path):
     return os.path.isdir(path) and not (is_voc_layout(path) or find_voc_years(path))
 
 
-def open_dataset(root, split, *, on_error="raise", for_testing=False):
+def open_dataset(root, split, *, on_error="raise", for_testing=False, check_images=False):
     """``load_dataset`` with the options an entry point wants: a test split
-    keeps images without objects (they can still get false positives)."""
+    keeps images without objects (they can still get false positives);
+    ``check_images`` (``--check-images``) decodes every image while
+    validating, so a truncated or corrupt file stops (or, with ``on_error``
+    "skip", is left out) before training instead of when first drawn."""
     options = {"keep_empty": True} if for_testing else {}
+    if check_images:
+        options["check_images"] = True
     return load_dataset(root, split, on_error=on_error, **options)

@@ -72,6 +72,10 @@ def build_parser():
                         help="detections kept per image (default 100)")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="bad annotations: stop, or skip them with a warning")
+    parser.add_argument("--check-images", action="store_true",
+                        help="decode every image fully while validating the dataset (slower): "
+                             "a truncated or corrupt file is found before testing, not when "
+                             "first read (with --on-error skip it is left out)")
     add_device_arguments(parser)
     return parser
 
@@ -88,7 +92,8 @@ def _run(args, stream):
 
     device = select_device(args.gpu)
     root = args.data if args.data else builtin_dataset(say)
-    dataset = open_test_set(root, args.split, on_error=args.on_error, images=args.images)
+    dataset = open_test_set(root, args.split, on_error=args.on_error, images=args.images,
+                            check_images=args.check_images, json_is_test_set=True)
     classes = read_class_names(args.classes) if args.classes else None
     net, info = load_test_net(args.net, args.weights, device=device, test_net=args.test_net,
                               scale=args.scale, max_size=args.max_size, classes=classes,

@@ -138,6 +138,10 @@ def build_parser():
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="bad annotations: stop, or skip them with a warning")
+    parser.add_argument("--check-images", action="store_true",
+                        help="decode every image fully while validating the dataset (slower): "
+                             "a truncated or corrupt file is found before training, not when "
+                             "first read (with --on-error skip it is left out)")
     parser.add_argument("--blas-threads", type=int, metavar="N",
                         help="BLAS threads (default: the library's, or 1 for nets under "
                              f"{SMALL_NET_MACS / 1e9:g} G multiply-adds per pass on the CPU)")
@@ -254,7 +258,8 @@ class Training:
             self.say(f"dataset: {root} (splits {args.train_split} / {args.test_split})")
         else:
             root = builtin_dataset(self.say)
-        train_set = open_dataset(root, args.train_split, on_error=args.on_error)
+        train_set = open_dataset(root, args.train_split, on_error=args.on_error,
+                                 check_images=args.check_images)
         padded = not args.data and train_set.num_classes < layer.num_classes
         train_set = self.session.prepare(train_set, builtin=not args.data)
         self.session.feed(train_set)
@@ -267,6 +272,7 @@ class Training:
         if not args.no_eval:
             try:
                 self.test_set = open_test_set(root, args.test_split, on_error=args.on_error,
+                                              check_images=args.check_images,
                                               pad_to=layer.num_classes if padded else None,
                                               images=args.test_images)
             except DataError as exc:

@@ -41,7 +41,9 @@ def load_dataset(path, split="trainval", on_error="raise", **options):
     image when the image itself is bad) with a :class:`DataWarning`.
     Further keyword options go to the reader (:func:`detection.datasets.voc.load_voc`,
     :func:`detection.datasets.coco.load_coco`): ``keep_empty``, ``classes``,
-    ``cache``, ``cache_dir``...
+    ``cache``, ``cache_dir``, ``check_images`` (decode every image now)...
+    The dataset keeps ``on_error``: the training data layer applies it to an
+    image that fails when first drawn.
     """
     path = os.fspath(path)
     if os.path.isfile(path):

@@ -28,7 +28,7 @@ import numpy as np
 from netdef.errors import DataError
 
 from .records import (DetectionDataset, ImageRecord, Issues, box_problems,
-               empty_images_note, read_image_size)
+                      empty_images_note, path_problem, read_image_size)
 from . import cache as _cache
 
 __all__ = ["load_coco", "find_coco_json", "default_image_root"]
@@ -68,7 +68,7 @@ def default_image_root(json_path):
 
 
 def load_coco(json_path, image_root=None, on_error="raise", keep_empty=False,
-              cache="auto", cache_dir=None, name=None):
+              cache="auto", cache_dir=None, name=None, check_images=False):
     """Read a COCO instances JSON into a :class:`DetectionDataset`.
 
     Args:
@@ -81,12 +81,16 @@ def load_coco(json_path, image_root=None, on_error="raise", keep_empty=False,
         cache, cache_dir: see :mod:`detection.datasets.cache` ("auto" caches
             JSON files of 1 MiB or more).
         name: dataset name (default: the JSON file's stem).
+        check_images: decode every image completely (slower), so that a
+            truncated or corrupt file is found now instead of when
+            training first draws it; otherwise only its header is read.
 
     Structural problems of the file (not JSON, no ``images``/``categories``
     lists, bad or duplicate categories) always raise
     :class:`netdef.errors.DataError`. Per image (skipped as a whole with
-    "skip"): missing id or ``file_name``, duplicate id, missing or unreadable
-    image file, size different from ``width``/``height`` (missing ones are
+    "skip"): missing id or ``file_name``, a ``file_name`` that leaves
+    ``image_root`` (a ``..`` component or an absolute path), duplicate id,
+    missing or unreadable (with ``check_images``: undecodable) image file, size different from ``width``/``height`` (missing ones are
     read from the image). Per annotation: unknown image or category id,
     ``bbox`` not four numbers, ``w``/``h`` <= 0, box outside the image.
     """
@@ -103,8 +107,11 @@ def load_coco(json_path, image_root=None, on_error="raise", keep_empty=False,
     entry = None
     if _cache.use_cache(cache, size >= _cache.AUTO_MIN_JSON_BYTES):
         fp = _cache.Fingerprint("coco")
-        fp.add("options", {"json": json_path, "image_root": image_root,
-                           "on_error": on_error, "keep_empty": bool(keep_empty)})
+        options = {"json": json_path, "image_root": image_root, "on_error": on_error,
+                   "keep_empty": bool(keep_empty)}
+        if check_images:    # only when set, so the keys of earlier entries stay valid
+            options["check_images"] = True
+        fp.add("options", options)
         data = fp.add_file(json_path)
         fp.add_tree_stats(image_root)
         entry = _cache.entry_path(cache_dir, "coco", fp.hexdigest())
@@ -115,20 +122,20 @@ def load_coco(json_path, image_root=None, on_error="raise", keep_empty=False,
             if classes is not None:
                 for m in messages:
                     issues.warn(m)
-                return DetectionDataset(name, classes, records)
+                return DetectionDataset(name, classes, records, on_error=on_error)
     if data is None:
         try:
             with open(json_path, "rb") as f:
                 data = f.read()
         except OSError as exc:
             raise DataError(f"{json_path}: cannot read the annotation file: {exc}") from None
-    classes, records = _parse(json_path, data, image_root, issues, keep_empty)
+    classes, records = _parse(json_path, data, (image_root, check_images), issues, keep_empty)
     if entry is not None:
         _cache.save(entry, records, issues.messages)
         _save_classes(entry, classes)
     if not records:
         raise DataError(f"{json_path}: no usable images")
-    return DetectionDataset(name, classes, records)
+    return DetectionDataset(name, classes, records, on_error=on_error)
 
 
 # The class list rides along in a small sidecar file so that the shared cache
@@ -161,10 +168,11 @@ def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _parse(json_path, data, image_root, issues, keep_empty):
+def _parse(json_path, data, images_from, issues, keep_empty):
+    """``(classes, records)``; ``images_from``: ``(image_root, check_images)``."""
     doc = _document(json_path, data)
     classes, label_of = _categories(json_path, doc["categories"])
-    images = _images(json_path, doc["images"], image_root, issues)
+    images = _images(json_path, doc["images"], images_from, issues)
     table, where = _annotation_rows(json_path, doc, images, classes, label_of, issues)
     table, boxes = _valid_boxes(json_path, table, where, images, issues)
     img_idx = table[:, 0].astype(np.int64)
@@ -299,8 +307,10 @@ def _categories(json_path, categories):
     return classes, {cid: label for label, cid in enumerate(ids, start=1)}
 
 
-def _images(json_path, entries, image_root, issues):
-    """``[(image_id str, file_name, path, width, height)]`` of the usable images."""
+def _images(json_path, entries, images_from, issues):
+    """``[(image_id str, file_name, path, width, height)]`` of the usable
+    images; ``images_from``: ``(image_root, check_images)``."""
+    image_root, check_images = images_from
     out, seen = [], set()
     for k, im in enumerate(entries):
         if not isinstance(im, dict) or "id" not in im:
@@ -313,13 +323,17 @@ def _images(json_path, entries, image_root, issues):
             issues.image(f"{where}): needs a 'file_name'")
             continue
         where += f", {file_name!r})"
+        reason = path_problem(file_name)
+        if reason:
+            issues.image(f"{where}: file_name {reason}")
+            continue
         if img_id in seen:
             issues.image(f"{where}: image id is used twice")
             continue
         seen.add(img_id)
         path = os.path.join(image_root, file_name)
         try:
-            width, height = read_image_size(path)
+            width, height = read_image_size(path, decode=check_images)
         except FileNotFoundError:
             issues.image(f"{where}: image file {path} not found")
             continue

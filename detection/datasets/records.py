@@ -10,6 +10,7 @@ label 0 is background.
 import dataclasses
 import difflib
 import os
+import re
 import warnings
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from netdef.errors import DataError, DataWarning
 
 __all__ = ["ImageRecord", "DetectionDataset", "DataWarning", "VOC_CLASSES", "BACKGROUND",
-           "Issues", "ON_ERROR_CHOICES", "box_problems", "read_image_size",
+           "Issues", "ON_ERROR_CHOICES", "box_problems", "read_image_size", "path_problem",
            "unknown_class_reason", "empty_images_note"]
 
 # The 20 PASCAL VOC classes in the order of the devkit (and py-faster-rcnn).
@@ -75,17 +76,23 @@ class DetectionDataset:
         name: a human-readable name (e.g. ``voc_2007_trainval``).
         classes: tuple of class names; ``classes[0] == "__background__"``.
         records: list of :class:`ImageRecord`.
+        on_error: the error policy it was loaded with (``"raise"`` or
+            ``"skip"``); the training data layer applies it to images that
+            fail when drawn (a truncated file the header check passed).
     """
 
-    def __init__(self, name, classes, records):
+    def __init__(self, name, classes, records, on_error="raise"):
         classes = tuple(classes)
         if not classes or classes[0] != BACKGROUND:
             classes = (BACKGROUND,) + classes
         if len(set(classes)) != len(classes):
             raise ValueError(f"dataset '{name}': duplicate class names in {classes}")
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
         self.name = name
         self.classes = classes
         self.records = list(records)
+        self.on_error = on_error
 
     @property
     def num_classes(self):
@@ -123,7 +130,7 @@ class DetectionDataset:
             records.append(dataclasses.replace(
                 r, boxes=r.boxes[keep], labels=r.labels[keep],
                 difficult=r.difficult[keep]))
-        return DetectionDataset(self.name, self.classes, records)
+        return DetectionDataset(self.name, self.classes, records, on_error=self.on_error)
 
 
 # ----------------------------------------------------------------------------
@@ -207,22 +214,52 @@ def box_problems(boxes, widths, heights):
     return reasons
 
 
-def read_image_size(path):
-    """``(width, height)`` from the image header via Pillow.
+def read_image_size(path, decode=False):
+    """``(width, height)`` from the image header via Pillow; with
+    ``decode`` the whole image is decoded too, as training will (a
+    truncated or corrupt file, or a pixel mode without a known range, is
+    then found now rather than when the image is first drawn).
 
     Raises FileNotFoundError when missing, OSError (with the reason) when
-    Pillow cannot identify or read it.
+    Pillow cannot identify, read or decode it.
     """
     from PIL import Image
+    from layers.input_pipeline.preprocess import decode_rgb
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
     try:
         with Image.open(path) as im:
+            if decode:
+                decode_rgb(im)
             return im.size
     except FileNotFoundError:
         raise
     except Exception as exc:   # Pillow raises several types for bad files
         raise OSError(f"{type(exc).__name__}: {exc}") from exc
+
+
+# Absolute on any system: POSIX root, Windows drive or UNC/backslash root.
+_ABSOLUTE = re.compile(r"[/\\]|[A-Za-z]:[/\\]")
+
+
+def path_problem(relative):
+    """Why ``relative`` (a path read from an annotation or split file) may
+    not be joined to the dataset root, or None when it may.
+
+    The rule is lexical, so a dataset folder that is a symlink (as
+    py-faster-rcnn's ``data/VOCdevkit2007`` usually is) keeps working: no
+    absolute path (``/x``, ``\\x``, ``C:\\x``), no ``..`` component (either
+    separator), no NUL character.
+    """
+    if "\0" in relative:
+        return "contains a NUL character"
+    if os.path.isabs(relative) or _ABSOLUTE.match(relative):
+        return ("is an absolute path; paths in annotation and split files are relative to "
+                "the dataset folder")
+    if ".." in relative.replace("\\", "/").split("/"):
+        return ("has a '..' component; paths in annotation and split files must stay inside "
+                "the dataset folder")
+    return None
 
 
 def unknown_class_reason(name, known):

@@ -15,6 +15,7 @@ XML comes from local files and is parsed with the standard library; documents
 that declare a DTD or entities are refused (no entity expansion is needed for
 VOC annotations, and it is how XML bombs work).
 """
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -24,8 +25,8 @@ import numpy as np
 from netdef.errors import DataError
 
 from .records import (VOC_CLASSES, BACKGROUND, DetectionDataset, ImageRecord, Issues,
-               box_problems, empty_images_note, read_image_size,
-               unknown_class_reason)
+                      box_problems, empty_images_note, path_problem, read_image_size,
+                      unknown_class_reason)
 from . import cache as _cache
 
 __all__ = ["load_voc", "read_classes_file", "is_voc_layout", "find_voc_years"]
@@ -83,7 +84,7 @@ def read_classes_file(path):
 
 
 def load_voc(root, split="trainval", classes=None, on_error="raise",
-             keep_empty=False, cache="auto", cache_dir=None):
+             keep_empty=False, cache="auto", cache_dir=None, check_images=False):
     """Read one or several VOC splits into a :class:`DetectionDataset`.
 
     Args:
@@ -105,11 +106,16 @@ def load_voc(root, split="trainval", classes=None, on_error="raise",
             see :mod:`detection.datasets.cache`.
         cache_dir: where cache entries go (default
             :func:`detection.datasets.cache.default_cache_dir`).
+        check_images: decode every image completely (slower), so that a
+            truncated or corrupt file is found now instead of when
+            training first draws it; otherwise only its header is read.
 
     Checks, each naming the file, the object (index in the XML and class
-    name) and the reason: the XML parses (no DTD/entities); the image exists
-    and Pillow can open it; its size equals ``<size>`` (a missing or zero
-    ``<size>`` is read from the image); every object has a known class, a
+    name) and the reason: an id of the split file is a relative path
+    inside the folder (no ``..`` component, not absolute); the XML parses
+    (no DTD/entities); the image exists and Pillow can open it (and decode
+    it, with ``check_images``); its size equals ``<size>`` (finite whole
+    numbers; a missing or zero ``<size>`` is read from the image); every object has a known class, a
     ``<bndbox>`` with numeric coordinates and, after the 1-based to 0-based
     shift, ``x1 >= 0``, ``y1 >= 0``, ``x2 < width``, ``y2 < height``,
     ``x1 <= x2``, ``y1 <= y2``; ``<difficult>`` is 0 or 1 (missing: 0).
@@ -126,14 +132,14 @@ def load_voc(root, split="trainval", classes=None, on_error="raise",
             raise DataError(
                 f"{folder}: classes {list(part_classes)} differ from "
                 f"{list(class_list)} of the other parts of split {split!r}")
-        records.extend(_load_part(folder, split_name, class_list, issues,
-                                  keep_empty, cache, cache_dir))
+        records.extend(_load_part(folder, split_name, class_list, issues, keep_empty,
+                                  (cache, cache_dir), check_images))
         names.append(f"voc_{year}_{split_name}" if year
                      else f"{os.path.basename(folder)}_{split_name}")
     records = _unique_ids(records, issues, split)
     if not records:
         raise DataError(f"{root}: split {split!r} has no usable images")
-    return DetectionDataset("+".join(names), class_list, records)
+    return DetectionDataset("+".join(names), class_list, records, on_error=on_error)
 
 
 # ----------------------------------------------------------------------------
@@ -216,18 +222,34 @@ def _read_ids(split_file):
     return [ln.split()[0] for ln in lines if ln.strip()]
 
 
-def _load_part(folder, split_name, classes, issues, keep_empty, cache, cache_dir):
+def _confined_ids(split_file, ids, issues):
+    """The ids that are relative paths inside the folder; the others
+    reported (read before any file is opened: ``../../etc/passwd``)."""
+    kept = []
+    for image_id in ids:
+        reason = path_problem(image_id)
+        if reason:
+            issues.image(f"{split_file}: image id {image_id!r} {reason}")
+            continue
+        kept.append(image_id)
+    return kept
+
+
+def _load_part(folder, split_name, classes, issues, keep_empty, caching, check_images):
+    cache, cache_dir = caching
     split_file = _split_file(folder, split_name)
-    ids = _read_ids(split_file)
+    ids = _confined_ids(split_file, _read_ids(split_file), issues)
     ann_dir = os.path.join(folder, "Annotations")
     xml_paths = [os.path.join(ann_dir, f"{i}.xml") for i in ids]
     xml_bytes = {}
     entry = None
     if _cache.use_cache(cache, len(ids) >= _cache.AUTO_MIN_IMAGES):
         fp = _cache.Fingerprint("voc")
-        fp.add("options", {"folder": folder, "split": split_name,
-                           "classes": list(classes), "on_error": issues.on_error,
-                           "keep_empty": bool(keep_empty)})
+        options = {"folder": folder, "split": split_name, "classes": list(classes),
+                   "on_error": issues.on_error, "keep_empty": bool(keep_empty)}
+        if check_images:    # only when set, so the keys of earlier entries stay valid
+            options["check_images"] = True
+        fp.add("options", options)
         fp.add_file(split_file)
         for p in xml_paths:
             data = fp.add_file(p)
@@ -251,7 +273,7 @@ def _load_part(folder, split_name, classes, issues, keep_empty, cache, cache_dir
             continue
         seen.add(image_id)
         rec = _parse_annotation(folder, image_id, xml_path, xml_bytes.get(xml_path),
-                                split_file, classes, label_of, issues)
+                                (split_file, classes, label_of, check_images), issues)
         if rec is None:
             continue
         if rec.num_objects == 0 and not keep_empty:
@@ -265,9 +287,10 @@ def _load_part(folder, split_name, classes, issues, keep_empty, cache, cache_dir
     return records
 
 
-def _parse_annotation(folder, image_id, xml_path, data, split_file, classes,
-                      label_of, issues):
-    """One image's record, or None when the image is skipped."""
+def _parse_annotation(folder, image_id, xml_path, data, context, issues):
+    """One image's record, or None when the image is skipped. ``context``:
+    ``(split file, class names, label of each name, check_images)``."""
+    split_file, classes, label_of, check_images = context
     if data is None:
         try:
             with open(xml_path, "rb") as f:
@@ -295,7 +318,7 @@ def _parse_annotation(folder, image_id, xml_path, data, split_file, classes,
         issues.image(f"{xml_path}: {reason}")
         return None
     try:
-        width, height = read_image_size(image_path)
+        width, height = read_image_size(image_path, decode=check_images)
     except FileNotFoundError:
         issues.image(f"{xml_path}: image file {image_path} not found")
         return None
@@ -377,8 +400,9 @@ def _xml_size(tree):
             v = float(text)
         except ValueError:
             return None, f"<size><{tag}> is not a number: {text!r}"
-        if v != int(v) or v < 0:
-            return None, f"<size><{tag}> must be a whole number >= 0, found {text!r}"
+        # nan and inf first: int() of them raises.
+        if not math.isfinite(v) or v != int(v) or v < 0:
+            return None, f"<size><{tag}> must be a finite whole number >= 0, found {text!r}"
         values.append(int(v))
     if 0 in values:
         return None, None

@@ -23,12 +23,13 @@ from a generator seeded by the plan's seed, so the batches do not depend on
 which thread builds them or when.
 """
 import dataclasses
+import warnings
 
 import numpy as np
 
 from layers.input_pipeline.preprocess import (PIXEL_MEANS, flip_boxes, flip_image,
                                               images_to_blob, load_image_bgr, prepare_image)
-from netdef.errors import DataError, EngineError
+from netdef.errors import DataError, DataWarning, EngineError
 
 __all__ = ["Entries", "select_entries", "TrainingOrder", "BatchPlan", "MinibatchBuilder",
            "E2E_TOPS", "ROI_TOPS"]
@@ -216,6 +217,13 @@ class MinibatchBuilder:
             each image draws from its own generator).
         tops: the names to produce (a prefix of ``E2E_TOPS`` or ``ROI_TOPS``).
         name: how messages name the builder's owner (the RoIData layer).
+        on_error: ``"raise"``: an example whose image fails when drawn (a
+            truncated or corrupt file, a size that is not the annotation's)
+            raises its DataError; ``"skip"``: it is replaced, with a
+            DataWarning, by the next example in entry order (record order,
+            originals then mirrors, wrapping around) that loads, drawn with
+            the same scale and seed, so a run stays repeatable and resumes
+            identically. A DataError only when no example loads.
 
     Returns (per call) a dict of NumPy arrays: ``data`` ``(N, 3, H, W)``
     float32 (images zero-padded to the largest); end-to-end: ``im_info``
@@ -229,7 +237,7 @@ class MinibatchBuilder:
 
     def __init__(self, records, entries, scales=(600,), max_size=1000, *, random_scales=True,
                  proposals=None, target_creator=None, tops=E2E_TOPS, pixel_means=PIXEL_MEANS,
-                 name="roi_data"):
+                 name="roi_data", on_error="raise"):
         self.records = records
         self.entries = entries
         self.scales = tuple(int(s) for s in scales)
@@ -240,6 +248,10 @@ class MinibatchBuilder:
         self.pixel_means = pixel_means
         self.name = name
         self.target_creator = target_creator
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', found {on_error!r}")
+        self.on_error = on_error
+        self.failed = {}          # record index -> why its image failed (skip mode)
         if proposals is not None and target_creator is None:
             raise ValueError("the precomputed-RoI form (proposals) needs a target_creator")
 
@@ -252,19 +264,7 @@ class MinibatchBuilder:
             targets = [self.scales[0]] * n
         images, scales, per_image = [], [], []
         for i, (example, target) in enumerate(zip(plan.examples, targets)):
-            record_index = int(self.entries.record[example])
-            record = self.records[record_index]
-            try:
-                blob, scale, extra = self._one_image(
-                    record, record_index, bool(self.entries.flipped[example]), target, i,
-                    np.random.default_rng(list(plan.seed) + [i]))
-            except EngineError as exc:
-                if record.path in str(exc):
-                    raise
-                raise type(exc)(f"image '{record.path}' (id {record.image_id}): {exc}") from exc
-            except Exception as exc:
-                exc.add_note(f"while preparing image '{record.path}' (id {record.image_id})")
-                raise
+            blob, scale, extra = self._example_or_next(example, target, i, plan.seed)
             images.append(blob)
             scales.append(scale)
             per_image.append(extra)
@@ -277,6 +277,51 @@ class MinibatchBuilder:
             for k, name in enumerate(ROI_TOPS[1:]):
                 batch[name] = np.concatenate([extra[k] for extra in per_image], axis=0)
         return {name: batch[name] for name in self.tops}
+
+    def _example_or_next(self, example, target, position, seed):
+        """``_example``, or in skip mode that of the first example after it
+        (entry order, wrapping) whose image loads."""
+        for _ in range(len(self.entries)):
+            try:
+                return self._example(example, target, position, seed)
+            except DataError as exc:
+                if self.on_error != "skip":
+                    raise type(exc)(f"{exc} (on_error 'skip', python -m solver.train "
+                                    "--on-error skip, replaces such an image by the next one; "
+                                    "--check-images finds them all before training)") from exc
+                self._note_failure(example, exc)
+            example = (example + 1) % len(self.entries)
+        raise DataError(f"{self.name}: no training image could be loaded; "
+                        f"{len(self.failed)} failed, e.g. {next(iter(self.failed.values()))}")
+
+    def _note_failure(self, example, exc):
+        """Remember a failed record (its other copy is not read again) and
+        warn once for it."""
+        record_index = int(self.entries.record[example])
+        if record_index in self.failed:
+            return
+        self.failed[record_index] = str(exc)
+        warnings.warn(f"{self.name}: skipped image: {exc}; the next training image takes its "
+                      "place (on_error 'skip')", DataWarning, stacklevel=2)
+
+    def _example(self, example, target, position, seed):
+        """``(blob, scale, extra)`` of one example at ``position`` in the
+        batch; its random draws come from ``(seed, position)``."""
+        record_index = int(self.entries.record[example])
+        record = self.records[record_index]
+        if record_index in self.failed:
+            raise DataError(self.failed[record_index])
+        try:
+            return self._one_image(record, record_index, bool(self.entries.flipped[example]),
+                                   target, position,
+                                   np.random.default_rng(list(seed) + [position]))
+        except EngineError as exc:
+            if record.path in str(exc):
+                raise
+            raise type(exc)(f"image '{record.path}' (id {record.image_id}): {exc}") from exc
+        except Exception as exc:
+            exc.add_note(f"while preparing image '{record.path}' (id {record.image_id})")
+            raise
 
     def _one_image(self, record, record_index, flipped, target_size, position, rng):
         image = load_image_bgr(record.path)

@@ -21,7 +21,7 @@ import numpy as np
 
 from netdef.errors import DataError
 
-__all__ = ["PIXEL_MEANS", "load_image_bgr", "image_scale", "resized_shape", "resize_image",
+__all__ = ["PIXEL_MEANS", "load_image_bgr", "decode_rgb", "image_scale", "resized_shape", "resize_image",
            "prepare_image", "flip_image", "flip_boxes", "images_to_blob"]
 
 #: Per-channel means subtracted from every pixel, BGR (py-faster-rcnn's cfg.PIXEL_MEANS).
@@ -31,20 +31,51 @@ PIXEL_MEANS = (102.9801, 115.9465, 122.7717)
 def load_image_bgr(path):
     """The image at ``path`` as ``(H, W, 3)`` float32, channels B, G, R.
 
-    Any mode Pillow reads (grey, palette, RGBA, CMYK ...) is converted to RGB
-    first. No EXIF rotation is applied: annotations refer to the stored
-    pixel grid. Raises ``DataError`` naming the file when it is missing or
-    cannot be decoded.
+    The pixels are those of ``decode_rgb`` (every mode with its real range).
+    No EXIF rotation is applied: annotations refer to the stored pixel
+    grid. Raises ``DataError`` naming the file when it is missing, cannot
+    be decoded (a truncated or corrupt file) or has a mode without a known
+    range.
     """
     from PIL import Image
     try:
         with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+            rgb = decode_rgb(image)
     except FileNotFoundError:
         raise DataError(f"image file '{path}' does not exist") from None
     except Exception as exc:  # Pillow raises OSError, ValueError, DecompressionBombError ...
         raise DataError(f"cannot read image '{path}': {type(exc).__name__}: {exc}") from exc
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+# Pillow's modes of one 16-bit unsigned channel (byte orders); "I" is how
+# some Pillow versions open the same 16-bit grey PNG.
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def decode_rgb(image):
+    """The pixels of an open Pillow ``image`` as ``(H, W, 3)`` float32 RGB on
+    the 0-255 scale, decoding it completely.
+
+    8-bit modes (grey, palette, RGB(A), CMYK, YCbCr ...) go through
+    Pillow's RGB conversion. One 16-bit channel (``I;16*``, and ``I`` with
+    values in 0..65535) is scaled by 255/65535 and repeated in the three
+    channels: ``convert("RGB")`` would clip it at 255 instead, turning
+    anything above 255 white. Raises ``ValueError`` for a mode whose range
+    is unknown (float ``F``, ``I`` outside 0..65535) and Pillow's errors
+    for a file that does not decode.
+    """
+    if image.mode == "F":
+        raise ValueError("32-bit floating-point pixels (mode F) have no known range; "
+                         "convert the image to 8 or 16 bits")
+    if image.mode not in _SIXTEEN_BIT:
+        return np.asarray(image.convert("RGB"), dtype=np.float32)
+    grey = np.asarray(image).astype(np.float32)
+    if grey.size and (grey.min() < 0 or grey.max() > 65535):
+        raise ValueError(f"32-bit integer pixels (mode {image.mode}) from {grey.min():g} to "
+                         f"{grey.max():g}: outside the 16-bit range 0..65535, no known scale")
+    grey *= np.float32(255.0 / 65535.0)
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def prefetched_images(records):
