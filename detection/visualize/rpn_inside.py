@@ -11,7 +11,9 @@ Four panels, each over the image (boxes mapped back to the image's pixels):
    centre marked;
 2. the anchors AnchorTarget would label for the image given its
    ground-truth boxes (``layers.detection_targets.AnchorTargetCreator``
-   with the net file's AnchorTarget settings and a fixed seed): foreground
+   with the settings of the net file's AnchorTarget layer, of any phase, or
+   Caffe's defaults when the file has none, e.g. a test-only file; its seed,
+   else 0, so the sampling is repeatable): foreground
    boxes, background anchors as dots at their centres, the ground truth in
    white;
 3. the ``top`` best-scoring proposals before NMS (the Proposal layer's own
