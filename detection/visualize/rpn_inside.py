@@ -12,7 +12,7 @@ Four panels, each over the image (boxes mapped back to the image's pixels):
 2. the anchors AnchorTarget would label for the image given its
    ground-truth boxes (``layers.detection_targets.AnchorTargetCreator``
    with the settings of the net file's AnchorTarget layer, of any phase, or
-   Caffe's defaults when the file has none, e.g. a test-only file; its seed,
+   the schema's defaults when the file has none (a test-only file); its seed,
    else 0, so the sampling is repeatable): foreground
    boxes, background anchors as dots at their centres, the ground truth in
    white;
