@@ -338,6 +338,8 @@ class Net:
         goes from ``start`` up to ``end``, backward from ``start`` down to
         ``end``, both inclusive."""
         top = len(self.layers) - 1
+        if top < 0 and start is None and end is None:
+            return 0, top  # a net without layers (Caffe builds one): nothing to run
         if call == "forward":
             first = self._layer_index(start, 0, "forward start")
             last = self._layer_index(end, top, "forward end")

@@ -262,3 +262,13 @@ def test_a_blob_last_written_in_place_is_an_output():
     assert net.outputs == ["label", "fc"]
     out = net.forward(**tiny_inputs())
     assert (out["fc"] >= 0).all()
+
+
+def test_a_net_without_layers_runs_nothing():
+    """Caffe builds a net with no layers (a file cut short, say); forward
+    and backward then do nothing instead of failing inside the range logic."""
+    net = Net('name: "empty"\n', "TEST")
+    out = net.forward()
+    assert out == {} and out.loss == 0.0 and net.backward() == {}
+    with pytest.raises(NetDefinitionError, match=r"forward end: no layer named 'x' \(layers: \)"):
+        net.forward(end="x")
