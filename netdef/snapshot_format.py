@@ -34,8 +34,8 @@ import numpy as np
 
 from netdef.errors import WeightsError
 
-__all__ = ["save_arrays", "load_arrays", "atomic_writer", "sweep_temporaries", "META_KEY",
-           "FORMAT", "MAX_JSON_DEPTH"]
+__all__ = ["save_arrays", "load_arrays", "load_meta", "atomic_writer", "sweep_temporaries",
+           "META_KEY", "FORMAT", "MAX_JSON_DEPTH"]
 
 #: Archive member that holds the metadata; not usable as an array name.
 META_KEY = "__meta__"
@@ -191,7 +191,17 @@ def load_arrays(path):
     naming it; every member is checked (dtype, shape against the bytes it
     holds, JSON nesting) before its array is allocated.
     """
-    path = os.fspath(path)
+    return _load(os.fspath(path), with_arrays=True)
+
+
+def load_meta(path):
+    """The ``meta`` of a file written by :func:`save_arrays`, without
+    reading its arrays (the archive and the metadata checked as
+    :func:`load_arrays` checks them)."""
+    return _load(os.fspath(path), with_arrays=False)[1]
+
+
+def _load(path, with_arrays):
     try:
         # Our own handle, so that it is closed whatever fails midway.
         with open(path, "rb") as handle:
@@ -204,7 +214,7 @@ def load_arrays(path):
                 header = _header(_read_member(archive, members.pop(META_KEY), META_KEY,
                                               path), path)
                 arrays = {name: _read_member(archive, info, name, path)
-                          for name, info in members.items()}
+                          for name, info in members.items() if with_arrays}
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -305,7 +305,8 @@ def test_a_snapshot_given_as_weights_says_how_to_use_it(tmp_path):
 def test_another_kind_of_file_given_as_weights_is_refused(tmp_path):
     save_arrays(tmp_path / "p.npz", {"boxes": np.zeros((0, 4), np.float32)},
                 {"kind": "rpn-proposals"})
-    with pytest.raises(WeightsError, match="p.npz: not a weights file \\(a 'rpn-proposals' file\\)"):
+    with pytest.raises(WeightsError,
+                       match="p.npz: not a weights file \\(a 'rpn-proposals' file\\)"):
         make_net().copy_from(tmp_path / "p.npz")
 
 
@@ -320,7 +321,8 @@ def caffemodel(path, fill):
 
 
 @pytest.mark.parametrize("dims, message", [
-    ((2**31, 2**31, 2**31, 0), r"blob 0 has shape \(2147483648, 2147483648, 2147483648, 0\), beyond "
+    ((2**31, 2**31, 2**31, 0), r"blob 0 has shape \(2147483648, 2147483648, 2147483648, 0\), "
+                               r"beyond "
                                r"Caffe's limit of 2147483647 values per blob"),
     ((0, 2**40), r"blob 0 has shape \(0, 1099511627776\), beyond Caffe's limit"),
     ((1,) * 33, "blob 0 has 33 axes; a blob has at most 32"),
@@ -351,3 +353,14 @@ def test_caffemodel_layer_names_that_are_not_utf8_are_refused(tmp_path):
                                            r"\(.caffemodel\): layer 0: its name b'c\\xb1nv1' "
                                            r"is not UTF-8 text"):
         make_net().copy_from(tmp_path / "bad.caffemodel")
+
+
+def test_load_meta_reads_only_the_checked_metadata(tmp_path):
+    from netdef.snapshot_format import load_meta
+    save_arrays(tmp_path / "w.npz", good_arrays(), {"classes": ["a", "b"]})
+    assert load_meta(tmp_path / "w.npz") == {"classes": ["a", "b"]}
+    deep = write_zip(tmp_path / "deep.npz", [("__meta__.npy", meta_member(
+        raw=b'{"format": "netdef-arrays", "version": 1, "meta": ' + b"[" * 50000 + b"]" * 50000
+        + b"}"))])
+    with pytest.raises(WeightsError, match="deep.npz: .*more than 64 levels deep"):
+        load_meta(deep)
