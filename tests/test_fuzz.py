@@ -23,7 +23,7 @@ from tools.fuzz_mutations import mutate_bytes, mutate_text
 
 SEED = 14
 PROTOTXT_CASES = 200
-BINARY_CASES = 160
+BINARY_CASES = 300
 #: Seconds a case may take before it counts as an escape (a hang, not speed).
 CASE_LIMIT = 20
 

@@ -194,8 +194,11 @@ class Campaign:
     def _record(self, outcome):
         if outcome.where == "(worker process)":     # its source and steps, from the seed
             kind, index = outcome.case.split(":")
-            case = make_case(self.args.seed, kind, int(index), sources(self.args), self.seeds)
-            outcome.source, outcome.steps = case.source, case.steps
+            try:
+                case = make_case(self.args.seed, kind, int(index), sources(self.args), self.seeds)
+                outcome.source, outcome.steps = case.source, case.steps
+            except Exception as exc:  # a bug of the mutation engine: report it, go on
+                outcome.detail += f"; making the case failed: {type(exc).__name__}: {exc}"
         self.outcomes.append(outcome)
         done = len(self.outcomes)
         if done % 100 == 0 or outcome.result == "escape":

@@ -15,10 +15,11 @@ and, with the campaign's seed, is the same mutant on every machine:
   forward (and backward in TRAIN); a solver is constructed next to copies of
   the nets it names; a schedule is read and checked.
 - ``binary`` cases mutate a ``.caffemodel``, a ``.weights`` or a
-  ``.solverstate.npz`` made from a tiny net (raw bytes, or structure-aware
-  with tools/fuzz_binary.py) and load it: ``Net.copy_from`` for weights
-  (sometimes given the snapshot instead), ``SGDSolver.restore`` for the
-  snapshot (sometimes given the weights instead).
+  ``.solverstate.npz`` made from a tiny net, or a ``.proposals.npz`` of
+  three images (raw bytes, or structure-aware with tools/fuzz_binary.py),
+  and load it: ``Net.copy_from`` for weights, ``SGDSolver.restore`` for the
+  snapshot, ``Proposals.load`` for proposals (each file sometimes given to
+  another of these loaders).
 
 Every case must either work or raise a project error (``EngineError``).
 An escape is anything else: another exception (MemoryError, RecursionError,
@@ -41,6 +42,7 @@ import warnings
 
 import numpy as np
 
+from detection.proposals import Proposals
 from netdef.errors import EngineError
 from netdef.net import Net
 from solver.schedule_file import Schedule
@@ -58,7 +60,10 @@ PROTOTXT_FILES = tuple(sorted((p.name for p in PROTOTXT_DIR.glob("*.prototxt")),
 SMALL_PROTOTXT = tuple(name for name in PROTOTXT_FILES if "tiny" in name or "schedule" in name)
 #: The binary seeds: name -> file suffix.
 BINARY_SEEDS = {"caffemodel": ".caffemodel", "weights": ".weights",
-                "solverstate": ".solverstate.npz"}
+                "solverstate": ".solverstate.npz", "proposals": ".proposals.npz"}
+#: How each seed is read (a case sometimes gives it to another loader).
+LOADERS = {"caffemodel": "copy_from", "weights": "copy_from", "solverstate": "restore",
+           "proposals": "load_proposals"}
 #: Layer types that read a dataset: nets with one are built but not run.
 DATA_TYPES = {"RoIData", "Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "Python"}
 #: Source folders whose frames say where an escape surfaced.
@@ -171,9 +176,9 @@ def make_case(seed, kind, index, sources=PROTOTXT_FILES, seeds=None):
     else:
         members, steps = mutate_npz(rng, npz_members(data))
         payload = write_npz(members)
-    action = "restore" if source == "solverstate" else "copy_from"
+    action = LOADERS[source]
     if rng.random() < 0.1:
-        action = "copy_from" if action == "restore" else "restore"
+        action = rng.choice(sorted(set(LOADERS.values()) - {action}))
         steps.append(f"given to {action}")
     return Case(name, source, steps, payload, action)
 
@@ -191,13 +196,19 @@ def _tiny_solver(folder):
 
 def make_binary_seeds(folder):
     """The unmutated binary files (name -> bytes), made in ``folder`` (a
-    temporary folder) from a tiny net trained two iterations."""
+    temporary folder): the weights and snapshot of a tiny net trained two
+    iterations, and a proposals file of three images."""
     solver = _tiny_solver(folder)
     solver.step(2)
     state_path = solver.snapshot()
     weights_path = os.path.join(folder, "fuzz.weights")
     solver.net.save_weights(weights_path)
-    paths = {"solverstate": state_path, "weights": weights_path,
+    proposals_path = os.path.join(folder, "fuzz.proposals.npz")
+    rng = np.random.default_rng(0)
+    boxes = [np.sort(rng.random((n, 4)) * 50, axis=1)[:, [0, 2, 1, 3]] for n in (3, 0, 5)]
+    Proposals(["img1", "img2", "img3"], boxes, [rng.random(len(b)) for b in boxes],
+              {"dataset": "fuzz", "key": "0" * 16}).save(proposals_path)
+    paths = {"solverstate": state_path, "weights": weights_path, "proposals": proposals_path,
              "caffemodel": state_path.replace(".solverstate.npz", ".caffemodel")}
     seeds = {name: pathlib.Path(path).read_bytes() for name, path in paths.items()}
     return {name: data if name == "caffemodel" else _stable_npz(data)
@@ -302,21 +313,27 @@ def _solver_state(solver):
     return state
 
 
-def _run_binary(case, folder):
-    path = mutant_path(case, folder)
-    pathlib.Path(path).write_bytes(case.payload)
-    if case.action == "copy_from":
-        net = Net(TINY_NET, "TEST", dtype=np.float64)
-        before = _params(net)
-        try:
-            net.copy_from(path)
-        except EngineError as exc:
-            _unchanged(before, _params(net), f"copy_from failed ({_first_line(exc)}) "
-                                             f"but changed the weights")
-            raise
-        _finite(_params(net), "copy_from")
-        net.forward()
-        return
+def _load_weights(path):
+    net = Net(TINY_NET, "TEST", dtype=np.float64)
+    before = _params(net)
+    try:
+        net.copy_from(path)
+    except EngineError as exc:
+        _unchanged(before, _params(net), f"copy_from failed ({_first_line(exc)}) "
+                                         f"but changed the weights")
+        raise
+    _finite(_params(net), "copy_from")
+    net.forward()
+
+
+def _load_proposals(path):
+    proposals = Proposals.load(path)
+    arrays = {f"boxes/{i}": boxes for i, boxes in enumerate(proposals.boxes)}
+    arrays.update({f"scores/{i}": scores for i, scores in enumerate(proposals.scores or ())})
+    _finite(arrays, "Proposals.load")
+
+
+def _restore(path, folder):
     solver = _tiny_solver(os.path.join(folder, "solver"))
     before = _solver_state(solver)
     try:
@@ -329,6 +346,17 @@ def _run_binary(case, folder):
     solver.step(1)
 
 
+def _run_binary(case, folder):
+    path = mutant_path(case, folder)
+    pathlib.Path(path).write_bytes(case.payload)
+    if case.action == "copy_from":
+        _load_weights(path)
+    elif case.action == "load_proposals":
+        _load_proposals(path)
+    else:
+        _restore(path, folder)
+
+
 def _first_line(exc):
     text = str(exc).strip().split("\n")[0]
     return f"{type(exc).__name__}: {text[:300]}"
@@ -339,7 +367,7 @@ def escape_site(exc):
     (where the escape surfaced), else of its deepest frame."""
     frames = traceback.extract_tb(exc.__traceback__)
     if isinstance(exc, Escape) or not frames:
-        return "tools/fuzz_cases.py:" + ("_run_binary" if frames else "?")
+        return "tools/fuzz_cases.py:" + (frames[-1].name if frames else "?")
     inside = [f for f in frames if _project_file(f.filename)]
     frame = (inside or frames)[-1]
     return f"{_relative(frame.filename)}:{frame.name}"
