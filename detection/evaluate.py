@@ -15,6 +15,7 @@ from detection.evaluation import evaluate_coco, evaluate_voc, format_table
 from netdef.errors import DataError
 
 __all__ = ["evaluate_detections", "summary_line", "detection_progress", "open_test_set",
+           "evaluation_source",
            "evaluate_detector"]
 
 
@@ -67,7 +68,7 @@ def open_test_set(root, split, *, on_error="raise", pad_to=None, images=None,
     evaluation on the training annotations. ``check_images`` decodes every
     image while loading (see ``load_dataset``).
     """
-    source = _test_source(root, split, json_is_test_set)
+    source = evaluation_source(root, split, json_is_test_set)
     test_set = load_dataset(source, split, on_error=on_error, keep_empty=True,
                             check_images=check_images)
     if pad_to is not None and pad_to > test_set.num_classes:
@@ -78,9 +79,11 @@ def open_test_set(root, split, *, on_error="raise", pad_to=None, images=None,
     return test_set
 
 
-def _test_source(root, split, json_is_test_set):
-    """Where the test split is read from: ``root``, or for a COCO file
-    trained on, the second file ``split`` names."""
+def evaluation_source(root, split, json_is_test_set=False):
+    """Where ``open_test_set`` reads the test split: ``root``, or for a
+    COCO file trained on the second file ``split`` names; a DataError
+    asking for that file when there is none (a command can call this
+    before training to stop early)."""
     root = os.fspath(root)
     if not (os.path.isfile(root) and root.lower().endswith(".json")) or json_is_test_set:
         return root

@@ -165,7 +165,15 @@ def _save_classes(entry, classes):
 
 
 def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A JSON number a float can hold (NaN and Inf included: the box rules
+    name them); not a bool, not an integer beyond the float range."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
 
 
 def _parse(json_path, data, images_from, issues, keep_empty):
@@ -204,6 +212,11 @@ def _document(json_path, data):
     except json.JSONDecodeError as exc:
         raise DataError(f"{json_path}: JSON parse error at line {exc.lineno} "
                         f"column {exc.colno}: {exc.msg}") from None
+    except ValueError as exc:       # an integer of more digits than Python converts
+        raise DataError(f"{json_path}: JSON parse error: {exc}") from None
+    except RecursionError:
+        raise DataError(f"{json_path}: JSON parse error: nested too deeply (an annotation "
+                        "file has a few levels)") from None
     if not isinstance(doc, dict):
         raise DataError(f"{json_path}: expected a JSON object with 'images', "
                         f"'annotations' and 'categories', found {type(doc).__name__}")

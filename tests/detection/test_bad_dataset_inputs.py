@@ -16,7 +16,7 @@ from detection.datasets import load_dataset
 from detection.datasets.coco import load_coco
 from detection.datasets.records import path_problem, read_image_size
 from detection.datasets.voc import load_voc
-from detection.evaluate import open_test_set
+from detection.evaluate import open_test_set, evaluation_source
 from layers.input_pipeline.preprocess import load_image_bgr
 from netdef.errors import DataError
 from solver.cli import open_dataset
@@ -209,6 +209,27 @@ def test_check_images_with_coco_and_through_open_dataset(tmp_path):
     assert [r.image_id for r in ds] == ["10", "11"] and ds.on_error == "skip"
 
 
+@pytest.mark.parametrize("text, match", [
+    ('{"images": [{"id": ' + "7" * 5000 + '}], "categories": []}', "JSON parse error: .*digits"),
+    ("[" * 100000 + "]" * 100000, "JSON parse error: nested too deeply"),
+])
+def test_coco_json_beyond_pythons_limits(tmp_path, text, match):
+    path = tmp_path / "instances_x.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=match):
+        load_coco(path, cache=False)
+
+
+def test_coco_bbox_integer_beyond_the_float_range(tmp_path):
+    doc = copy.deepcopy(BASE)
+    doc["annotations"][0]["bbox"] = [10 ** 400, 0, 1, 1]
+    path = make_coco(str(tmp_path), doc)
+    with pytest.raises(DataError, match=r"annotation index 0 .*bbox must be \[x, y, w, h\]"):
+        load_coco(path, cache=False)
+    ds, messages = quiet(load_coco, path, on_error="skip", cache=False)
+    assert ds[0].num_objects == 1 and len(messages) == 1
+
+
 # -- a COCO file as --data --------------------------------------------------------------------
 
 def test_a_coco_file_trained_on_needs_a_second_file_to_test(tmp_path):
@@ -222,6 +243,9 @@ def test_a_coco_file_trained_on_needs_a_second_file_to_test(tmp_path):
     assert [r.image_id for r in open_test_set(path, second)] == ["10", "11"]
     # solver.test --data FILE: the file given is the test set.
     assert len(open_test_set(path, "test", json_is_test_set=True)) == 3
+    assert evaluation_source(path, second) == second
+    with pytest.raises(DataError, match="--test-split"):
+        evaluation_source(path, "val")
 
 
 def test_test_split_of_folders_is_unchanged(tmp_path):
