@@ -62,8 +62,8 @@ def _process_gone(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, OverflowError, OSError):
-        return False   # someone else's process, or a pid we cannot ask about
+    except (OverflowError, OSError):
+        return False   # someone else's process (PermissionError), or no such pid number
     return False
 
 
@@ -75,8 +75,9 @@ def sweep_temporaries(directory):
 
     ``atomic_writer`` calls it the first time a process writes into a
     folder, so a run started after a kill -9 cleans its output folder at its
-    first snapshot. (On a folder shared between machines a writer on another
-    machine looks gone: do not point two machines' runs at one folder.)
+    first snapshot. (On a folder shared between machines, or containers
+    with their own process ids, a writer elsewhere looks gone: do not point
+    two such runs at one folder at once.)
     """
     removed = []
     try:
