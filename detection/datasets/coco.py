@@ -90,8 +90,9 @@ def load_coco(json_path, image_root=None, on_error="raise", keep_empty=False,
     :class:`netdef.errors.DataError`. Per image (skipped as a whole with
     "skip"): missing id or ``file_name``, a ``file_name`` that leaves
     ``image_root`` (a ``..`` component or an absolute path), duplicate id,
-    missing or unreadable (with ``check_images``: undecodable) image file, size different from ``width``/``height`` (missing ones are
-    read from the image). Per annotation: unknown image or category id,
+    missing or unreadable (with ``check_images``: undecodable) image file,
+    size different from ``width``/``height`` (missing ones are read from
+    the image). Per annotation: unknown image or category id,
     ``bbox`` not four numbers, ``w``/``h`` <= 0, box outside the image.
     """
     json_path = os.path.abspath(os.fspath(json_path))

@@ -286,7 +286,7 @@ class MinibatchBuilder:
                 return self._example(example, target, position, seed)
             except DataError as exc:
                 if self.on_error != "skip":
-                    raise type(exc)(f"{exc} (on_error 'skip', python -m solver.train "
+                    raise type(exc)(f"{self.name}: {exc} (on_error 'skip', python -m solver.train "
                                     "--on-error skip, replaces such an image by the next one; "
                                     "--check-images finds them all before training)") from exc
                 self._note_failure(example, exc)

@@ -21,8 +21,8 @@ import numpy as np
 
 from netdef.errors import DataError
 
-__all__ = ["PIXEL_MEANS", "load_image_bgr", "decode_rgb", "image_scale", "resized_shape", "resize_image",
-           "prepare_image", "flip_image", "flip_boxes", "images_to_blob"]
+__all__ = ["PIXEL_MEANS", "load_image_bgr", "decode_rgb", "image_scale", "resized_shape",
+           "resize_image", "prepare_image", "flip_image", "flip_boxes", "images_to_blob"]
 
 #: Per-channel means subtracted from every pixel, BGR (py-faster-rcnn's cfg.PIXEL_MEANS).
 PIXEL_MEANS = (102.9801, 115.9465, 122.7717)
