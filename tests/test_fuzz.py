@@ -163,9 +163,10 @@ def test_a_project_error_is_clean_and_its_file_named(folder, seeds):
 # -- the campaign ---------------------------------------------------------------------------
 
 def test_campaign_runs_cases_in_a_worker_and_reports(capsys):
-    status = fuzz_campaign.main(["--prototxt", "2", "--binary", "2", "--seed", str(SEED)])
+    status = fuzz_campaign.main(["--prototxt", "2", "--binary", "2", "--seed", str(SEED),
+                                 "--small"])
     out = capsys.readouterr().out
-    assert "fuzz campaign, seed 14: 4 cases" in out
+    assert "fuzz campaign, seed 14: 4 cases" in out and "1 worker(s)" in out
     assert out.count("\n") >= 5 and status in (0, 1)
     assert ("escapes: 0 (" in out) == (status == 0)
 
@@ -173,10 +174,20 @@ def test_campaign_runs_cases_in_a_worker_and_reports(capsys):
 def test_campaign_report_groups_escapes_with_reproducers():
     outcome = fuzz_campaign.Outcome("binary:9", "weights", ["flip bit 3 of byte 7"], "escape",
                                     "MemoryError: Unable to allocate", "netdef/weights.py:read")
-    text = fuzz_campaign.report([outcome], 5, 2.0)
+    args = fuzz_campaign.parse_args(["--seed", "5", "--prototxt", "10", "--binary", "20"])
+    text = fuzz_campaign.report([outcome], args, 2.0)
     assert "escapes: 1 (exception 0, MemoryError 1, timeout 0, crash 0, state 0)" in text
+    assert "a whole run of 10 prototxt and 20 binary cases: about 1 min" in text
     assert "netdef/weights.py:read (1)" in text
     assert "python -m tools.fuzz_campaign --seed 5 --replay binary:9" in text
+
+
+def test_campaign_stops_handing_out_cases_after_max_seconds(capsys):
+    fuzz_campaign.main(["--prototxt", "500", "--binary", "500", "--max-seconds", "0.01",
+                        "--small"])
+    out = capsys.readouterr().out
+    assert "stopped after 0.01 s (--max-seconds)" in out
+    assert "a whole run of 500 prototxt and 500 binary cases" in out
 
 
 def test_parse_bytes():

@@ -60,6 +60,9 @@ def parse_args(argv=None):
                         help="the engine's memory budget in the workers (3G)")
     parser.add_argument("--address-limit", default="10G",
                         help="address-space limit of a worker process (10G)")
+    parser.add_argument("--max-seconds", type=float, default=0,
+                        help="hand out no new case after this many seconds (a sample of "
+                             "the campaign; the report projects the whole run's time)")
     parser.add_argument("--small", action="store_true",
                         help="prototxt cases of the small files only, as tests/test_fuzz.py")
     parser.add_argument("--json", help="also write every outcome as JSON to this file")
@@ -165,6 +168,7 @@ class Campaign:
         self.args, self.log = args, log
         self.pending = collections.deque(case_names(args))
         self.outcomes, self.workers = [], []
+        self.started, self.stopped = time.monotonic(), ""
         self.selector = selectors.DefaultSelector()
         self.seeds_folder = tempfile.TemporaryDirectory(prefix="fuzz_seeds_")
         self.seeds = make_binary_seeds(self.seeds_folder.name)
@@ -181,6 +185,10 @@ class Campaign:
 
     def _feed(self, worker):
         worker.case = None
+        if self.pending and self.args.max_seconds \
+                and time.monotonic() - self.started > self.args.max_seconds:
+            self.stopped = f"stopped after {self.args.max_seconds:g} s (--max-seconds)"
+            self.pending.clear()
         if self.pending:
             worker.send(self.pending.popleft())
 
@@ -210,26 +218,39 @@ class Campaign:
                   file=self.log, flush=True)
 
     def run(self):
-        for _ in range(min(self.args.workers, len(self.pending))):
-            self._start()
-        while any(worker.case for worker in self.workers):
-            busy = [worker for worker in self.workers if worker.case]
-            wait = min(worker.started + self.args.timeout for worker in busy) - time.monotonic()
-            for key, _ in self.selector.select(timeout=max(wait, 0)):
-                worker = key.data
-                line = worker.process.stdout.readline()
-                self._record(_finish(worker, line))
-                if line:
-                    self._feed(worker)
-                else:
-                    self._replace(worker)
-            for worker in list(self.workers):
-                if worker.case and time.monotonic() - worker.started > self.args.timeout:
-                    self._record(_lost(worker.case, f"timeout: over {self.args.timeout:g} s",
-                                       time.monotonic() - worker.started))
-                    self._replace(worker)
-        self.seeds_folder.cleanup()
+        """Run the cases (until ``--max-seconds``, if given); Ctrl-C stops
+        early. Returns the outcomes of the cases that finished."""
+        self.started = time.monotonic()
+        try:
+            for _ in range(min(self.args.workers, len(self.pending))):
+                self._start()
+            while any(worker.case for worker in self.workers):
+                self._step()
+        except KeyboardInterrupt:
+            self.stopped = "interrupted"
+        finally:
+            for worker in self.workers:
+                worker.stop()
+            self.seeds_folder.cleanup()
         return self.outcomes
+
+    def _step(self):
+        """Wait for the next answer or time limit, and act on it."""
+        busy = [worker for worker in self.workers if worker.case]
+        wait = min(worker.started + self.args.timeout for worker in busy) - time.monotonic()
+        for key, _ in self.selector.select(timeout=max(wait, 0)):
+            worker = key.data
+            line = worker.process.stdout.readline()
+            self._record(_finish(worker, line))
+            if line:
+                self._feed(worker)
+            else:
+                self._replace(worker)
+        for worker in list(self.workers):
+            if worker.case and time.monotonic() - worker.started > self.args.timeout:
+                self._record(_lost(worker.case, f"timeout: over {self.args.timeout:g} s",
+                                   time.monotonic() - worker.started))
+                self._replace(worker)
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -244,17 +265,23 @@ def escape_kind(outcome):
     return "exception"
 
 
-def report(outcomes, seed, seconds, small=False):
+def report(outcomes, args, seconds, stopped=""):
     """The campaign's figures and every escape with its reproducer (text)."""
-    lines = [f"fuzz campaign, seed {seed}: {len(outcomes)} cases in {seconds:.0f} s "
-             f"({len(outcomes) / max(seconds, 1e-9):.2f} cases/s)",
+    lines = [f"fuzz campaign, seed {args.seed}: {len(outcomes)} cases in {seconds:.0f} s "
+             f"({len(outcomes) / max(seconds, 1e-9):.2f} cases/s, {args.workers} worker(s))"
+             + (f", {stopped}" if stopped else ""),
              f"{'':10}{'tried':>8}{'works':>8}{'errors':>8}{'escapes':>9}{'s/case':>8}"]
-    for kind in ("prototxt", "binary"):
+    projected = 0.0
+    overhead = (seconds * args.workers - sum(o.seconds for o in outcomes)) / max(len(outcomes), 1)
+    for kind, wanted in (("prototxt", args.prototxt), ("binary", args.binary)):
         mine = [o for o in outcomes if o.case.startswith(kind + ":")]
         counts = collections.Counter(o.result for o in mine)
         mean = sum(o.seconds for o in mine) / max(len(mine), 1)
+        projected += wanted * (mean + overhead) / args.workers
         lines.append(f"{kind:10}{len(mine):>8}{counts['works']:>8}{counts['error']:>8}"
                      f"{counts['escape']:>9}{mean:>8.3f}")
+    lines.append(f"a whole run of {args.prototxt} prototxt and {args.binary} binary cases: "
+                 f"about {projected / 60:.0f} min at this rate")
     unnamed = [o for o in outcomes if o.result == "error" and not o.named]
     escapes = [o for o in outcomes if o.result == "escape"]
     kinds = collections.Counter(escape_kind(o) for o in escapes)
@@ -276,7 +303,8 @@ def report(outcomes, seed, seconds, small=False):
         for o in group:
             lines.append(f"  {o.case} {o.source} [{'; '.join(o.steps)[:200]}]\n"
                          f"    -> {o.detail[:240]}\n"
-                         f"    python -m tools.fuzz_campaign{' --small' * small} --seed {seed} "
+                         f"    python -m tools.fuzz_campaign{' --small' * args.small} "
+                         f"--seed {args.seed} "
                          f"--replay {o.case}")
     return "\n".join(lines)
 
@@ -305,9 +333,9 @@ def main(argv=None):
         return worker_main(args)
     if args.replay:
         return replay(args)
-    start = time.monotonic()
-    outcomes = Campaign(args).run()
-    print(report(outcomes, args.seed, time.monotonic() - start, args.small))
+    campaign = Campaign(args)
+    outcomes = campaign.run()
+    print(report(outcomes, args, time.monotonic() - campaign.started, campaign.stopped))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump([dataclasses.asdict(o) for o in outcomes], handle, indent=1)

@@ -166,9 +166,16 @@ _TEXT_OPERATORS = (
 )
 
 
+#: Operators that change a value and keep the syntax: a mutant of these
+#: alone usually parses, and reaches the layers' own checks.
+_VALUE_OPERATORS = _TEXT_OPERATORS[:3]
+
+
 def mutate_text(rng, text, max_steps=3):
-    """``(mutant, steps)``: 1 to ``max_steps`` operators applied to ``text``."""
-    operators = [op for op, weight in _TEXT_OPERATORS for _ in range(weight)]
+    """``(mutant, steps)``: 1 to ``max_steps`` operators applied to ``text``
+    (in 40% of the mutants only operators that change values)."""
+    chosen = _VALUE_OPERATORS if rng.random() < 0.4 else _TEXT_OPERATORS
+    operators = [op for op, weight in chosen for _ in range(weight)]
     steps = []
     for _ in range(rng.randint(1, max_steps)):
         for _attempt in range(5):
