@@ -12,7 +12,7 @@ from PIL import Image
 from detection.datasets import load_dataset
 from detection.datasets.synthetic import generate
 from detection.visualize.model import VisualModel
-from detection.visualize.rpn_inside import anchor_labels, rpn_inside, rpn_state
+from detection.visualize.rpn_inside import _check_location, anchor_labels, rpn_inside, rpn_state
 from layers.detection_targets import LABEL_FG
 from netdef.errors import DataError
 from netdef.net import Net
@@ -130,9 +130,8 @@ def test_the_default_location_is_the_best_anchors_cell(setup):
     state = rpn_state(model, model.prepare(image))
     best = int(np.argmax(np.where(np.isin(np.arange(state.scores.size), state.order),
                                   state.scores, -np.inf)))
-    from detection.visualize import rpn_inside as module
-    assert module._check_location(None, state) == divmod(best // state.num_anchors,
-                                                         state.map_shape[1])
+    assert _check_location(None, state) == divmod(best // state.num_anchors,
+                                                  state.map_shape[1])
 
 
 def test_a_location_off_the_map_is_an_error(setup):
