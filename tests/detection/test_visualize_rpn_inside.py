@@ -12,7 +12,8 @@ from PIL import Image
 from detection.datasets import load_dataset
 from detection.datasets.synthetic import generate
 from detection.visualize.model import VisualModel
-from detection.visualize.rpn_inside import _check_location, anchor_labels, rpn_inside, rpn_state
+from detection.visualize.rpn_inside import (_check_location, anchor_labels, rpn_inside,
+                                            rpn_state)
 from layers.detection_targets import LABEL_FG
 from netdef.errors import DataError
 from netdef.net import Net
