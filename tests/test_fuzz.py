@@ -190,6 +190,13 @@ def test_campaign_stops_handing_out_cases_after_max_seconds(capsys):
     assert "a whole run of 500 prototxt and 500 binary cases" in out
 
 
+def test_campaign_cases_interleave_kinds_and_skip_resumes_a_cut_run():
+    args = fuzz_campaign.parse_args(["--prototxt", "3", "--binary", "1", "--skip", "2"])
+    assert fuzz_campaign.case_names(args) == ["prototxt:0", "binary:0", "prototxt:1",
+                                              "prototxt:2"]
+    assert list(fuzz_campaign.Campaign(args).pending) == ["prototxt:1", "prototxt:2"]
+
+
 def test_parse_bytes():
     assert fuzz_campaign.parse_bytes("3G") == 3 << 30
     assert fuzz_campaign.parse_bytes("512m") == 512 << 20

@@ -63,6 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--max-seconds", type=float, default=0,
                         help="hand out no new case after this many seconds (a sample of "
                              "the campaign; the report projects the whole run's time)")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="skip the first N cases (to finish a run that --max-seconds cut)")
     parser.add_argument("--small", action="store_true",
                         help="prototxt cases of the small files only, as tests/test_fuzz.py")
     parser.add_argument("--json", help="also write every outcome as JSON to this file")
@@ -166,7 +168,8 @@ class Campaign:
 
     def __init__(self, args, log=sys.stderr):
         self.args, self.log = args, log
-        self.pending = collections.deque(case_names(args))
+        self.pending = collections.deque(case_names(args)[args.skip:])
+        self.total = len(self.pending)
         self.outcomes, self.workers = [], []
         self.started, self.stopped = time.monotonic(), ""
         self.selector = selectors.DefaultSelector()
@@ -211,7 +214,7 @@ class Campaign:
         done = len(self.outcomes)
         if done % 100 == 0 or outcome.result == "escape":
             counts = collections.Counter(o.result for o in self.outcomes)
-            print(f"[{done}/{done + len(self.pending) + sum(bool(w.case) for w in self.workers)}] "
+            print(f"[{done}/{self.total}] "
                   f"works {counts['works']}, errors {counts['error']}, escapes "
                   f"{counts['escape']}" + (f"  <- {outcome.case}: {outcome.detail[:100]}"
                                            if outcome.result == "escape" else ""),
@@ -269,6 +272,7 @@ def report(outcomes, args, seconds, stopped=""):
     """The campaign's figures and every escape with its reproducer (text)."""
     lines = [f"fuzz campaign, seed {args.seed}: {len(outcomes)} cases in {seconds:.0f} s "
              f"({len(outcomes) / max(seconds, 1e-9):.2f} cases/s, {args.workers} worker(s))"
+             + (f", the first {args.skip} skipped" if args.skip else "")
              + (f", {stopped}" if stopped else ""),
              f"{'':10}{'tried':>8}{'works':>8}{'errors':>8}{'escapes':>9}{'s/case':>8}"]
     projected = 0.0

@@ -99,9 +99,10 @@ random_seed: 1
 @dataclasses.dataclass
 class Case:
     """One mutant: ``name`` ("kind:index"), the ``source`` it mutates, the
-    ``steps`` of the mutation, its ``payload`` (text or bytes) and, for
+    ``steps`` of the mutation, its ``payload`` (text or bytes) and its
     ``action``: the phase a net is built in ("TRAIN"/"TEST") or, for binary
-    cases, the loader that reads it ("copy_from"/"restore")."""
+    cases, the loader that reads it ("copy_from", "restore",
+    "load_proposals")."""
     name: str
     source: str
     steps: list
