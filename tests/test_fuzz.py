@@ -9,13 +9,14 @@ A failure lists each escape with its mutation and the command that replays
 it: ``python -m tools.fuzz_campaign --small --seed 14 --replay prototxt:17``.
 """
 import random
+import sys
 
 import numpy as np
 import pytest
 
 from netdef.errors import EngineError, WeightsError
 from netdef.net import Net
-from tools import fuzz_campaign
+from tools import fuzz_campaign, fuzz_cases
 from tools.fuzz_binary import mutate_caffemodel, mutate_npz, npz_members, write_npz
 from tools.fuzz_cases import (SMALL_PROTOTXT, Case, copy_prototxt_files, make_binary_seeds,
                               make_case, run_case)
@@ -158,6 +159,18 @@ def test_a_project_error_is_clean_and_its_file_named(folder, seeds):
     outcome = run_case(case_of("binary", seeds, "caffemodel", "restore"), folder)
     assert outcome.result == "error" and outcome.named, outcome
     assert issubclass(WeightsError, EngineError)
+
+
+@pytest.mark.parametrize("status, err, result", [(2, "error: x.prototxt:3: no", "error"),
+                                                 (1, "Traceback ...", "escape"),
+                                                 (2, "Traceback ...", "escape")])
+def test_inspect_must_exit_0_or_2_with_one_error_line(folder, monkeypatch, status, err, result):
+    def inspect(argv):
+        print(err, file=sys.stderr)
+        return status
+    monkeypatch.setattr(fuzz_cases, "inspect_main", inspect)
+    case = Case("prototxt:0", "rfcn_tiny.prototxt", [], "name: 'x'", "inspect")
+    assert run_case(case, folder).result == result
 
 
 # -- the campaign ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ and, with the campaign's seed, is the same mutant on every machine:
   net, a solver or a staged schedule; small files are drawn more often) with
   tools/fuzz_mutations.py, and run what a user would: a net is built
   (``Net``, TRAIN or TEST) and, when its inputs are all Input blobs, run
-  forward (and backward in TRAIN); a solver is constructed next to copies of
+  forward (and backward in TRAIN), or given to ``python -m netdef.inspect``
+  (which must exit 0, or 2 with a one-line error); a solver is constructed next to copies of
   the nets it names; a schedule is read and checked.
 - ``binary`` cases mutate a ``.caffemodel``, a ``.weights`` or a
   ``.solverstate.npz`` made from a tiny net, or a ``.proposals.npz`` of
@@ -44,6 +45,7 @@ import numpy as np
 
 from detection.proposals import Proposals
 from netdef.errors import EngineError
+from netdef.inspect import main as inspect_main
 from netdef.net import Net
 from solver.schedule_file import Schedule
 from solver.sgd import SGDSolver
@@ -132,6 +134,11 @@ class CaseTimeout(BaseException):
     that no ``except Exception`` in the engine swallows it)."""
 
 
+class CommandRefused(EngineError):
+    """A command refused a mutant the documented way: exit status 2 and an
+    ``error: ...`` line (a clean error, as a raised EngineError is)."""
+
+
 class Escape(Exception):
     """A case that broke a promise without raising (changed state, accepted
     non-finite weights)."""
@@ -167,7 +174,7 @@ def make_case(seed, kind, index, sources=PROTOTXT_FILES, seeds=None):
     if kind == "prototxt":
         source = rng.choices(sources, weights=[1 / (i + 1) for i in range(len(sources))])[0]
         text, steps = mutate_text(rng, (PROTOTXT_DIR / source).read_text())
-        return Case(name, source, steps, text, rng.choice(("TRAIN", "TEST")))
+        return Case(name, source, steps, text, rng.choice(("TRAIN", "TEST", "TEST", "inspect")))
     source = rng.choice(sorted(BINARY_SEEDS))
     data = seeds[source]
     if rng.random() < 0.3:
@@ -282,8 +289,23 @@ def _run_prototxt(case, folder):
     elif "schedule" in case.source:
         pathlib.Path(path).write_text(case.payload)
         Schedule(path)
+    elif case.action == "inspect":
+        pathlib.Path(path).write_text(case.payload)
+        _run_inspect(path)
     else:
         _run_net(case)
+
+
+def _run_inspect(path):
+    """``python -m netdef.inspect`` on the mutant: exit status 0, or 2 with
+    a one-line message (CommandRefused); a traceback is an escape."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = inspect_main([path])
+    if status == 2 and err.getvalue().startswith("error: "):
+        raise CommandRefused(err.getvalue().strip().split("\n")[0])
+    if status != 0:
+        raise Escape(f"netdef.inspect exited {status}: {err.getvalue()[:300]}")
 
 
 def _params(net):
