@@ -184,6 +184,15 @@ def test_campaign_runs_cases_in_a_worker_and_reports(capsys):
     assert ("escapes: 0 (" in out) == (status == 0)
 
 
+def test_replay_runs_one_case_here_and_keeps_its_mutant(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fuzz_campaign.tempfile, "mkdtemp", lambda prefix: str(tmp_path))
+    status = fuzz_campaign.main(["--small", "--seed", str(SEED), "--replay", "binary:3"])
+    out = capsys.readouterr().out
+    assert status == 0 and out.startswith("binary:3: ")
+    assert f"mutant: {tmp_path}/mutant." in out and "result: error" in out
+    assert any(path.name.startswith("mutant.") for path in tmp_path.iterdir())
+
+
 def test_campaign_report_groups_escapes_with_reproducers():
     outcome = fuzz_campaign.Outcome("binary:9", "weights", ["flip bit 3 of byte 7"], "escape",
                                     "MemoryError: Unable to allocate", "netdef/weights.py:read")

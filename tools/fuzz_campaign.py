@@ -316,6 +316,7 @@ def report(outcomes, args, seconds, stopped=""):
 def replay(args):
     """Run one case in this process; keep its mutant in a temporary folder."""
     folder = tempfile.mkdtemp(prefix="fuzz_replay_")
+    os.chdir(folder)                 # a mutant's relative paths resolve in there, as in a worker
     copy_prototxt_files(folder)
     seeds = make_binary_seeds(os.path.join(folder, "seeds"))
     kind, index = args.replay.split(":")
