@@ -96,9 +96,8 @@ def worker_main(args):
             case = make_case(args.seed, kind, int(index), sources(args), seeds)
             outcome = run_case(case, folder, limit=max(args.timeout - 5, 1))
             answers.write(json.dumps(dataclasses.asdict(outcome)) + "\n")
-            for leftover in (mutant_path(case, folder),):
-                with contextlib.suppress(OSError):
-                    os.unlink(leftover)
+            with contextlib.suppress(OSError):   # (a net case writes none)
+                os.unlink(mutant_path(case, folder))
 
 
 def _limit_address_space(limit):
