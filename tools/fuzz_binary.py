@@ -109,7 +109,11 @@ def _npz_dtype(rng, members):
     dtype = np.dtype(rng.choice(_DTYPES))
     with warnings.catch_warnings():             # NaN to int, complex to real: wanted
         warnings.simplefilter("ignore")
-        member[1] = _npy(np.zeros(array.shape, dtype) if dtype.names else array.astype(dtype))
+        try:
+            array = np.zeros(array.shape, dtype) if dtype.names else array.astype(dtype)
+        except (ValueError, TypeError):         # e.g. bytes to timedelta: zeros of the type
+            array = np.zeros(array.shape, dtype)
+    member[1] = _npy(array)
     return f"{member[0]} as dtype {dtype}"
 
 
