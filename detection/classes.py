@@ -16,7 +16,8 @@ def pad_classes(dataset, num_classes):
     fill the first classes of a net built for more (e.g. VOC's 20), whose
     other classes then see no examples (and no evaluation)."""
     extra = tuple(f"unused{k}" for k in range(dataset.num_classes, num_classes))
-    return DetectionDataset(dataset.name, tuple(dataset.classes) + extra, dataset.records)
+    return DetectionDataset(dataset.name, tuple(dataset.classes) + extra, dataset.records,
+                            on_error=getattr(dataset, "on_error", "raise"))
 
 
 def class_mismatch_hint(net_path, num_classes):

@@ -35,7 +35,6 @@ test_agnostic.prototxt), then the same without "_ohem"
 is a test net itself.
 """
 import dataclasses
-import json
 import os
 import zipfile
 
@@ -46,6 +45,7 @@ from layers.nms import nms
 from layers.python_compat import parse_param_str
 from netdef import caffe_pb2
 from netdef.device import to_numpy
+from netdef.snapshot_format import load_meta
 from netdef.errors import DataError, NetDefinitionError, WeightsError
 from netdef.net import Net
 from netdef.schema import read_net
@@ -279,16 +279,9 @@ class LoadedWeights:
 
 
 def _meta_only(path):
-    """The JSON metadata of a native archive, without reading its arrays."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "__meta__" not in archive.files:
-                return {}
-            header = json.loads(bytes(archive["__meta__"]).decode("utf-8"))
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise WeightsError(f"{path}: cannot read: {exc}") from None
-    # save_arrays wraps the caller's metadata: {"format", "version", "meta"}.
-    meta = header.get("meta", {}) if isinstance(header, dict) else {}
+    """The JSON metadata of a native archive, without reading its arrays
+    (checked as every archive is read: netdef.snapshot_format.load_meta)."""
+    meta = load_meta(path)
     return meta if isinstance(meta, dict) else {}
 
 

@@ -56,7 +56,7 @@ import time
 import numpy as np
 
 from netdef.device import default_device, to_numpy
-from netdef.errors import DeviceError, NetDefinitionError, NumericalError
+from netdef.errors import DataError, DeviceError, NetDefinitionError, NumericalError
 from netdef.net import normalize_phase
 from netdef.weights import share_layers
 from solver.flat_params import flatten_params
@@ -289,7 +289,7 @@ class Solver:
             self._phase = None
             self._set_state(start_state)
             raise
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, DataError):   # a bad input stops the run as Ctrl-C does
             self._interrupted(start_state)
             raise
         finally:

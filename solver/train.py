@@ -75,7 +75,7 @@ from solver.blas import SMALL_NET_MACS
 from detection.classes import class_mismatch_hint, pad_classes
 from solver.cli import (add_device_arguments, builtin_dataset, exit_status, is_coco_path,
                         open_dataset, select_device)
-from detection.evaluate import evaluate_detector, open_test_set, summary_line
+from detection.evaluate import evaluate_detector, evaluation_source, open_test_set, summary_line
 from detection.detector import Detector, keep_detection_blobs, load_weights, resolve_test_net
 from detection.plot import plot_log
 from solver.progress import Progress, format_duration
@@ -246,6 +246,13 @@ class Training:
             else:
                 print("interrupted", file=self.stream)
             return 130
+        except DataError:
+            if solver.interrupt_snapshot:
+                print(f"stopped by a data error; the last completed iteration is saved: resume "
+                      f"with python -m solver.train {args.prototxt} --resume "
+                      f"{solver.interrupt_snapshot}" + (f" --out {self.out}" if args.out else "")
+                      + " (--on-error skip leaves out images that fail)", file=self.stream)
+            raise
         return self._finish(state_path, model_path, started)
 
     def _feed(self, net_path):
@@ -258,6 +265,8 @@ class Training:
             self.say(f"dataset: {root} (splits {args.train_split} / {args.test_split})")
         else:
             root = builtin_dataset(self.say)
+        if not args.no_eval:
+            evaluation_source(root, args.test_split)   # a COCO file needs its test file
         train_set = open_dataset(root, args.train_split, on_error=args.on_error,
                                  check_images=args.check_images)
         padded = not args.data and train_set.num_classes < layer.num_classes

@@ -84,6 +84,7 @@ def assert_same_state(a, b):
         assert np.array_equal(to_numpy(a.history[key]), to_numpy(b.history[key])), key
     assert a.iter == b.iter
     assert list(a.loss_window) == list(b.loss_window)
+    assert a.rng.bit_generator.state == b.rng.bit_generator.state
 
 
 # ---------------------------------------------------------------------------
@@ -198,10 +199,15 @@ def test_resume_is_exact_with_dropout_and_dummy_data(tmp_path):
     # A fresh solver with another seed (random_seed is unset in the file):
     # restore brings back the weights, momentum, loss window and every
     # layer's seed and random state.
+    saved_rng = first.rng.bit_generator.state
     resumed = make_solver(path)
     assert resumed.seed != 11
+    assert resumed.rng.bit_generator.state != saved_rng
     resumed.restore(snapshot)
     assert resumed.iter == 4
+    # the solver's own generator is restored as saved (another seed made it
+    # differ before)
+    assert resumed.rng.bit_generator.state == saved_rng
     resumed.step(4)
     assert_same_state(straight, resumed)
     # The test net's draws resume too.
@@ -460,7 +466,17 @@ def test_display_log_records(tmp_path):
     log = tmp_path / "logs" / "train.jsonl"
     stream = io.StringIO()
     solver = make_solver(path, seed=2, log=str(log), stream=stream)
+    passes = []                                       # the loss of every train forward pass
+    forward = solver.net.forward
+
+    def recording_forward(*args, **kwargs):
+        outputs = forward(*args, **kwargs)
+        passes.append(float(outputs.loss))
+        return outputs
+
+    solver.net.forward = recording_forward
     solver.step(5)
+    assert len(passes) == 5 * 2                       # iter_size 2
     records = [json.loads(line) for line in log.read_text().splitlines()]
     train = [r for r in records if r["event"] == "train"]
     assert [r["iter"] for r in train] == [0, 1, 2, 3, 4]
@@ -468,7 +484,10 @@ def test_display_log_records(tmp_path):
     for k, record in enumerate(train):
         window = losses[max(0, k - 2):k + 1]          # average_loss 3
         assert record["smoothed_loss"] == pytest.approx(np.mean(window), rel=1e-12)
-        assert record["outputs"]["loss"] == pytest.approx(record["loss"], abs=10)
+        # the loss is the mean of the iteration's iter_size passes; the
+        # outputs are those of its last pass (as Caffe displays them)
+        assert record["loss"] == pytest.approx(np.mean(passes[2 * k:2 * k + 2]), rel=1e-12)
+        assert record["outputs"]["loss"] == pytest.approx(passes[2 * k + 1], rel=1e-12)
         assert {"lr", "wall_time", "elapsed_s", "grad_norm", "clipped"} <= set(record)
     assert [r["lr"] for r in train] == pytest.approx([0.05] * 3 + [0.025] * 2, rel=1e-6)
     tests = [r for r in records if r["event"] == "test"]

@@ -3,6 +3,7 @@ snapshots, the .caffemodel export, resume, the evaluation, and the errors a
 user meets (class count, no GPU, a file that is no net)."""
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from netdef import caffe_pb2
 from netdef.device import gpu_available
 from netdef.schema import read_net
 from prototxt import rfcn
+from solver import test as test_cli
 from solver import train
 from detection.datasets.synthetic import generate
 from solver.snapshot import SolverState
@@ -63,6 +65,32 @@ def test_training_writes_log_snapshots_export_and_evaluation(trained, capsys):
     assert meta["classes"][0] == "__background__" and len(meta["classes"]) == 7
     assert meta["bbox_normalization"] == {"means": [0, 0, 0, 0], "stds": [0.1, 0.1, 0.2, 0.2]}
     assert meta["bbox_layer"] == ["rfcn_bbox", 9] and meta["test_scale"] == [192, 256]
+
+
+def test_the_evaluation_is_that_of_the_saved_weights_on_the_test_split(trained, data, tmp_path,
+                                                                       capsys):
+    """The run's evaluation at iteration 4 is what solver.test gives for the
+    .caffemodel exported at iteration 4 (the same detections per class, the
+    same mAP), and its gt column counts the objects of the test split."""
+    during = json.loads((trained / "eval_iter_4.json").read_text())
+    results = tmp_path / "results.json"
+    capsys.readouterr()
+    assert test_cli.main([TINY, "--weights", str(trained / "rfcn_tiny_iter_4.caffemodel"),
+                          "--data", data, "--results", str(results)]) == 0
+    assert during["table"] in capsys.readouterr().out
+    after = json.loads(results.read_text())
+    assert during["map_07"] == pytest.approx(after["map_07"], abs=1e-12)
+    assert during["map_area"] == pytest.approx(after["map_area"], abs=1e-12)
+    # the other iteration's weights detect otherwise, so the table tells them apart
+    assert json.loads((trained / "eval_iter_2.json").read_text())["table"] != during["table"]
+    root = Path(data)
+    objects = {}
+    for name in (root / "ImageSets" / "Main" / "test.txt").read_text().split():
+        for item in ElementTree.parse(root / "Annotations" / f"{name}.xml").iter("object"):
+            if item.findtext("difficult") != "1":
+                objects[item.findtext("name")] = objects.get(item.findtext("name"), 0) + 1
+    rows = [line.split() for line in during["table"].splitlines()[3:-2]]
+    assert {row[0]: int(row[1]) for row in rows if row[1] != "0"} == objects
 
 
 def test_caffemodel_export_unnormalizes_the_box_layer_only(trained):

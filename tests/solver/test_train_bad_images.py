@@ -55,8 +55,6 @@ def test_without_skip_a_named_error(data, tmp_path, capsys):
     assert "--on-error skip" in error and "--check-images" in error
 
 
-@pytest.mark.xfail(reason="needs solver/sgd.py to write the snapshot of the last completed "
-                          "iteration on a DataError, as on Ctrl-C (reported to the coordinator)")
 def test_without_skip_the_last_completed_iteration_is_saved(data, tmp_path, capsys):
     status, _, _ = run(data, tmp_path)
     assert status == 2
