@@ -216,6 +216,7 @@ class Net:
         return blob
 
     def _setup(self, layer, lp, bottoms, tops):
+        in_place = [(i, b.shape) for i, b in enumerate(bottoms) if any(b is t for t in tops)]
         try:
             with self.budget.inside(layer.where):
                 layer.setup(bottoms, tops)
@@ -230,6 +231,15 @@ class Net:
             raise ShapeError(
                 f"{self.source}: layer '{lp.name}' (type {lp.type}) cannot be set up with "
                 f"bottoms {shapes}: {exc}") from exc
+        for i, shape in in_place:
+            # Only layers that keep the shape can work in place (element-wise
+            # ones); a Pooling or Proposal top named like its bottom would
+            # overwrite the input it reads.
+            if bottoms[i].shape != shape:
+                raise NetDefinitionError(
+                    f"{self.source}: layer '{lp.name}' (type {lp.type}) works in place on blob "
+                    f"'{lp.bottom[i]}' but changes its shape from {shape} to {bottoms[i].shape}; "
+                    f"give the top its own name")
         self.build_log.append(
             f"{lp.name} ({lp.type}): " + ", ".join(f"{n} {b.shape}" for n, b in zip(lp.top, tops)))
 

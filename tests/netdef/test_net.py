@@ -272,3 +272,15 @@ def test_a_net_without_layers_runs_nothing():
     assert out == {} and out.loss == 0.0 and net.backward() == {}
     with pytest.raises(NetDefinitionError, match=r"forward end: no layer named 'x' \(layers: \)"):
         net.forward(end="x")
+
+
+def test_a_layer_that_changes_the_shape_cannot_work_in_place():
+    """A Pooling top named like its bottom would overwrite the input it reads
+    (the fuzz campaign's escape: it built and gave the wrong shape)."""
+    text = ('layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 '
+            'dim: 8 dim: 8 } } }\n'
+            'layer { name: "pool" type: "Pooling" bottom: "data" top: "data" '
+            'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }')
+    with pytest.raises(NetDefinitionError, match=r"layer 'pool' \(type Pooling\) works in place on "
+                       r"blob 'data' but changes its shape from \(1, 3, 8, 8\) to \(1, 3, 4, 4\)"):
+        Net(text, "TEST")
