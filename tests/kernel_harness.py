@@ -114,7 +114,7 @@ def nvrtc_compile(text, filename):
         assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
         (result,) = nvrtc.nvrtcCompileProgram(program, 1, [f"--gpu-architecture={GPU_ARCH}".encode()])
         _, size = nvrtc.nvrtcGetProgramLogSize(program)
-        log = b" " * size
+        log = bytearray(size)  # NVRTC writes into it (never into an immutable, possibly shared, bytes)
         nvrtc.nvrtcGetProgramLog(program, log)
         assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS, \
             f"NVRTC failed on {filename}:\n{log.decode(errors='replace')}"
