@@ -23,7 +23,7 @@ def _ptx(source, dtype):
     (result,) = nvrtc.nvrtcCompileProgram(program, 1, [f"--gpu-architecture={GPU_ARCH}".encode()])
     assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS
     _, size = nvrtc.nvrtcGetPTXSize(program)
-    ptx = b" " * size
+    ptx = bytearray(size)  # NVRTC writes into it
     nvrtc.nvrtcGetPTX(program, ptx)
     nvrtc.nvrtcDestroyProgram(program)
     return ptx.decode(errors="replace")
