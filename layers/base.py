@@ -140,6 +140,10 @@ class Layer:
         # Scratch arrays (layers/workspace.py): private to the layer until
         # the Net assigns one Workspace shared by all its layers.
         self.workspace = Workspace(device)
+        # Set by the Net: makes the parameter Blobs (``shape -> Blob``), so
+        # they are charged to its memory budget before they are allocated;
+        # None: plain Blobs.
+        self.param_blob_factory = None
 
     # -- context for messages -------------------------------------------------
     @property
@@ -226,7 +230,10 @@ class Layer:
 
     # -- helpers ------------------------------------------------------------------
     def new_param_blob(self, shape):
-        """A parameter Blob of ``shape`` on this layer's device and dtype."""
+        """A parameter Blob of ``shape`` on this layer's device and dtype
+        (through the Net's ``param_blob_factory`` when it set one)."""
+        if self.param_blob_factory is not None:
+            return self.param_blob_factory(shape)
         return Blob(shape, dtype=self.dtype, xp=self.device.xp)
 
     def rng(self, salt=0):

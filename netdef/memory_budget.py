@@ -283,13 +283,13 @@ class BlobAccount:
 
 
 def param_blob_maker(budget, layer):
-    """A ``new_param_blob(shape)`` for ``layer`` (the Layer helper's
-    signature) whose blobs are charged to ``budget`` before they are
+    """A ``param_blob_factory(shape)`` for ``layer`` (see
+    ``Layer.new_param_blob``) whose blobs are charged to ``budget`` before they are
     allocated; the float64 values a filler draws for the blob (then casts
     into it) are checked with it."""
     made = [0]
 
-    def new_param_blob(shape):
+    def make(shape):
         shape = tuple(int(s) for s in shape)
         label = f"parameter blob {made[0]}"
         made[0] += 1
@@ -301,7 +301,7 @@ def param_blob_maker(budget, layer):
         blob.reshape(shape)
         return blob
 
-    return new_param_blob
+    return make
 
 
 def _diffs_to_come(net):

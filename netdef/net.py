@@ -163,7 +163,7 @@ class Net:
                 if lp.type in ("Input",):
                     self.inputs += list(lp.top)
                 # Parameter blobs, too, are charged before they are allocated.
-                layer.new_param_blob = param_blob_maker(self.budget, layer)
+                layer.param_blob_factory = param_blob_maker(self.budget, layer)
                 self._setup(layer, lp, bottoms, tops)
                 self.layers.append(layer)
                 self._layer_names.append(lp.name)
