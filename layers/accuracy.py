@@ -6,7 +6,7 @@ The layer runs the same array code on both devices (NumPy or CuPy through
 import numpy as np
 
 from layers.base import NoGradientLayer, register
-from layers.softmax import check_labels, split_at_axis
+from layers.softmax import check_labels, read_ignore_label, split_at_axis
 from netdef.device import array_module
 
 
@@ -39,7 +39,7 @@ class AccuracyLayer(NoGradientLayer):
         param = self.param.accuracy_param
         self.top_k = int(param.top_k)
         self.axis_param = int(param.axis)
-        self.ignore_label = int(param.ignore_label) if param.HasField("ignore_label") else None
+        self.ignore_label = read_ignore_label(param)
         if self.top_k < 1:
             raise self.definition_error(f"accuracy_param.top_k must be >= 1, found {self.top_k}")
 

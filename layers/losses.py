@@ -17,7 +17,7 @@ import numpy as np
 from layers.base import Layer, register
 from layers.kernels import launch
 from layers.softmax import (check_labels, contiguous, legacy_shape, loss_normalizer,
-                            read_normalization, work_buffer)
+                            read_ignore_label, read_normalization, work_buffer)
 from netdef.device import array_module
 
 
@@ -142,7 +142,7 @@ class SigmoidCrossEntropyLossLayer(Layer):
 
     def layer_setup(self, bottoms, tops):
         loss_param = self.param.loss_param
-        self.ignore_label = int(loss_param.ignore_label) if loss_param.HasField("ignore_label") else None
+        self.ignore_label = read_ignore_label(loss_param)
         if loss_param.HasField("normalization") or loss_param.HasField("normalize"):
             self.normalization = read_normalization(loss_param)
         else:

@@ -14,7 +14,7 @@ from layers.base import Layer, register
 from layers.kernels import launch
 from layers.losses import check_first_axis, refuse_gradient
 from layers.softmax import (softmax_numpy, check_labels, contiguous, legacy_shape,
-                            loss_normalizer, split_at_axis, work_buffer)
+                            loss_normalizer, read_ignore_label, split_at_axis, work_buffer)
 from netdef.caffemodel import read_blob_proto
 from netdef.device import array_module
 
@@ -133,7 +133,7 @@ class InfogainLossLayer(Layer):
         if loss_param.HasField("normalize"):
             raise self.definition_error("loss_param.normalize is deprecated for InfogainLoss, "
                                         "use loss_param.normalization")
-        self.ignore_label = int(loss_param.ignore_label) if loss_param.HasField("ignore_label") else None
+        self.ignore_label = read_ignore_label(loss_param)
         self.normalization = type(loss_param).NormalizationMode.Name(loss_param.normalization)
         self.pre_fixed_normalizer = float(loss_param.pre_fixed_normalizer)
         param = self.param.infogain_loss_param

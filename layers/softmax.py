@@ -37,6 +37,12 @@ def legacy_shape(shape):
     return shape + (1,) * (4 - len(shape)) if len(shape) <= 4 else shape
 
 
+def read_ignore_label(param):
+    """``param.ignore_label`` (a LossParameter or AccuracyParameter) as an
+    int when it is set, else None (no label is ignored)."""
+    return int(param.ignore_label) if param.HasField("ignore_label") else None
+
+
 def read_normalization(loss_param):
     """The normalization mode name of a LossParameter, by Caffe's rule:
     ``normalization`` when set; otherwise the legacy ``normalize`` when set
@@ -210,7 +216,7 @@ class SoftmaxWithLossLayer(Layer):
 
     def layer_setup(self, bottoms, tops):
         loss_param = self.param.loss_param
-        self.ignore_label = int(loss_param.ignore_label) if loss_param.HasField("ignore_label") else None
+        self.ignore_label = read_ignore_label(loss_param)
         self.normalization = read_normalization(loss_param)
         self.pre_fixed_normalizer = float(loss_param.pre_fixed_normalizer)
         self.axis_param = int(self.param.softmax_param.axis)
