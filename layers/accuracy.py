@@ -63,8 +63,8 @@ class AccuracyLayer(NoGradientLayer):
         scores = bottoms[0].data.reshape(self.outer, self.channels, self.inner)
         xp = array_module(scores)
         raw = bottoms[1].data.reshape(-1)
-        labels = raw.astype(np.int64)
-        check_labels(self, 1, raw, labels, self.channels, self.ignore_label)
+        _, labels = check_labels(self, 1, raw, raw.astype(np.int64), self.channels,
+                                 self.ignore_label)
         valid = xp.ones(labels.shape, dtype=bool) if self.ignore_label is None \
             else labels != self.ignore_label
         safe = xp.where(valid, labels, 0)

@@ -258,7 +258,7 @@ class HingeLossLayer(Layer):
         """Scores ``(N, dim)`` and the raw labels ``(N,)``, labels checked."""
         x = contiguous(bottoms[0].data).reshape(self.element_loss.shape)
         raw = contiguous(bottoms[1].data).reshape(-1)
-        check_labels(self, 1, raw, raw.astype(np.int64), self.dim, None)
+        raw, _ = check_labels(self, 1, raw, raw.astype(np.int64), self.dim, None)
         return x, raw
 
     def forward_cpu(self, bottoms, tops):

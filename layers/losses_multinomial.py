@@ -63,8 +63,7 @@ class MultinomialLogisticLossLayer(Layer):
         """(rows, labels, the floored probability of each item's label)."""
         xp = array_module(bottoms[0].data)
         raw = contiguous(bottoms[1].data).reshape(-1)
-        labels = raw.astype(np.int64)
-        check_labels(self, 1, raw, labels, self.dim, None)
+        _, labels = check_labels(self, 1, raw, raw.astype(np.int64), self.dim, None)
         rows = xp.arange(self.num)
         p = bottoms[0].data.reshape(self.num, self.dim)[rows, labels]
         return rows, labels, xp.maximum(p, p.dtype.type(LOG_THRESHOLD))
@@ -195,8 +194,8 @@ class InfogainLossLayer(Layer):
     def _labels(self, bottoms):
         """(truncated labels with ignored ones set to 0, 1 where counted) (any device)."""
         raw = contiguous(bottoms[1].data).reshape(-1)
-        labels = raw.astype(np.int64)
-        check_labels(self, 1, raw, labels, self.channels, self.ignore_label)
+        _, labels = check_labels(self, 1, raw, raw.astype(np.int64), self.channels,
+                                 self.ignore_label)
         xp = array_module(labels)
         if self.ignore_label is None:
             return labels, xp.ones(labels.shape, dtype=self.prob.dtype)

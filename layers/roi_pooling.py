@@ -24,9 +24,10 @@ The RoI base class and the RoI checks here are shared with ``layers.roi_align``.
 """
 import numpy as np
 
+from layers import deferred_checks
 from layers.base import Layer, register
 from layers.kernels import launch
-from netdef.device import array_module, to_numpy
+from netdef.device import array_module
 from netdef.errors import DataError, ShapeError
 
 # Upper bound (elements) on the temporary arrays of the CPU RoIAlign paths;
@@ -83,11 +84,17 @@ class RoILayer(Layer):
     # outside any map is a caller's bug, not a box.
     MAX_MAP_COORDINATE = 2.0 ** 30
 
+    # The RoIs a deferred check found bad in this pass, (R,) bool, or None.
+    _bad_rois = None
+
     def check_rois(self, bottoms):
         """Raise DataError unless every RoI's batch index lies in [0, N) and
         its coordinates are finite and, scaled to the map, below
-        MAX_MAP_COORDINATE in magnitude. One reduction (one device sync on
-        the GPU)."""
+        MAX_MAP_COORDINATE in magnitude. One reduction; on the GPU inside a
+        Net's forward pass it is read with the loss at the end of the pass
+        (``layers.deferred_checks``), and until then ``kernel_rois`` gives
+        the kernels the bad RoIs as [0, 0, 0, 0, 0]."""
+        self._bad_rois = None
         rois = bottoms[1].data
         if rois.shape[0] == 0:
             return
@@ -98,14 +105,17 @@ class RoILayer(Layer):
         limit = self.MAX_MAP_COORDINATE / max(abs(self.spatial_scale), 1e-30)
         bad = ~((batch >= 0) & (batch < num_images)) | \
             ~(xp.abs(rois[:, 1:]) < limit).all(axis=1)
-        if bool(bad.any()):
-            r = int(xp.argmax(bad))
-            roi = to_numpy(rois[r]).tolist()
+        first = xp.argmax(bad)
+
+        def report(r, roi):
             raise DataError(
-                f"{self.where}: bottom '{self.bottom_name(1)}' RoI {r} is {roi}: expected a "
-                f"batch index in [0, {num_images}) (the images of bottom "
-                f"'{self.bottom_name(0)}') and finite coordinates of magnitude below "
+                f"{self.where}: bottom '{self.bottom_name(1)}' RoI {int(r)} is "
+                f"{roi.tolist()}: expected a batch index in [0, {num_images}) (the images of "
+                f"bottom '{self.bottom_name(0)}') and finite coordinates of magnitude below "
                 f"{limit:.3g} (2^30 map cells at spatial_scale {self.spatial_scale:g})")
+
+        if deferred_checks.check(xp, bad.any(), (first, rois[first]), report):
+            self._bad_rois = bad
 
     def reshape_position_sensitive(self, bottoms, tops):
         """Reshape of the position-sensitive layers (PSROIPooling,
@@ -130,7 +140,10 @@ class RoILayer(Layer):
     def kernel_rois(self, bottoms):
         """The RoIs as the kernels read them: contiguous, in the feature dtype."""
         xp = array_module(bottoms[0].data)
-        return xp.ascontiguousarray(bottoms[1].data, dtype=bottoms[0].data.dtype)
+        rois = xp.ascontiguousarray(bottoms[1].data, dtype=bottoms[0].data.dtype)
+        if self._bad_rois is None:
+            return rois
+        return xp.where(self._bad_rois[:, None], 0, rois)
 
 
 def _positive(layer, message_name, **values):

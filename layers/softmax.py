@@ -15,6 +15,7 @@ the product of the axes before ``a``, inner of those after it. For scores
 """
 import numpy as np
 
+from layers import deferred_checks
 from layers.base import Layer, register
 from layers.kernels import launch
 from netdef.device import array_module
@@ -73,22 +74,35 @@ def loss_normalizer(mode, *, full, batch, valid=None, pre_fixed=1.0):
 def check_labels(layer, bottom_index, raw, labels, num_classes, ignore_label):
     """Raise DataError when a label other than ``ignore_label`` lies outside
     ``[0, num_classes)``. ``labels`` are the truncated integers of ``raw``
-    (any device); the test is one vectorized reduction (one synchronization
-    on the GPU); the message names the layer, the label blob and the value."""
+    (any device); the message names the layer, the label blob and the value.
+
+    Returns ``(raw, labels)`` to go on with: the same arrays, or, where a
+    Net's forward pass defers the check to the end of the pass
+    (``layers.deferred_checks``: no synchronization here on the GPU),
+    copies with every bad label replaced by 0 so nothing reads out of
+    bounds before the pass raises."""
     xp = array_module(labels)
+    if labels.size == 0:
+        return raw, labels
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_label is not None:
         bad &= labels != ignore_label
-    if bool(bad.any()):
-        first = int(xp.flatnonzero(bad.reshape(-1))[0])
-        value = float(raw.reshape(-1)[first])
+    flat = bad.reshape(-1)
+    first = xp.argmax(flat)
+    details = (first, raw.reshape(-1)[first])
+
+    def report(first, value):
         allowed = f"an integer in [0, {num_classes - 1}]"
         if ignore_label is not None:
             allowed += f" or ignore_label {ignore_label}"
         raise DataError(
             f"{layer.where}: bottom '{layer.bottom_name(bottom_index)}' holds label "
-            f"{value:g} at flat index {first}, expected {allowed} "
+            f"{float(value):g} at flat index {int(first)}, expected {allowed} "
             f"({num_classes} classes)")
+
+    if deferred_checks.check(xp, flat.any(), details, report):
+        raw, labels = xp.where(bad, 0, raw), xp.where(bad, 0, labels)
+    return raw, labels
 
 
 def split_at_axis(layer, shape, axis_param, bottom_index=0):
@@ -251,9 +265,8 @@ class SoftmaxWithLossLayer(Layer):
         """(raw labels as a flat contiguous array, their truncated integers),
         after checking their range."""
         raw = contiguous(bottoms[1].data).reshape(-1)
-        labels = raw.astype(np.int64)
-        check_labels(self, 1, raw, labels, self.channels, self.ignore_label)
-        return raw, labels
+        return check_labels(self, 1, raw, raw.astype(np.int64), self.channels,
+                            self.ignore_label)
 
     def _ignored(self, labels):
         xp = array_module(labels)

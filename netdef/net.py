@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from layers import deferred_checks
 from layers.base import create_layer, layer_class
 from layers.neuron import RELU_MODES
 from layers.workspace import Workspace
@@ -434,18 +435,24 @@ class Net:
         first, last = self._range("forward", start, end)
         steps = self._steps_between(first, last)
         memory = self.memory if steps is self.steps else None
-        with self.device.context():
+        # The loss is summed on the device and read in one transfer at the
+        # end, together with the input checks the layers deferred to it.
+        with self.device.context(), deferred_checks.deferring() as pending:
             self.set_input_arrays(**inputs)
-            loss = 0.0  # summed on the device: one transfer at the end
-            for s, step in enumerate(steps):
-                step.forward()
-                for i in step.indices:
-                    for weight, top in zip(self.loss_weights[i], self.top_blobs[i]):
-                        if weight:
-                            loss = loss + weight * top.data.sum(dtype=np.float64)
-                if memory is not None:
-                    memory.after_forward(s)
-            loss = float(loss)
+            loss = 0.0
+            try:
+                for s, step in enumerate(steps):
+                    step.forward()
+                    for i in step.indices:
+                        for weight, top in zip(self.loss_weights[i], self.top_blobs[i]):
+                            if weight:
+                                loss = loss + weight * top.data.sum(dtype=np.float64)
+                    if memory is not None:
+                        memory.after_forward(s)
+            except Exception:
+                pending.raise_failed()  # a bad input explains what failed after it
+                raise
+            loss = pending.resolve(self.device.xp, loss)
         names = self.top_names[end] if end is not None else list(self.outputs)
         out = Outputs((name, self.blobs[name].data) for name in names + list(blobs or []))
         out.loss = loss

@@ -46,7 +46,9 @@ KERNEL void FN(softmax_backward)(const long long positions, const int channels,
 
 // Per position: loss = -log(max(prob[label], FLT_MIN)) and valid = 1, or
 // 0 and 0 where the label is the ignore label. Labels are truncated to int
-// as Caffe does; the caller has checked that the others lie in [0, channels).
+// as Caffe does; the others lie in [0, channels): the caller checked them,
+// or replaced the bad ones by 0 until the check's deferred error is raised
+// (layers/deferred_checks.py).
 KERNEL void FN(softmax_loss_forward)(const long long positions, const int channels,
                                      const long long inner, const real* prob,
                                      const real* label, real* loss, real* valid,
