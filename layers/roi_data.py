@@ -50,7 +50,12 @@ class RoIDataLayer(Layer):
     without box regression), ``N = ims_per_batch`` images padded to the
     largest:
         data ``(N, 3, H, W)``; rois ``(R, 5)`` ``[image, x1, y1, x2, y2]``;
-        labels ``(R,)``; bbox_targets, bbox_inside_weights,
+        labels ``(R, 1, 1, 1)`` (the layout of the ProposalTarget layer this
+        form stands in for: py-R-FCN's OHEM nets add SoftmaxWithLossOHEM's
+        per-RoI loss, shaped like the labels, to SmoothL1LossOHEM's
+        ``(R, 1, 1, 1)``; the loss and accuracy layers read labels by
+        count, so py-faster-rcnn's Fast R-CNN nets take them too);
+        bbox_targets, bbox_inside_weights,
         bbox_outside_weights ``(R, C)`` (``C = 4 * num_classes``, or 8
         class-agnostic): ``batch_size / N`` RoIs per image sampled from its
         proposals plus its ground truth on the unscaled boxes by the
@@ -199,7 +204,7 @@ class RoIDataLayer(Layer):
             return
         rois = self.batch_size if self.batch_size > 0 else 1
         width = 8 if self.class_agnostic else 4 * self.num_classes
-        shapes = [(rois, 5), (rois,), (rois, width), (rois, width), (rois, width)]
+        shapes = [(rois, 5), (rois, 1, 1, 1), (rois, width), (rois, width), (rois, width)]
         for top, shape in zip(tops[1:], shapes):
             top.reshape(shape)
 
@@ -319,7 +324,9 @@ class RoIDataLayer(Layer):
             target_creator=self.target_creator, tops=self.top_keys, name=self.where,
             on_error=self.on_error)
         self._staging = PinnedStaging(self.device, self.dtype)
-        self._pipeline = Prefetcher(self._staging.wrap(build), order.plans(self.epoch, self.cursor),
+        laid_out = build if self.has_rpn else (lambda plan: _proposal_target_layout(build(plan)))
+        self._pipeline = Prefetcher(self._staging.wrap(laid_out),
+                                    order.plans(self.epoch, self.cursor),
                                     depth=DEFAULT_DEPTH if self.prefetch else 0,
                                     name=f"{self.name} prefetch")
 
@@ -371,3 +378,11 @@ class RoIDataLayer(Layer):
         pass
 
     backward_gpu = backward_cpu
+
+
+def _proposal_target_layout(batch):
+    """A precomputed-RoI minibatch with its labels ``(R,)`` viewed as the
+    ProposalTarget layer's ``(R, 1, 1, 1)``."""
+    if "labels" in batch:
+        batch["labels"] = batch["labels"].reshape(-1, 1, 1, 1)
+    return batch
