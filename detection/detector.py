@@ -107,8 +107,23 @@ def _blob(net, name):
     return to_numpy(net.blobs[name].data)
 
 
+def _external_rois(net, boxes, im_scale):
+    """The ``rois`` input ``(R, 5)`` ``[0, x1, y1, x2, y2]`` of a Fast
+    R-CNN test net for proposals ``boxes`` ``(R, 4)`` in the image's pixels
+    (py-faster-rcnn's ``_get_rois_blob`` at one scale)."""
+    if "rois" not in net.inputs:
+        raise NetDefinitionError(
+            f"{net.source}: proposals from a file need a Fast R-CNN test net with the inputs "
+            f"data and rois; this net's inputs: {', '.join(net.inputs) or 'none'} (an RPN "
+            f"test net makes its own rois: drop --proposals)")
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    rois = np.zeros((len(boxes), 5), np.float32)
+    rois[:, 1:] = boxes * im_scale
+    return rois
+
+
 def im_detect(net, image_bgr, scale=DEFAULT_SCALE, max_size=DEFAULT_MAX_SIZE,
-              bbox_normalization=None):
+              bbox_normalization=None, proposals=None):
     """Scores and boxes of every RoI of one image.
 
     Args:
@@ -117,6 +132,9 @@ def im_detect(net, image_bgr, scale=DEFAULT_SCALE, max_size=DEFAULT_MAX_SIZE,
         scale, max_size: the image scaling rule (shorter side, longer cap).
         bbox_normalization: a ``BoxNormalization`` when the net predicts
             normalized deltas, else None.
+        proposals: None (the net makes its RoIs: RPN), or ``(R, 4)``
+            boxes in the image's pixels fed to a Fast R-CNN test net's
+            ``rois`` input (``im_info`` too when the net has that input).
 
     Returns ``(scores (R, C), boxes (R, 4C))`` float32: class probabilities
     and, per class, the decoded box ``[x1, y1, x2, y2]`` in the image's
@@ -124,9 +142,18 @@ def im_detect(net, image_bgr, scale=DEFAULT_SCALE, max_size=DEFAULT_MAX_SIZE,
     class, column block 0 the background box).
     """
     height, width = image_bgr.shape[:2]
+    if proposals is not None and np.asarray(proposals).size == 0 and "cls_prob" in net.blobs:
+        classes = net.blobs["cls_prob"].shape[-1]     # nothing to score: no RoI
+        return np.zeros((0, classes), np.float32), np.zeros((0, 4 * classes), np.float32)
     blob, im_scale = prepare_image(image_bgr, scale, max_size)
     im_info = np.array([[blob.shape[2], blob.shape[3], im_scale]], dtype=np.float32)
-    net.forward(data=blob, im_info=im_info)
+    if proposals is None:
+        net.forward(data=blob, im_info=im_info)
+    else:
+        inputs = {"data": blob, "rois": _external_rois(net, proposals, im_scale)}
+        if "im_info" in net.inputs:
+            inputs["im_info"] = im_info
+        net.forward(**inputs)
     rois = _blob(net, "rois").reshape(-1, 5)
     scores = _blob(net, "cls_prob").reshape(rois.shape[0], -1).astype(np.float32)
     deltas = _blob(net, "bbox_pred").reshape(rois.shape[0], -1).astype(np.float32)
@@ -172,19 +199,24 @@ class Detector:
 
     def __init__(self, net, *, scale=DEFAULT_SCALE, max_size=DEFAULT_MAX_SIZE,
                  bbox_normalization=None, score_thresh=DEFAULT_SCORE_THRESH,
-                 nms_thresh=DEFAULT_NMS_THRESH, max_per_image=DEFAULT_MAX_PER_IMAGE):
+                 nms_thresh=DEFAULT_NMS_THRESH, max_per_image=DEFAULT_MAX_PER_IMAGE,
+                 proposals=None):
         self.net = net
+        # {image id: (R, 4) boxes} for a Fast R-CNN test net (detection.proposal_checks)
+        self.proposals = proposals
         self.scale, self.max_size = int(scale), int(max_size)
         self.bbox_normalization = bbox_normalization
         self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
         self.max_per_image = int(max_per_image)
 
-    def im_detect(self, image_bgr):
-        return im_detect(self.net, image_bgr, self.scale, self.max_size, self.bbox_normalization)
+    def im_detect(self, image_bgr, proposals=None):
+        return im_detect(self.net, image_bgr, self.scale, self.max_size, self.bbox_normalization,
+                         proposals)
 
-    def detect(self, image_bgr):
-        """``postprocess`` of one image: ``[c] -> (N, 5)``."""
-        scores, boxes = self.im_detect(image_bgr)
+    def detect(self, image_bgr, proposals=None):
+        """``postprocess`` of one image: ``[c] -> (N, 5)``; ``proposals``
+        ``(R, 4)`` for a Fast R-CNN test net."""
+        scores, boxes = self.im_detect(image_bgr, proposals)
         return postprocess(scores, boxes, self.score_thresh, self.nms_thresh, self.max_per_image)
 
     def detect_dataset(self, dataset, progress=None):
@@ -193,8 +225,9 @@ class Detector:
         records = list(dataset.records)
         classes = len(dataset.classes)
         all_boxes = [[None] * len(records) for _ in range(classes)]
-        for i, (_, image) in enumerate(prefetched_images(records)):
-            dets = self.detect(image)
+        for i, (record, image) in enumerate(prefetched_images(records)):
+            dets = self.detect(image, None if self.proposals is None
+                               else self._proposals_of(record))
             if len(dets) != classes:
                 raise DataError(
                     f"{self.net.source}: the net scores {len(dets)} classes (background "
@@ -204,6 +237,11 @@ class Detector:
             if progress is not None:
                 progress(i + 1, len(records))
         return all_boxes
+
+    def _proposals_of(self, record):
+        if record.image_id not in self.proposals:
+            raise DataError(f"no proposals for image '{record.image_id}' ({record.path})")
+        return self.proposals[record.image_id]
 
 
 # -- box-target normalization in exported weights ------------------------------------------
