@@ -149,45 +149,65 @@ def resnet_trunk(depth, *, bottom="data", last_stage=5, dilate_res5=False, froze
     if not 1 <= last_stage <= 5:
         raise ValueError(f"last_stage must be in 1..5, found {last_stage}")
     with_specs = frozen_stages is not None
-
-    def conv_specs(stage, count=1):
-        if not with_specs:
-            return []
-        return specs(*[(0 if stage in frozen_stages else 1, None)] * count)
-
+    conv1_specs = specs(*[(0 if 1 in frozen_stages else 1, None)] * (2 if conv1_bias else 1)) \
+        if with_specs else []
     parts = [conv_bn("conv1", "_conv1", bottom, 64, 7, 2, 3, bias_term=conv1_bias,
-                     param=conv_specs(1, 2 if conv1_bias else 1), frozen_specs=with_specs),
+                     param=conv1_specs, frozen_specs=with_specs),
              layer("pool1", "Pooling", ["conv1"], ["pool1"],
                    pooling_param=dict(pool=Word("MAX"), kernel_size=3, stride=2))]
     outputs = {1: "pool1"}
     bottom = "pool1"
-    for stage, (count, width) in enumerate(zip(STAGES[depth], WIDTHS), start=2):
-        if stage > last_stage:
-            break
-        dilated = dilate_res5 and stage == 5
-        for i, block in enumerate(block_names(depth, count)):
-            tag = f"{stage}{block}"
-            stride = 2 if (i == 0 and stage > 2 and not dilated) else 1
-            options = dict(param=conv_specs(stage), frozen_specs=with_specs)
-            if i == 0:
-                parts.append(conv_bn(f"res{tag}_branch1", f"{tag}_branch1", bottom, 4 * width,
-                                     1, stride, with_relu=False, **options))
-                shortcut = f"res{tag}_branch1"
-            else:
-                shortcut = bottom
-            parts.append(conv_bn(f"res{tag}_branch2a", f"{tag}_branch2a", bottom, width, 1, stride,
-                                 **options))
-            parts.append(conv_bn(f"res{tag}_branch2b", f"{tag}_branch2b", f"res{tag}_branch2a",
-                                 width, 3, 1, 2 if dilated else 1, dilation=2 if dilated else 1,
-                                 **options))
-            parts.append(conv_bn(f"res{tag}_branch2c", f"{tag}_branch2c", f"res{tag}_branch2b",
-                                 4 * width, 1, with_relu=False, **options))
-            parts.append(layer(f"res{tag}", "Eltwise", [shortcut, f"res{tag}_branch2c"],
-                               [f"res{tag}"]))
-            parts.append(relu(f"res{tag}_relu", f"res{tag}"))
-            bottom = f"res{tag}"
+    for stage in range(2, last_stage + 1):
+        text, bottom = resnet_stage(depth, stage, bottom, frozen_stages=frozen_stages,
+                                    dilated=dilate_res5 and stage == 5)
+        parts.append(text)
         outputs[stage] = bottom
     return "".join(parts), outputs
+
+
+def resnet_stage(depth, stage, bottom, *, frozen_stages=None, dilated=False, first_stride=None):
+    """The blocks of stage ``stage`` (2..5 = res2..res5) of ResNet-``depth``
+    from ``bottom``; returns ``(text, top)``.
+
+    ``frozen_stages`` as in ``resnet_trunk`` (None: no param specs; a set:
+    lr_mult 0 on the convolutions when ``stage`` is in it, BatchNorm and
+    Scale always frozen). ``dilated``: stride 1 and dilation 2 (R-FCN's
+    res5). ``first_stride``: the first block's stride (default 2 for res3
+    .. res5, 1 for res2 and a dilated stage), e.g. 2 for a res5 that runs
+    on RoI-pooled features (Faster R-CNN ResNet)."""
+    if depth not in STAGES:
+        raise ValueError(f"depth must be one of {sorted(STAGES)}, found {depth}")
+    if not 2 <= stage <= 5:
+        raise ValueError(f"stage must be in 2..5, found {stage}")
+    with_specs = frozen_stages is not None
+    conv_specs = specs((0 if with_specs and stage in frozen_stages else 1, None)) \
+        if with_specs else []
+    if first_stride is None:
+        first_stride = 2 if stage > 2 and not dilated else 1
+    parts = []
+    count, width = STAGES[depth][stage - 2], WIDTHS[stage - 2]
+    for i, block in enumerate(block_names(depth, count)):
+        tag = f"{stage}{block}"
+        stride = first_stride if i == 0 else 1
+        options = dict(param=conv_specs, frozen_specs=with_specs)
+        if i == 0:
+            parts.append(conv_bn(f"res{tag}_branch1", f"{tag}_branch1", bottom, 4 * width,
+                                 1, stride, with_relu=False, **options))
+            shortcut = f"res{tag}_branch1"
+        else:
+            shortcut = bottom
+        parts.append(conv_bn(f"res{tag}_branch2a", f"{tag}_branch2a", bottom, width, 1, stride,
+                             **options))
+        parts.append(conv_bn(f"res{tag}_branch2b", f"{tag}_branch2b", f"res{tag}_branch2a",
+                             width, 3, 1, 2 if dilated else 1, dilation=2 if dilated else 1,
+                             **options))
+        parts.append(conv_bn(f"res{tag}_branch2c", f"{tag}_branch2c", f"res{tag}_branch2b",
+                             4 * width, 1, with_relu=False, **options))
+        parts.append(layer(f"res{tag}", "Eltwise", [shortcut, f"res{tag}_branch2c"],
+                           [f"res{tag}"]))
+        parts.append(relu(f"res{tag}_relu", f"res{tag}"))
+        bottom = f"res{tag}"
+    return "".join(parts), bottom
 
 
 def resnet_deploy(depth, size=224):
