@@ -2,6 +2,7 @@
 
     python -m solver.test NET --weights W [--data DIR] [--split test] [--dump FILE]
                           [--gpu N | --cpu] [--classes FILE] [--test-net FILE]
+                          [--proposals FILE [--max-proposals K]]
 
 NET is the net file given to ``solver.train`` (its TEST phase, or the test
 file beside a training file: see detection.detector) or a test net. W is a
@@ -15,6 +16,9 @@ difficult objects excluded, with a per-class table; COCO JSON data gets
 COCO-style AP (IoU 0.50:0.95, AP50, AP75, AR at 100 detections).
 ``--dump FILE`` writes every detection (image id, class, score, box in
 0-based pixels) as JSON. Results also go to ``FILE.json`` with ``--results``.
+A Fast R-CNN test net (inputs ``data`` and ``rois``) gets each image's
+proposals from ``--proposals FILE`` (``python -m solver.proposals``), its
+first ``--max-proposals`` (default 2000) boxes (solver.proposal_options).
 """
 import argparse
 import json
@@ -32,6 +36,7 @@ from detection.evaluate import (detection_progress, evaluate_detections, evaluat
                                    open_test_set, summary_line)
 from detection.detector import Detector, load_test_net, read_class_names
 from detection.evaluation import dump_detections
+from solver.proposal_options import add_proposal_arguments, evaluation_proposals
 
 __all__ = ["main", "select_device", "open_dataset", "builtin_dataset", "is_coco_path",
            "evaluate_detections", "add_device_arguments", "summary_line", "detection_progress"]
@@ -77,6 +82,7 @@ def build_parser():
                              "a truncated or corrupt file is found before testing, not when "
                              "first read (with --on-error skip it is left out)")
     add_device_arguments(parser)
+    add_proposal_arguments(parser, training=False)
     return parser
 
 
@@ -119,7 +125,9 @@ def _run(args, stream):
     detector = Detector(net, scale=info.scale, max_size=info.max_size,
                         bbox_normalization=info.bbox_normalization,
                         score_thresh=args.score_threshold, nms_thresh=args.nms,
-                        max_per_image=args.max_per_image)
+                        max_per_image=args.max_per_image,
+                        proposals=evaluation_proposals(args.proposals, args, net, dataset, root,
+                                                       say, images=args.images))
     all_boxes, _, summary, elapsed = evaluate_detector(detector, dataset, is_coco_path(root),
                                                        stream, every=50)
     say(summary_line(summary))

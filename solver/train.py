@@ -3,6 +3,7 @@
     python -m solver.train NET_OR_SOLVER.prototxt [--data DIR] [--weights FILE]
                            [--gpu N | --cpu] [--iters N] [--out DIR] [--resume SNAPSHOT]
                            [--seed N] [--solver FILE] [--eval-interval N]
+                           [--proposals FILE [--test-proposals FILE] [--max-proposals K]]
 
 What the first argument may be:
 
@@ -50,6 +51,13 @@ dataset (generated once into the cache folder). The net's data layer
 training split; a class count that does not match the net is an error
 saying how to regenerate the net.
 
+Fast R-CNN (a RoIData layer with ``has_rpn: false``) trains on the
+proposals of ``--proposals FILE`` (``python -m solver.proposals``:
+Selective Search, a .mat import; or an RPN stage's file) and, when its test
+net takes ``rois`` as an input, is evaluated on those of
+``--test-proposals FILE``; ``--max-proposals`` (default 2000) caps each
+image's (solver.proposal_options).
+
 Output in ``--out`` (default ``out/<net file stem>``): ``train_log.jsonl``
 (one JSON record per display iteration, snapshot, evaluation ...),
 ``train_log.png`` (detection.plot), snapshots ``<stem>_iter_N.solverstate.npz``
@@ -79,6 +87,8 @@ from detection.evaluate import evaluate_detector, evaluation_source, open_test_s
 from detection.detector import Detector, keep_detection_blobs, load_weights, resolve_test_net
 from detection.plot import plot_log
 from solver.progress import Progress, format_duration
+from solver.proposal_options import (add_proposal_arguments, evaluation_proposals,
+                                     training_proposals)
 from solver.session import TrainingSession, choose_seed
 from solver.train_caffe import PlainCaffeTraining, is_plain_caffe_net
 from solver.train_settings import (apply_reference_config, classify_file,
@@ -145,6 +155,7 @@ def build_parser():
     parser.add_argument("--blas-threads", type=int, metavar="N",
                         help="BLAS threads (default: the library's, or 1 for nets under "
                              f"{SMALL_NET_MACS / 1e9:g} G multiply-adds per pass on the CPU)")
+    add_proposal_arguments(parser, training=True)
     return parser
 
 
@@ -157,6 +168,9 @@ def main(argv=None, stream=None):
     def run():
         kind = classify_file(args.prototxt)
         if kind == "schedule":
+            if args.proposals or args.test_proposals:
+                raise DataError("--proposals / --test-proposals are for a Fast R-CNN net; the "
+                                "stages of a schedule name theirs (proposals_from)")
             return run_schedule(args.prototxt, args, stream)
         return Training(args, kind, stream).run()
     return exit_status(run)
@@ -170,6 +184,7 @@ class Training:
         self.args, self.kind, self.stream = args, kind, stream
         self.progress = None
         self.session, self.test_net, self.test_set = None, None, None
+        self.test_proposals = None
 
     def say(self, text):
         if self.progress is not None:
@@ -221,6 +236,9 @@ class Training:
         self.normalization, self.test_scale = export.normalization, session.test_scale
         metadata = session.metadata(train_set, root, export)
         self._build_test_net(settings, seed)
+        self.test_proposals = evaluation_proposals(
+            args.test_proposals, args, self.test_net, self.test_set, root, self.say,
+            images=args.test_images)
         solver = session.create_solver(settings.param, progress=self.progress, seed=seed,
                                        prefix=os.path.join(self.out, stem), metadata=metadata,
                                        export=export, base_dir=settings.base_dir)
@@ -271,7 +289,7 @@ class Training:
                                  check_images=args.check_images)
         padded = not args.data and train_set.num_classes < layer.num_classes
         train_set = self.session.prepare(train_set, builtin=not args.data)
-        self.session.feed(train_set)
+        self.session.feed(train_set, training_proposals(args, layer, train_set, root, self.say))
         left_out = f" ({len(layer.skipped)} without objects left out)" if layer.skipped else ""
         self.say(f"training on {len(train_set) - len(layer.skipped)} images of "
                  f"'{train_set.name}'{left_out} ({train_set.num_classes - 1} classes: "
@@ -303,8 +321,9 @@ class Training:
         training), with the lean memory plan of detection."""
         if self.test_set is None:
             return
-        path = settings.test_net or resolve_test_net(settings.net_path)[0]
-        self.test_net_path = self.args.test_net or path
+        # --test-net first: a training net without a test file beside it is fine then
+        self.test_net_path = (self.args.test_net or settings.test_net
+                              or resolve_test_net(settings.net_path)[0])
         self.test_net = Net(self.test_net_path, "TEST", device=self.device, seed=seed + 1)
         keep_detection_blobs(self.test_net)
         if "cls_prob" in self.test_net.blobs:
@@ -345,7 +364,7 @@ class Training:
         solver = self.session.solver
         share_layers(solver.net, self.test_net, self.test_net_path)
         detector = Detector(self.test_net, scale=self.test_scale[0], max_size=self.test_scale[1],
-                            bbox_normalization=self.normalization)
+                            bbox_normalization=self.normalization, proposals=self.test_proposals)
         self.say(f"evaluating iteration {solver.iter} on {len(self.test_set)} test images ...")
         _, table, summary, elapsed = evaluate_detector(detector, self.test_set, self.coco,
                                                        self.stream)
