@@ -42,7 +42,7 @@ TIERS = (
         "solver.schedule_file", "solver.schedule_state", "solver.schedule_train",
         "solver.schedule_stages", "solver.schedule_eval", "solver.session",
         "solver.train_settings", "solver.train_caffe", "solver.parse_log", "solver.visualize",
-        "solver.cli", "solver.proposals",
+        "solver.cli", "solver.proposals", "solver.rcnn_eval",
         "bench")),
 )
 
