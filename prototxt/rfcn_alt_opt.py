@@ -100,3 +100,72 @@ def _rfcn_net(depth, classes, net, k):
     parts += _rfcn_head(outputs[5], HEAD_CHANNELS, classes, k, False, FEAT_STRIDE, train)
     parts += _outputs(classes, k, False, train, train, True)
     return parts
+
+
+# -- the schedule ---------------------------------------------------------------------------
+
+#: Training lengths (max_iter, stepsize) of the RPN and the R-FCN stages, from
+#: tools/train_rfcn_alt_opt_5stage.py's get_solvers: its solver file names
+#: (stage1_rpn_solver60k80k.pt, stage1_rfcn_ohem_solver80k120k.pt; COCO's all
+#: *_solver360k480k.pt) and max_iters (VOC 80k / 120k / 80k / 120k / 80k,
+#: COCO 480k each).
+STAGE_LENGTHS = {"pascal_voc": {"rpn": (80000, 60000), "rfcn": (120000, 80000)},
+                 "coco": {"rpn": (480000, 360000), "rfcn": (480000, 360000)}}
+
+_SOLVER = ("    base_lr: 0.001\n    lr_policy: \"step\"\n    gamma: 0.1\n"
+           "    stepsize: {step}\n    max_iter: {iters}\n    momentum: 0.9\n"
+           "    weight_decay: 0.0005\n    display: 20\n    average_loss: 100\n"
+           "    snapshot: 10000\n")
+
+
+def _train_stage(name, net, init, lengths, proposals=None):
+    iters, step = lengths
+    lines = [f'stage {{\n  name: "{name}"\n  net: "{net}"\n']
+    if proposals:
+        lines.append(f'  proposals_from: "{proposals}"\n')
+    lines += [f'  init_from: "{init}"\n', "  solver {\n",
+              _SOLVER.format(step=step, iters=iters), "  }\n}\n"]
+    return "".join(lines)
+
+
+def _proposal_stage(name, from_stage, split=None):
+    extra = f'    split: "{split}"\n' if split else ""
+    return (f'stage {{\n  name: "{name}"\n  generate_proposals {{\n'
+            f'    rpn_net: "rpn_test.pt"\n    from_stage: "{from_stage}"\n{extra}  }}\n}}\n')
+
+
+def alt_opt_schedule(dataset="pascal_voc", depth=101):
+    """Text of a schedule file (solver.schedule) running py-R-FCN's 5-step
+    alternating training with its own stage files, to be put in their
+    folder (models/<dataset>/ResNet-<depth>/rfcn_alt_opt_5step_ohem/)."""
+    if dataset not in STAGE_LENGTHS:
+        raise ValueError(f"dataset must be one of {sorted(STAGE_LENGTHS)}, found {dataset!r}")
+    rpn, rfcn = STAGE_LENGTHS[dataset]["rpn"], STAGE_LENGTHS[dataset]["rfcn"]
+    splits = ("trainval", "test") if dataset == "pascal_voc" else ("train", "val")
+    header = (
+        f"# py-R-FCN's 5-step alternating training with OHEM (tools/train_rfcn_alt_opt_5stage.py,\n"
+        f"# experiments/cfgs/rfcn_alt_opt_5step_ohem.yml) for ResNet-{depth} on {dataset},\n"
+        f"# with py-R-FCN's own stage files; put this file beside them and run\n"
+        f"#   python -m solver.schedule THIS_FILE --weights ResNet-{depth}-model.caffemodel "
+        f"--data DATA\n"
+        f"# Written by prototxt.rfcn_alt_opt.alt_opt_schedule. The Proposal layer of rpn_test.pt\n"
+        f"# keeps its TEST defaults, py-R-FCN's 6000 / 300 boxes before / after NMS. Stage 0\n"
+        f"# (RPN target statistics, RPN_NORMALIZE_TARGETS) has no counterpart: the RPN\n"
+        f"# stages train on unnormalized targets. The detector to test is stage2_rfcn's\n"
+        f"# weights in rfcn_test.pt on stage3_test_proposals (no assemble stage: there is\n"
+        f"# no end-to-end file with this 256-channel RPN to assemble into).\n"
+        f'name: "py-R-FCN ResNet-{depth} {dataset}, rfcn_alt_opt_5step_ohem"\n'
+        f'train_split: "{splits[0]}"\ntest_split: "{splits[1]}"\nrandom_seed: 0\n\n')
+    return "".join([
+        header,
+        _train_stage("stage1_rpn", "stage1_rpn_train.pt", "pretrained", rpn),
+        _proposal_stage("stage1_proposals", "stage1_rpn"),
+        _train_stage("stage1_rfcn", "stage1_rfcn_ohem_train.pt", "pretrained", rfcn,
+                     "stage1_proposals"),
+        _train_stage("stage2_rpn", "stage2_rpn_train.pt", "stage:stage1_rfcn", rpn),
+        _proposal_stage("stage2_proposals", "stage2_rpn"),
+        _train_stage("stage2_rfcn", "stage2_rfcn_ohem_train.pt", "pretrained", rfcn,
+                     "stage2_proposals"),
+        _train_stage("stage3_rpn", "stage3_rpn_train.pt", "stage:stage2_rfcn", rpn),
+        _proposal_stage("stage3_test_proposals", "stage3_rpn", splits[1]),
+    ])

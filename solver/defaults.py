@@ -24,9 +24,12 @@ native nets carry their settings in their typed parameters):
 - py-R-FCN: a PSROIPooling layer, or a ResNet trunk (BatchNorm layers)
   under an RPN (its alternating RPN stages have no R-FCN head); py-faster-
   rcnn ships no ResNet net.
-- end-to-end: a ProposalTarget Python layer (rpn.proposal_target_layer);
-  alternating: the stage nets, which have none (RPN stages, detector
-  stages on precomputed RoIs, rpn_test / rfcn_test).
+- end-to-end: a ProposalTarget Python layer (rpn.proposal_target_layer),
+  or for a test net (no data layer) a Proposal layer feeding a detector
+  head; alternating: the stage nets (RPN stages, detector stages on
+  precomputed RoIs, rpn_test, rfcn_test on given RoIs). py-faster-rcnn's
+  alternating faster_rcnn_test.pt is the end-to-end test net's layout and
+  is taken as such; a test net's config holds TRAIN settings only anyway.
 - OHEM: a BoxAnnotatorOHEM layer.
 
   py-R-FCN end-to-end            -> rfcn_end2end.yml
@@ -167,7 +170,11 @@ def reference_config(net_param):
     if not python & set(_REFERENCE_MODULES):
         return None
     types = {lp.type for lp in net_param.layer}
-    end_to_end = "rpn.proposal_target_layer" in python
+    # A test net (no data layer) is end-to-end when it has both an RPN and a
+    # detector head; its config's values are TRAIN settings either way.
+    end_to_end = "rpn.proposal_target_layer" in python or (
+        _DATA_MODULE not in python and "rpn.proposal_layer" in python
+        and bool(types & {"PSROIPooling", "ROIPooling"}))
     ohem = "BoxAnnotatorOHEM" in types
     rfcn = "PSROIPooling" in types or ("BatchNorm" in types and "ROIPooling" not in types)
     kind = ("end-to-end" if end_to_end else "alternating") + (" with OHEM" if ohem else "")

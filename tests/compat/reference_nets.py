@@ -12,6 +12,11 @@ Everything else is the file's text, unchanged.
 Reference shapes: one 600 x 1000 image (data 1x3x600x1000, im_info 1x3),
 3 ground-truth boxes (gt_boxes 3x5), for the Fast R-CNN stages 128 RoIs with
 their labels and targets.
+
+``RFCN_ALT_OPT_NETS``: py-R-FCN's alternating 5-step OHEM stage files
+(models/{pascal_voc,coco}/ResNet-*/rfcn_alt_opt_5step_ohem/*.pt), written by
+prototxt.rfcn_alt_opt (its docstring lists the facts); their precomputed-RoI
+inputs take py-R-FCN's layout (``alt_opt_input_shapes``).
 """
 import dataclasses
 
@@ -21,6 +26,7 @@ from netdef import caffe_pb2
 from netdef.schema import read_net
 from prototxt.faster_rcnn import REFERENCE_FILES, faster_rcnn_net
 from prototxt.rfcn import rfcn_net
+from prototxt.rfcn_alt_opt import ALT_OPT_NETS, alt_opt_phase, rfcn_alt_opt_net
 
 CLASSES = 21
 ROIS = 128
@@ -33,7 +39,8 @@ class ReferenceNet:
     project: str           # "py-R-FCN" or "py-faster-rcnn"
     path: str              # the file's path in that project
     phase: str             # the phase it is run in
-    kind: str              # "rfcn", "rpn_stage", "fast_rcnn_stage", "faster_rcnn"
+    kind: str              # "rfcn", "rpn_stage", "fast_rcnn_stage", "faster_rcnn",
+                           # "rfcn_alt_opt"
     options: tuple         # keyword arguments of the generator, as pairs
 
     @property
@@ -42,6 +49,8 @@ class ReferenceNet:
 
     def text(self):
         options = dict(self.options)
+        if self.kind == "rfcn_alt_opt":
+            return rfcn_alt_opt_net(**options)
         if self.project == "py-R-FCN":
             return rfcn_net(python_layers=True, phase=self.phase, **options)
         return faster_rcnn_net(python_layers=True, **options)
@@ -89,12 +98,38 @@ FASTER_RCNN_NETS = (
 REFERENCE_NETS = RFCN_NETS + FASTER_RCNN_NETS
 
 
+def _alt_opt(dataset, depth, net):
+    classes = {"pascal_voc": 21, "coco": 81}[dataset]
+    return ReferenceNet("py-R-FCN", f"models/{dataset}/ResNet-{depth}/rfcn_alt_opt_5step_ohem/"
+                        f"{net}.pt", alt_opt_phase(net), "rfcn_alt_opt",
+                        (("classes", classes), ("depth", depth), ("net", net)))
+
+
+#: py-R-FCN's 5-step stage files: VOC ResNet-50 and -101, COCO ResNet-101.
+RFCN_ALT_OPT_NETS = tuple(_alt_opt(dataset, depth, net)
+                          for dataset, depth in (("pascal_voc", 101), ("pascal_voc", 50),
+                                                 ("coco", 101))
+                          for net in ALT_OPT_NETS)
+
+
 def input_shapes(image=(600, 1000), classes=CLASSES, rois=ROIS, gt_boxes=GT_BOXES):
     """Reference shape of every blob a data layer or a test net provides."""
     box = (rois, 4 * classes)
     return {"data": (1, 3) + tuple(image), "im_info": (1, 3), "gt_boxes": (gt_boxes, 5),
             "rois": (rois, 5), "labels": (rois,), "bbox_targets": box,
             "bbox_inside_weights": box, "bbox_outside_weights": box}
+
+
+def alt_opt_input_shapes(image=(600, 1000), classes=CLASSES, rois=ROIS, gt_boxes=GT_BOXES):
+    """``input_shapes`` for py-R-FCN's alternating stage files: the
+    precomputed RoIs come with labels ``(R, 1, 1, 1)`` and class-agnostic
+    targets ``(R, 8)`` (rfcn_alt_opt_5step_ohem.yml: AGONISTIC), as the
+    RoIData layer gives them with that config."""
+    shapes = input_shapes(image, classes, rois, gt_boxes)
+    box = (rois, 8)
+    shapes.update(labels=(rois, 1, 1, 1), bbox_targets=box, bbox_inside_weights=box,
+                  bbox_outside_weights=box)
+    return shapes
 
 
 def is_roi_data_layer(layer):
@@ -136,6 +171,10 @@ def net_param(reference, image=(600, 1000), rois=ROIS):
     """The reference net's NetParameter with inputs of the reference shapes
     (``image`` the data's height and width, ``rois`` the Fast R-CNN stages'
     RoI count)."""
+    if reference.kind == "rfcn_alt_opt":
+        classes = dict(reference.options)["classes"]
+        return with_inputs(read_net(reference.text()),
+                           alt_opt_input_shapes(image, classes, rois=rois))
     return with_inputs(read_net(reference.text()), input_shapes(image, rois=rois))
 
 
