@@ -4,6 +4,7 @@
                                [--mode fast|quality] [--max-per-image 2000] [--images N]
                                [--threads N]
     python -m solver.proposals import-mat --mat-dir DIR --out FILE [--data DIR] [--split S]
+    python -m solver.proposals recall FILE [--data DIR] [--split S] [--max-proposals K]
 
 ``selective-search``: Selective Search (OpenCV contrib, the ``proposals``
 extra) over every image of the split, images without objects included;
@@ -13,7 +14,9 @@ most 2000 boxes per image (Fast R-CNN's number), duplicates and boxes under
 py-faster-rcnn's ``selective_search_data`` file of the split (``<split>.mat``
 in ``--mat-dir``, else the one ``*_<split>.mat`` there, as
 ``voc_2007_trainval.mat``; or ``--mat FILE``), its 1-based ``[y1 x1 y2 x2]``
-boxes converted to ours and checked against the dataset.
+boxes converted to ours and checked against the dataset. ``recall``: the
+share of the split's objects that some proposal of the file overlaps at IoU
+0.5 and 0.7 (detection.proposal_recall), with the boxes per image.
 
 Both write the pickle-free proposals file of detection.proposals (the one
 the staged schedule writes), which ``python -m solver.train NET --proposals
@@ -27,6 +30,9 @@ import sys
 import time
 
 from netdef.errors import DataError
+from detection.proposal_checks import DEFAULT_MAX_PROPOSALS, check_proposals
+from detection.proposals import Proposals
+from detection.proposal_recall import proposal_recall
 from detection.proposal_sources import (DEFAULT_MAX_PER_IMAGE, DEFAULT_MODE, MODES, import_mat,
                                         selective_search)
 from solver.cli import builtin_dataset, exit_status, open_dataset
@@ -56,11 +62,17 @@ def build_parser():
     where = mat.add_mutually_exclusive_group(required=True)
     where.add_argument("--mat-dir", metavar="DIR", help="a selective_search_data folder")
     where.add_argument("--mat", metavar="FILE", help="the .mat file itself")
-    for command in (ss, mat):
+    recall = commands.add_parser("recall", help="recall of the ground truth at IoU 0.5 / 0.7")
+    recall.add_argument("file", help="a proposals file")
+    recall.add_argument("--max-proposals", type=int, default=DEFAULT_MAX_PROPOSALS, metavar="K",
+                        help=f"each image's first K boxes (default {DEFAULT_MAX_PROPOSALS}; "
+                             f"0: all)")
+    for command in (ss, mat, recall):
         command.add_argument("--data", help="dataset: a VOC-layout folder, a VOCdevkit, or a "
                                             "COCO JSON (default: the built-in synthetic "
                                             "dataset)")
         command.add_argument("--split", default="trainval", help="split (default trainval)")
+    for command in (ss, mat):
         command.add_argument("--out", required=True, help="the proposals file to write (.npz)")
     return parser
 
@@ -137,6 +149,24 @@ def _import_mat(args, say):
     return proposals, f"from {path}"
 
 
+def _recall(args, say):
+    _, dataset = _dataset(args, say)
+    if args.max_proposals < 0:
+        raise DataError(f"--max-proposals must be positive (0: all), found {args.max_proposals}")
+    proposals = Proposals.load(args.file)
+    check_proposals(proposals, dataset, args.file)
+    # The images the file holds (a file of the first N images measures those).
+    index = {r.image_id: r for r in dataset.records}
+    records = [index[i] for i in proposals.image_ids]
+    cap = args.max_proposals or None
+    table = proposal_recall([b[:cap] for b in proposals.boxes], records)
+    say(f"{args.file}: {table['boxes_per_image']} boxes per image; recall of the "
+        f"{table['objects']} objects of {len(records)} images of '{dataset.name}': "
+        + ", ".join(f"{v:.3f} at IoU {t}" for t, v in table["recall"].items())
+        + f"; mean best IoU {table['best_iou_mean']:.3f}")
+    return table
+
+
 def main(argv=None, stream=None):
     """The entry point; returns the exit status (0 done, 2 a user error)."""
     args = build_parser().parse_args(argv)
@@ -146,6 +176,9 @@ def main(argv=None, stream=None):
         print(text, file=stream, flush=True)
 
     def run():
+        if args.command == "recall":
+            _recall(args, say)
+            return 0
         if args.command == "selective-search":
             proposals, how = _selective_search(args, stream, say)
         else:

@@ -12,6 +12,7 @@ from detection import proposal_sources
 from detection.datasets import load_dataset
 from detection.datasets.synthetic import generate
 from detection.detector import im_detect
+from detection.proposal_recall import proposal_recall
 from detection.proposal_checks import (check_proposals, image_box_problem,
                                        proposals_for_dataset)
 from detection.proposal_sources import (clean_boxes, import_mat, rects_to_boxes,
@@ -342,3 +343,41 @@ def test_im_detect_feeds_the_proposals_as_rois(data, tmp_path):
     with pytest.raises(Exception, match=r"need a Fast R-CNN test net with the inputs data and "
                                         r"rois"):
         im_detect(rpn_net, image, 192, 256, proposals=boxes)
+
+
+# -- recall ---------------------------------------------------------------------------------------
+
+def test_recall_against_plain_loops(split):
+    rng = np.random.default_rng(1)
+    boxes = []
+    for record in split.records:
+        jitter = rng.integers(-6, 7, size=(len(record.boxes), 4))
+        near = np.clip(record.boxes + jitter, 0, [255, 191, 255, 191])
+        near[:, 2:] = np.maximum(near[:, 2:], near[:, :2])
+        boxes.append(np.concatenate([record.boxes[:1], near[1::2],
+                                     rng.integers(0, 100, size=(5, 4)) + [0, 0, 60, 60]]))
+    found = proposal_recall(boxes, split.records, thresholds=(0.5, 0.7, 0.9))
+    best = []
+    for record, props in zip(split.records, boxes):
+        for g in record.boxes.tolist():
+            ious = []
+            for p in props.tolist():
+                iw = min(g[2], p[2]) - max(g[0], p[0]) + 1
+                ih = min(g[3], p[3]) - max(g[1], p[1]) + 1
+                inter = max(iw, 0) * max(ih, 0)
+                area = ((g[2] - g[0] + 1) * (g[3] - g[1] + 1) + (p[2] - p[0] + 1)
+                        * (p[3] - p[1] + 1) - inter)
+                ious.append(inter / area if inter > 0 else 0.0)
+            best.append(max(ious))
+    assert found["objects"] == len(best) and found["images"] == len(split.records)
+    for t in (0.5, 0.7, 0.9):
+        assert found["recall"][f"{t:g}"] == round(float(np.mean(np.array(best) >= t)), 4)
+    assert 0 < found["recall"]["0.9"] < found["recall"]["0.5"] < 1
+
+
+def test_recall_command(ss_files, data, capsys):
+    trainval, _ = ss_files
+    assert proposals_cli.main(["recall", str(trainval), "--data", data, "--max-proposals",
+                               "10"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "10.0 boxes per image" in line and "at IoU 0.5" in line and "at IoU 0.7" in line
