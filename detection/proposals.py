@@ -21,7 +21,14 @@ The file (``netdef.snapshot_format``: an ``.npz`` of arrays plus JSON, no
 pickle) holds ``boxes`` ``(N, 4)`` float32, the proposals of all images
 concatenated, ``counts`` ``(I,)`` int64 per image, ``scores`` ``(N,)``
 float32 when present, and in its metadata the image ids (in file order),
-the dataset name, the cache ``key`` and what produced it.
+the dataset name, the cache ``key`` and what produced it. Files of other
+sources have the same form (and the same ``kind``, "rpn-proposals", so
+that every reader takes them), their metadata saying where they come from:
+``source`` "selective_search" with its ``mode``, ``max_per_image`` and
+``min_size``, or "mat" with the ``file`` imported
+(detection.proposal_sources; ``python -m solver.proposals``). Boxes are
+listed best first per image (RPN score, Selective Search rank), so a cap
+keeps each image's first ones (detection.proposal_checks).
 
 ``proposals_key`` hashes everything the proposals depend on: the RPN net
 (its text after any overrides), the bytes of the weights file, the image
