@@ -1,49 +1,72 @@
-"""Generator of py-faster-rcnn's VGG16 Faster R-CNN networks.
+"""Generator of Faster R-CNN and Fast R-CNN networks on any backbone, and of
+py-faster-rcnn's own nets (ZF, VGG_CNN_M_1024, VGG16).
 
-    python -m prototxt.faster_rcnn --net end2end_train > train.prototxt
-    python -m prototxt.faster_rcnn --net stage1_rpn_train --python-layers
-    python -m prototxt.faster_rcnn --out-dir my_nets/ [--python-layers]   # all eight
+    python -m prototxt.faster_rcnn --backbone tiny --phase BOTH > my_net.prototxt
+    python -m prototxt.faster_rcnn --backbone resnet101 --classes 81 --phase BOTH
+    python -m prototxt.faster_rcnn --backbone zf --phase TEST --python-layers
+    python -m prototxt.faster_rcnn --backbone tiny --proposals external --phase BOTH
+    python -m prototxt.faster_rcnn --regenerate      # prototxt/faster_rcnn_tiny*, fast_rcnn_tiny*
+    python -m prototxt.faster_rcnn --net end2end_train > train.prototxt     # py-faster-rcnn's
+    python -m prototxt.faster_rcnn --net stage1_rpn_train --backbone zf --python-layers
+    python -m prototxt.faster_rcnn --out-dir my_nets/ [--backbone zf] [--python-layers]
 
-The nets, as py-faster-rcnn ships them (models/pascal_voc/VGG16/
-faster_rcnn_end2end/{train,test}.prototxt and faster_rcnn_alt_opt/*.pt):
+``--backbone`` (tiny, zf, vgg_cnn_m_1024, vgg16, resnet50, resnet101)
+writes one Faster R-CNN net (``prototxt.faster_rcnn_backbone``: trunk,
+RPN, RoI head; the trunks and heads are in ``prototxt.faster_rcnn_parts``),
+or with ``--proposals external`` a Fast R-CNN net trained on proposals from
+a file; ``--phase BOTH`` puts TRAIN and TEST in one file, the form
+``python -m solver.train`` trains. The committed files (``--regenerate``)
+are listed in ``prototxt.faster_rcnn_files``.
 
-- ``end2end_train`` / ``end2end_test``: VGG16 conv1_1 .. conv5_3 (conv1 and
-  conv2 frozen, lr_mult 0), RPN on conv5_3 (rpn_conv/3x3 512, 2A scores, 4A
-  deltas), Proposal, in training AnchorTarget + RPN losses and
-  ProposalTarget; RoI max pooling 7 x 7 at 1/16 (roi_pool5), fc6 / fc7 4096
-  with ReLU and dropout 0.5, cls_score (classes) and bbox_pred
+``--net`` writes one of py-faster-rcnn's eight nets for ``--backbone`` zf,
+vgg_cnn_m_1024 or vgg16 (default), as it ships them
+(models/pascal_voc/<NET>/faster_rcnn_end2end/{train,test}.prototxt and
+faster_rcnn_alt_opt/*.pt):
+
+- ``end2end_train`` / ``end2end_test``: the trunk (VGG16 with conv1 and
+  conv2 frozen, VGG_CNN_M_1024 with conv1 frozen, ZF all trained), the RPN
+  on its last convolution (rpn_conv/3x3 512, ZF and VGG-M 256; 2A scores,
+  4A deltas), Proposal, in training AnchorTarget + RPN losses and
+  ProposalTarget; RoI max pooling at 1/16 (VGG16 7 x 7 roi_pool5, ZF 6 x 6
+  roi_pool_conv5, VGG-M 6 x 6 roi_pool5), fc6 / fc7 (4096 / 4096, VGG-M
+  4096 / 1024) with ReLU and dropout 0.5, cls_score (classes) and bbox_pred
   (4 x classes), SoftmaxWithLoss and SmoothL1Loss (sigma 1), cls_prob in
   test.
 - The alternating optimization's four training stages:
-  ``stage1_rpn_train`` (conv1-2 frozen) and ``stage2_rpn_train`` (every
-  convolution frozen) train the RPN from data / im_info / gt_boxes and carry
-  fc6 / fc7 as frozen dummies fed by a zero DummyData (1, 25088) so their
-  initial weights are saved; ``stage1_fast_rcnn_train`` (conv1-2 frozen)
-  and ``stage2_fast_rcnn_train`` (every convolution frozen) train the
-  detector on precomputed proposals (data layer tops data, rois, labels,
-  bbox_targets, bbox_inside_weights, bbox_outside_weights) and carry the
-  RPN convolutions as frozen dummies ending in Silence layers.
+  ``stage1_rpn_train`` (the reference's frozen convolutions) and
+  ``stage2_rpn_train`` (every convolution frozen) train the RPN from data /
+  im_info / gt_boxes and carry fc6 / fc7 as frozen dummies fed by a zero
+  DummyData (1, channels x pooled^2: 25088 for VGG16) so their initial
+  weights are saved; ``stage1_fast_rcnn_train`` and
+  ``stage2_fast_rcnn_train`` (every convolution frozen) train the detector
+  on precomputed proposals (data layer tops data, rois, labels,
+  bbox_targets, bbox_inside_weights, bbox_outside_weights: natively the
+  RoIData layer's precomputed-RoI form with Fast R-CNN's sampling) and
+  carry the RPN convolutions as frozen dummies ending in Silence layers.
 - ``rpn_test`` (proposals and their scores) and ``faster_rcnn_test`` (the
   whole detector), with no param specs and no dropout.
 
 ``python_layers=True`` writes py-faster-rcnn's own form (type "Python"
 layers for roi_data_layer.layer.RoIDataLayer, rpn.anchor_target_layer,
 rpn.proposal_layer, rpn.proposal_target_layer), which this engine maps onto
-its native layers; the default writes the native typed layers, and Input
-layers for the training data (data (1, 3, 600, 1000), im_info (1, 3),
-gt_boxes (1, 5); for the Fast R-CNN stages 128 RoIs) until the
-dataset-reading data layer exists.
+its native layers; the default writes the native typed layers, with the
+RoIData layer reading the dataset ``python -m solver.train`` gives it.
 """
 import argparse
 import sys
 from pathlib import Path
 
-from prototxt.faster_rcnn_parts import (ALL_FROZEN, FROZEN, HEADS, fast_rcnn_data,
+from prototxt.faster_rcnn_backbone import PROPOSALS
+from prototxt.faster_rcnn_files import committed_files
+from prototxt.faster_rcnn_files import generated_file as generated_file_for
+from prototxt.faster_rcnn_parts import (BACKBONES, ALL_FROZEN, FROZEN, HEADS, fast_rcnn_data,
                                         fast_rcnn_losses, faster_rcnn_trunk, param_specs,
                                         roi_head, rpn_test_layers, rpn_train_layers, vgg16)
 from prototxt.resnet import layer
 from prototxt.rpn_parts import (CONSTANT_0, TEST_IMAGE_PY, TRAIN_IMAGE, legacy_inputs, rpn_head,
                                 rpn_proposals, rpn_train_data, proposal_targets)
+
+HERE = Path(__file__).resolve().parent
 
 __all__ = ["NETS", "REFERENCE_FILES", "PY_FASTER_RCNN_BACKBONES", "faster_rcnn_net",
            "generated_file", "file_name", "vgg16", "fast_rcnn_data", "main"]
@@ -140,39 +163,82 @@ def faster_rcnn_net(net="end2end_train", classes=21, *, python_layers=False, ima
     return "".join(parts)
 
 
-def generated_file(net="end2end_train", classes=21, *, python_layers=False):
+def generated_file(net="end2end_train", classes=21, *, python_layers=False, backbone="vgg16"):
+    """``faster_rcnn_net`` text with a header naming the command that wrote it."""
     command = (f"python -m prototxt.faster_rcnn --net {net} --classes {classes}" +
+               (f" --backbone {backbone}" if backbone != "vgg16" else "") +
                (" --python-layers" if python_layers else ""))
     return (f"# Generated by: {command}\n# Do not edit: change the options and regenerate.\n" +
-            faster_rcnn_net(net, classes, python_layers=python_layers))
+            faster_rcnn_net(net, classes, python_layers=python_layers, backbone=backbone))
 
 
-def file_name(net, python_layers=False):
-    return f"faster_rcnn_vgg16_{net}{'_python_layers' if python_layers else ''}.prototxt"
+def file_name(net, python_layers=False, backbone="vgg16"):
+    return f"faster_rcnn_{backbone}_{net}{'_python_layers' if python_layers else ''}.prototxt"
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m prototxt.faster_rcnn",
+        description="Write a Faster R-CNN (or, with --proposals external, Fast R-CNN) network "
+                    "on a backbone (--backbone), or one of py-faster-rcnn's end-to-end and "
+                    "alternating-optimization nets (--net) for ZF, VGG_CNN_M_1024 or VGG16.")
+    parser.add_argument("--backbone", choices=BACKBONES,
+                        help="trunk and head (default: vgg16 with --net or --out-dir)")
+    parser.add_argument("--net", choices=NETS,
+                        help="one of py-faster-rcnn's nets (default end2end_train when no "
+                             "--backbone is given)")
+    parser.add_argument("--classes", type=int,
+                        help="number of classes including the background (default 21, PASCAL "
+                             "VOC; tiny: 7, the built-in dataset)")
+    parser.add_argument("--phase", choices=("TRAIN", "TEST", "BOTH"), default="TRAIN",
+                        type=str.upper,
+                        help="with --backbone: the net of one phase, or BOTH in one file "
+                             "(include rules), which python -m solver.train takes "
+                             "(default TRAIN)")
+    parser.add_argument("--proposals", choices=PROPOSALS, default="rpn",
+                        help="rpn: Faster R-CNN (the net's own RPN); external: Fast R-CNN on "
+                             "proposals from a file (solver.train NET --proposals FILE)")
+    parser.add_argument("--python-layers", action="store_true",
+                        help="py-faster-rcnn's type: \"Python\" layers instead of native ones")
+    parser.add_argument("--out-dir", type=Path,
+                        help="write py-faster-rcnn's eight nets of the backbone there")
+    parser.add_argument("--regenerate", action="store_true",
+                        help="rewrite the generated files kept in prototxt/")
+    return parser
+
+
+def _write_legacy(args, backbone, classes):
+    if args.out_dir:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for net in NETS:
+            path = args.out_dir / file_name(net, args.python_layers, backbone)
+            path.write_text(generated_file(net, classes, python_layers=args.python_layers,
+                                           backbone=backbone))
+            print(f"wrote {path}")
+    else:
+        sys.stdout.write(generated_file(args.net or "end2end_train", classes,
+                                        python_layers=args.python_layers, backbone=backbone))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m prototxt.faster_rcnn",
-        description="Write py-faster-rcnn's VGG16 Faster R-CNN networks (end-to-end and "
-                    "alternating optimization stages).")
-    parser.add_argument("--net", choices=NETS, default="end2end_train")
-    parser.add_argument("--classes", type=int, default=21,
-                        help="number of classes including the background (default 21)")
-    parser.add_argument("--python-layers", action="store_true",
-                        help="py-faster-rcnn's type: \"Python\" layers instead of native ones")
-    parser.add_argument("--out-dir", type=Path, help="write all eight nets there")
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.regenerate:
+        for name, text in committed_files().items():
+            (HERE / name).write_text(text)
+            print(f"wrote {HERE / name}")
+        return 0
     try:
-        if args.out_dir:
-            args.out_dir.mkdir(parents=True, exist_ok=True)
-            for net in NETS:
-                path = args.out_dir / file_name(net, args.python_layers)
-                path.write_text(generated_file(net, args.classes, python_layers=args.python_layers))
-                print(f"wrote {path}")
+        if args.net or args.out_dir or not args.backbone:
+            backbone = args.backbone or "vgg16"
+            if args.phase != "TRAIN" or args.proposals != "rpn":
+                raise ValueError("--phase and --proposals go with --backbone alone; --net "
+                                 "names a phase and a proposal source itself")
+            _write_legacy(args, backbone, 21 if args.classes is None else args.classes)
         else:
-            sys.stdout.write(generated_file(args.net, args.classes,
-                                            python_layers=args.python_layers))
+            sys.stdout.write(generated_file_for(args.backbone, args.classes, phase=args.phase,
+                                                proposals=args.proposals,
+                                                python_layers=args.python_layers))
     except ValueError as exc:
         parser.error(str(exc))
     return 0
