@@ -4,6 +4,12 @@ every image, score the detections (VOC mAP or COCO AP), print the table.
     test_set = open_test_set(root, "test", pad_to=None, images=None)
     all_boxes, table, summary, seconds = evaluate_detector(detector, test_set, coco, stream)
     summary_line(summary)    # "mAP 0.8123 (VOC07 11-point), ..."
+
+Under MPI (``world``, a solver.world.World of several ranks) the images are
+split across the ranks (rank r detects images r, r + N, ...; see
+detection.shards), the detections gathered in dataset order, and rank 0
+scores them and prints the table: the detections are those of one process,
+so the metrics are too. Every rank returns the same summary.
 """
 import os
 import sys
@@ -12,11 +18,12 @@ import time
 from detection.classes import pad_classes
 from detection.datasets import DetectionDataset, load_dataset
 from detection.evaluation import evaluate_coco, evaluate_voc, format_table
+from detection.shards import is_root, root_only, run_sharded
 from netdef.errors import DataError
 
 __all__ = ["evaluate_detections", "summary_line", "detection_progress", "open_test_set",
            "evaluation_source",
-           "evaluate_detector"]
+           "evaluate_detector", "detect_sharded"]
 
 
 def evaluate_detections(dataset, all_boxes, coco=False):
@@ -96,14 +103,44 @@ def evaluation_source(root, split, json_is_test_set=False):
         "annotations as a second file: --test-split path/to/instances_val.json (or --no-eval)")
 
 
-def evaluate_detector(detector, test_set, coco, stream=sys.stdout, every=100):
+def detect_sharded(detector, test_set, world=None, progress=None):
+    """``all_boxes[c][i]`` of ``detector.detect_dataset`` over ``test_set``
+    with the images split across the ranks of ``world`` and gathered in
+    dataset order on every rank (one process: ``detect_dataset`` itself).
+    ``progress(done, total)`` reports rank 0's share."""
+    if world is None or world.size == 1:
+        return detector.detect_dataset(test_set, progress)
+    records, classes = list(test_set.records), len(test_set.classes)
+
+    def work(indices, report):
+        shard = DetectionDataset(test_set.name, test_set.classes, [records[i] for i in indices],
+                                 on_error=getattr(test_set, "on_error", "raise"))
+        boxes = detector.detect_dataset(shard, report)
+        return [[boxes[c][j] for c in range(classes)] for j in range(len(shard.records))]
+
+    per_image = run_sharded(world, len(records), work, progress)
+    return [[per_image[i][c] for i in range(len(records))] for c in range(classes)]
+
+
+def evaluate_detector(detector, test_set, coco, stream=sys.stdout, every=100, world=None):
     """Detect every image of ``test_set`` with ``detector`` (a
     detection.detector.Detector), score them and print the table to
     ``stream``; returns ``(all_boxes, table, summary, seconds)``
     (``all_boxes[c][i]``: ``(N, 5)`` detections of class ``c`` in image
-    ``i``)."""
+    ``i``). With ``world`` (several MPI ranks) the images are split across
+    the ranks; rank 0 scores and prints, every rank returns the same
+    ``(all_boxes, table, summary)``; call it on every rank."""
     started = time.perf_counter()
-    all_boxes = detector.detect_dataset(test_set, detection_progress(stream, every))
-    _, table, summary = evaluate_detections(test_set, all_boxes, coco)
-    print(table, file=stream, flush=True)
+    root = is_root(world)
+    progress = detection_progress(stream, every) if root else None
+    if root and world is not None and world.size > 1:
+        share = len(range(0, len(test_set.records), world.size))
+        print(f"  {len(test_set.records)} images split over {world.size} ranks ({share} on "
+              f"rank 0; its progress below)", file=stream, flush=True)
+    all_boxes = detect_sharded(detector, test_set, world, progress)
+    # Scored on rank 0 only; its result (or its error) reaches every rank.
+    table, summary = root_only(world, lambda: evaluate_detections(test_set, all_boxes,
+                                                                  coco)[1:])
+    if root:
+        print(table, file=stream, flush=True)
     return all_boxes, table, summary, time.perf_counter() - started

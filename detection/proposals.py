@@ -49,6 +49,7 @@ from netdef.device import to_numpy
 from netdef.errors import DataError, NetDefinitionError, WeightsError
 from netdef.snapshot_format import load_arrays, save_arrays
 from layers.input_pipeline.preprocess import prefetched_images, prepare_image
+from detection.shards import is_root, root_only, run_sharded
 
 __all__ = ["Proposals", "generate_proposals", "proposals_key", "load_or_generate",
            "cache_path", "KIND", "VERSION"]
@@ -175,12 +176,17 @@ def _checked_content(path, meta, arrays):
 
 
 def generate_proposals(net, records, *, scale=600, max_size=1000, rois_blob="rois",
-                       scores_blob="scores", progress=None, meta=None):
+                       scores_blob="scores", progress=None, meta=None, world=None):
     """Proposals of ``net`` (a TEST-phase RPN Net with inputs ``data`` and
     ``im_info``) for every record of ``records`` (ImageRecord list), in
     order. ``progress(done, total)`` is called after each image. The next
     image is read in a background thread while the net runs. Returns
-    ``Proposals`` (scores kept when the net has ``scores_blob``)."""
+    ``Proposals`` (scores kept when the net has ``scores_blob``).
+
+    With ``world`` (several MPI ranks, each with the same net and weights)
+    rank r runs images r, r + N, ... and every rank gets all of them in
+    ``records`` order (detection.shards): the same as one process;
+    ``progress`` then counts rank 0's share. Call it on every rank."""
     for name in ("data", "im_info"):
         if name not in net.blobs:
             raise NetDefinitionError(
@@ -188,7 +194,21 @@ def generate_proposals(net, records, *, scale=600, max_size=1000, rois_blob="roi
                 f"'{name}' (inputs: {', '.join(net.inputs) or 'none'})")
     with_scores = scores_blob in net.blobs
     records = list(records)
-    boxes, scores = [], []
+
+    def work(indices, report):
+        return _image_proposals(net, [records[i] for i in indices], scale, max_size,
+                                rois_blob, scores_blob if with_scores else None, report)
+
+    per_image = run_sharded(world, len(records), work, progress)
+    return Proposals([r.image_id for r in records], [boxes for boxes, _ in per_image],
+                     [scores for _, scores in per_image] if with_scores else None,
+                     dict(meta or {}))
+
+
+def _image_proposals(net, records, scale, max_size, rois_blob, scores_blob, progress):
+    """``[(boxes (R, 4), scores (R,) or None)]`` of ``records`` in order
+    (``scores_blob`` None: no scores)."""
+    out = []
     for i, (record, image) in enumerate(prefetched_images(records)):
         blob, im_scale = prepare_image(image, scale, max_size)
         im_info = np.array([[blob.shape[2], blob.shape[3], im_scale]], np.float32)
@@ -199,14 +219,13 @@ def generate_proposals(net, records, *, scale=600, max_size=1000, rois_blob="roi
                 f"{net.source}: blob '{rois_blob}' should hold proposals (R, 5) "
                 f"[batch, x1, y1, x2, y2], found shape {rois.shape}")
         # Back to the image's own pixels (py-faster-rcnn's im_proposals).
-        boxes.append((rois[:, 1:5].astype(np.float64) / im_scale).astype(np.float32))
-        if with_scores:
-            scores.append(_blob_array(net, scores_blob, "scores").reshape(-1)
-                          .astype(np.float32))
+        boxes = (rois[:, 1:5].astype(np.float64) / im_scale).astype(np.float32)
+        scores = None if scores_blob is None else \
+            _blob_array(net, scores_blob, "scores").reshape(-1).astype(np.float32)
+        out.append((boxes, scores))
         if progress is not None:
             progress(i + 1, len(records))
-    return Proposals([r.image_id for r in records], boxes, scores if with_scores else None,
-                     dict(meta or {}))
+    return out
 
 
 def _file_digest(path, chunk=1 << 22):
@@ -259,21 +278,57 @@ def cache_path(folder, stem, key):
     return os.path.join(os.fspath(folder), f"{stem}_{key[:16]}.npz")
 
 
-def load_or_generate(path, key, make, say=None):
+def load_or_generate(path, key, make, say=None, world=None):
     """The proposals in ``path`` when it exists and holds key ``key``;
     otherwise ``make()``'s (a ``Proposals``), stamped with the key and
-    saved to ``path``. Returns ``(proposals, reused)``."""
-    if os.path.isfile(path):
-        try:
-            cached = Proposals.load(path)
-        except DataError as exc:
-            if say:
-                say(f"ignoring the unreadable proposals cache {path} ({exc})")
-        else:
-            if cached.meta.get("key") == key:
-                return cached, True
-            if say:
-                say(f"{path} holds proposals of other inputs (key mismatch): generating again")
+    saved to ``path``. Returns ``(proposals, reused)``.
+
+    With ``world`` (several MPI ranks): rank 0 decides whether the file can
+    be reused and tells the others; otherwise every rank calls ``make()``
+    (a ``generate_proposals(..., world=world)``: the ranks share the
+    images), rank 0 writes the file, and the others wait for it and read
+    it, so every rank holds exactly what the file holds. ``say`` is used
+    on rank 0 only. ``path`` must be on a file system every rank sees."""
+    if world is None or world.size == 1:
+        return _load_or_generate(path, key, make, say)
+    root = is_root(world)
+    cached = _cached(path, key, say if root else None) if root else None
+    if world.bcast(cached is not None, root=0):
+        return (cached if root else Proposals.load(path)), True
+    started = time.perf_counter()
+    proposals = make()
+    seconds = round(time.perf_counter() - started, 3)
+
+    def write():
+        proposals.meta = dict(proposals.meta, key=key, seconds=seconds)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        proposals.save(path)
+
+    root_only(world, write)
+    return (proposals if root else Proposals.load(path)), False
+
+
+def _cached(path, key, say):
+    """The proposals of ``path`` when it holds ``key``, else None (said why)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        cached = Proposals.load(path)
+    except DataError as exc:
+        if say:
+            say(f"ignoring the unreadable proposals cache {path} ({exc})")
+        return None
+    if cached.meta.get("key") == key:
+        return cached
+    if say:
+        say(f"{path} holds proposals of other inputs (key mismatch): generating again")
+    return None
+
+
+def _load_or_generate(path, key, make, say):
+    cached = _cached(path, key, say)
+    if cached is not None:
+        return cached, True
     started = time.perf_counter()
     proposals = make()
     proposals.meta = dict(proposals.meta, key=key,

@@ -5,6 +5,9 @@ COCO AP, the evaluation call of every entry point) into
 
     final_evaluation(runner, previous_state)
     summary(runner, timings)
+
+Under MPI the test images are split across the ranks (detection.evaluate);
+rank 0 writes ``evaluation.json`` and the log record.
 """
 import os
 
@@ -15,6 +18,7 @@ from detection.evaluate import evaluate_detector, open_test_set, summary_line
 from detection.detector import DETECTION_BLOBS, Detector, load_test_net
 from solver.progress import format_duration
 from solver.schedule_state import digest, write_json
+from solver.world import current_world
 
 __all__ = ["final_stage", "final_evaluation", "summary"]
 
@@ -77,14 +81,17 @@ def final_evaluation(runner, previous):
                         bbox_normalization=info.bbox_normalization)
     runner.say(f"evaluating on {len(test_set)} images of split '{runner.test_split}' (scale "
                f"{info.scale}, max {info.max_size}) ...")
+    world = current_world()
     with blas_threads_for(net, runner.device, runner.blas_threads, runner.say):
         _, table, result, seconds = evaluate_detector(detector, test_set,
-                                                      is_coco_path(runner.root), runner.stream)
+                                                      is_coco_path(runner.root), runner.stream,
+                                                      world=world)
     result = dict(result, key=key, stage=stage.name, images=len(test_set),
                   seconds=round(seconds, 3))
     runner.state["evaluation"] = result
-    write_json(os.path.join(runner.out, "evaluation.json"), dict(result, table=table))
-    runner.progress.event("eval", f"final detector: {summary_line(result)}", **result)
+    if world.is_root:
+        write_json(os.path.join(runner.out, "evaluation.json"), dict(result, table=table))
+        runner.progress.event("eval", f"final detector: {summary_line(result)}", **result)
 
 
 def summary(runner, timings):

@@ -10,6 +10,11 @@ interrupted or repeated run reuses it. assemble: the full TEST-phase
 detector with, layer by layer, the final ``.caffemodel`` weights of the
 ``from_stage`` stages (a later stage wins; a layer no stage has is an
 error): ``<out>/<stage>/<stage>.caffemodel``.
+
+Under MPI (``mpiexec -n N python -m solver.schedule ...``) the
+generate_proposals stage splits the images across the ranks and gathers
+them (detection.proposals.generate_proposals with the world); rank 0 writes
+the net file and the proposals file, the others wait for them and read them.
 """
 import gc
 import os
@@ -25,6 +30,8 @@ from detection.detector import find_data_layer_scale
 from solver.progress import format_duration
 from detection.proposals import cache_path, generate_proposals, load_or_generate, proposals_key
 from solver.schedule_state import write_text
+from solver.world import current_world
+from detection.shards import root_only
 
 __all__ = ["proposals_stage", "assemble_stage", "rate_counter"]
 
@@ -45,9 +52,10 @@ def rate_counter(progress, what, unit, every=None):
     return report
 
 
-def _rpn_net_text(runner, stage, net_path):
+def _rpn_net_text(runner, stage, net_path, world=None):
     """The RPN test net with the schedule's top-N overrides, written to
-    ``net_path``; returns its text (part of the proposals' key)."""
+    ``net_path`` (by rank 0 of ``world``; the others wait for it); returns
+    its text (part of the proposals' key)."""
     g = stage.param.generate_proposals
     net_param = read_net(stage.net)
     for lp in net_param.layer:
@@ -58,10 +66,10 @@ def _rpn_net_text(runner, stage, net_path):
                 lp.proposal_param.test_post_nms_top_n = g.post_nms_top_n
     net_text = format_net(net_param)
     overrides = g.HasField("pre_nms_top_n") or g.HasField("post_nms_top_n")
-    write_text(net_path, f"# The RPN test net of stage '{stage.name}' of "
-                         f"{runner.schedule.path}: {g.rpn_net}"
-                         + (" with the schedule's top-N overrides" if overrides else "")
-                         + "\n" + net_text)
+    root_only(world, lambda: write_text(
+        net_path, f"# The RPN test net of stage '{stage.name}' of {runner.schedule.path}: "
+                  f"{g.rpn_net}" + (" with the schedule's top-N overrides" if overrides else "")
+                  + "\n" + net_text))
     return net_text
 
 
@@ -72,7 +80,8 @@ def proposals_stage(runner, stage):
     os.makedirs(folder, exist_ok=True)
     weights = runner.path(g.from_stage, "caffemodel")
     net_path = os.path.join(folder, "rpn_net.prototxt")
-    net_text = _rpn_net_text(runner, stage, net_path)
+    world = current_world()
+    net_text = _rpn_net_text(runner, stage, net_path, world)
     if g.HasField("scale"):
         scale, max_size = int(g.scale), int(g.max_size)
     else:
@@ -102,9 +111,9 @@ def proposals_stage(runner, stage):
                 progress=rate_counter(runner.progress, stage.name, "images"),
                 meta={"dataset": dataset.name, "split": split, "rpn_net": os.path.abspath(
                     stage.net), "weights": os.path.abspath(weights), "from_stage": g.from_stage,
-                    "scale": scale, "max_size": max_size})
+                    "scale": scale, "max_size": max_size}, world=world)
 
-    proposals, reused = load_or_generate(path, content_key, make, runner.say)
+    proposals, reused = load_or_generate(path, content_key, make, runner.say, world=world)
     per_image = proposals.total / max(len(proposals), 1)
     runner.say(f"  {'reused the cached' if reused else 'wrote'} {proposals.total} proposals "
                f"({per_image:.1f} per image) of {len(proposals)} images: {runner.rel(path)}")

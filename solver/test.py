@@ -19,6 +19,12 @@ COCO-style AP (IoU 0.50:0.95, AP50, AP75, AR at 100 detections).
 A Fast R-CNN test net (inputs ``data`` and ``rois``) gets each image's
 proposals from ``--proposals FILE`` (``python -m solver.proposals``), its
 first ``--max-proposals`` (default 2000) boxes (solver.proposal_options).
+
+Under MPI (``mpiexec -n N python -m solver.test ...``) rank r detects images
+r, r + N, ...; rank 0 gathers the detections in dataset order, scores them
+(the same detections as one process, so the same metrics), prints, and alone
+writes ``--dump`` / ``--results``. With ``--gpu G`` rank r uses GPU G + its
+local rank (its rank among the ranks of its machine).
 """
 import argparse
 import json
@@ -37,6 +43,8 @@ from detection.evaluate import (detection_progress, evaluate_detections, evaluat
 from detection.detector import Detector, load_test_net, read_class_names
 from detection.evaluation import dump_detections
 from solver.proposal_options import add_proposal_arguments, evaluation_proposals
+from solver.world import current_world
+from detection.shards import root_only
 
 __all__ = ["main", "select_device", "open_dataset", "builtin_dataset", "is_coco_path",
            "evaluate_detections", "add_device_arguments", "summary_line", "detection_progress"]
@@ -92,12 +100,27 @@ def main(argv=None, stream=None):
     return exit_status(lambda: _run(args, stream))
 
 
+class _Silent:
+    """The output stream of the ranks other than 0: rank 0 speaks for all."""
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
 def _run(args, stream):
+    world = current_world()
+    stream = stream if world.is_root else _Silent()
+
     def say(text):
         print(text, file=stream, flush=True)
 
-    device = select_device(args.gpu)
-    root = args.data if args.data else builtin_dataset(say)
+    device = select_device(args.gpu if args.gpu is None or world.size == 1
+                           else args.gpu + world.local_rank)
+    # Rank 0 generates the built-in dataset on first use; the others wait for it.
+    root = args.data if args.data else root_only(world, lambda: builtin_dataset(say))
     dataset = open_test_set(root, args.split, on_error=args.on_error, images=args.images,
                             check_images=args.check_images, json_is_test_set=True)
     classes = read_class_names(args.classes) if args.classes else None
@@ -120,6 +143,7 @@ def _run(args, stream):
             f"dataset ({', '.join(dataset.classes[1:])}); evaluating by class index")
     say(f"testing {info.path} (TEST phase) on {len(dataset)} images of '{dataset.name}' split "
         f"'{args.split}', scale {info.scale} (max {info.max_size}), on {device}"
+        + (f" ({world.describe()})" if world.size > 1 else "")
         + (", box deltas un-normalized with the snapshot's stds/means"
            if info.bbox_normalization else ""))
     detector = Detector(net, scale=info.scale, max_size=info.max_size,
@@ -129,9 +153,11 @@ def _run(args, stream):
                         proposals=evaluation_proposals(args.proposals, args, net, dataset, root,
                                                        say, images=args.images))
     all_boxes, _, summary, elapsed = evaluate_detector(detector, dataset, is_coco_path(root),
-                                                       stream, every=50)
+                                                       stream, every=50, world=world)
     say(summary_line(summary))
     say(f"{len(dataset)} images in {elapsed:.1f}s")
+    if not world.is_root:   # rank 0 writes the files
+        return 0
     if args.dump:
         count = dump_detections(args.dump, dataset, all_boxes)
         say(f"wrote {count} detections to {args.dump}")
