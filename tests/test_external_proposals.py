@@ -19,10 +19,8 @@ from detection.proposal_sources import (clean_boxes, import_mat, rects_to_boxes,
                                         selective_search)
 from detection.proposals import Proposals
 from layers.input_pipeline.preprocess import load_image_bgr
-from netdef import caffe_pb2
 from netdef.errors import DataError
 from netdef.net import Net
-from netdef.schema import format_net, read_net
 from solver import proposal_options
 from solver import proposals as proposals_cli
 from solver import test as test_cli
@@ -30,6 +28,7 @@ from solver import train
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGED = str(ROOT / "prototxt" / "rfcn_tiny_staged_detector_train.prototxt")
+FAST = str(ROOT / "prototxt" / "fast_rcnn_tiny.prototxt")
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV (the proposals extra) is not installed")
 if not hasattr(cv2, "ximgproc"):
@@ -265,42 +264,34 @@ def test_cap_keeps_the_first_boxes(split, tmp_path):
 
 # -- training and testing with --proposals ------------------------------------------------------
 
-def fast_rcnn_test_net(path):
-    """The staged detector's layers as a Fast R-CNN test net: inputs data
-    and rois, the loss layers replaced by a Softmax (cls_prob)."""
-    net = read_net(STAGED)
-    test = caffe_pb2.NetParameter(name="fast rcnn test")
-    inputs = test.layer.add(name="input", type="Input", top=["data", "rois"])
-    inputs.input_param.shape.add(dim=[1, 3, 192, 256])
-    inputs.input_param.shape.add(dim=[1, 5])
-    for lp in net.layer[1:]:
-        if lp.type not in ("SoftmaxWithLoss", "Accuracy", "SmoothL1LossOHEM", "Silence"):
-            test.layer.add().CopyFrom(lp)
-    test.layer.add(name="cls_flat", type="Flatten", bottom=["cls_score"], top=["cls_flat"])
-    test.layer.add(name="cls_prob", type="Softmax", bottom=["cls_flat"], top=["cls_prob"])
-    Path(path).write_text(format_net(test))
-    return str(path)
-
-
 def test_train_and_test_on_selective_search_proposals(ss_files, data, tmp_path, capsys):
+    """prototxt/fast_rcnn_tiny.prototxt: RoIData (precomputed RoIs) in
+    TRAIN, inputs data / im_info / rois in TEST."""
     trainval, test = ss_files
-    test_net = fast_rcnn_test_net(tmp_path / "fast_rcnn_test.prototxt")
-    solver = tmp_path / "solver.prototxt"
-    solver.write_text(f'net: "{STAGED}"\nbase_lr: 0.001\nlr_policy: "fixed"\nmax_iter: 2\n'
-                      f'display: 1\nrandom_seed: 1\n')
     out = tmp_path / "run"
-    status = train.main([str(solver), "--data", data, "--proposals", str(trainval),
+    status = train.main([FAST, "--data", data, "--proposals", str(trainval), "--iters", "2",
                          "--test-proposals", str(test), "--max-proposals", "300",
-                         "--test-net", test_net, "--out", str(out)])
+                         "--out", str(out), "--seed", "1"])
     printed, errors = capsys.readouterr()
     assert status == 0, printed + errors
     assert f"proposals: {trainval}" in printed and "at most 300 kept per image" in printed
     result = json.loads((out / "eval_iter_2.json").read_text())
     assert result["iter"] == 2 and 0 <= result["map_07"] <= 1
     model = next(out.glob("*_iter_2.caffemodel"))
-    assert test_cli.main([test_net, "--weights", str(model), "--data", data,
+    assert test_cli.main([FAST, "--weights", str(model), "--data", data,
                           "--proposals", str(test), "--max-proposals", "50"]) == 0
     assert f"proposals: {test}" in capsys.readouterr().out
+
+
+def test_staged_detector_trains_on_a_proposals_file(ss_files, data, tmp_path, capsys):
+    """The staged schedule's detector net (no test file beside it) takes
+    the same file."""
+    trainval, _ = ss_files
+    status = train.main([STAGED, "--data", data, "--proposals", str(trainval), "--iters", "1",
+                         "--no-eval", "--out", str(tmp_path / "staged")])
+    printed, errors = capsys.readouterr()
+    assert status == 0, printed + errors
+    assert "done: 1 iterations" in printed
 
 
 def test_options_and_the_net_must_agree(ss_files, data, tmp_path, capsys):
@@ -315,7 +306,7 @@ def test_options_and_the_net_must_agree(ss_files, data, tmp_path, capsys):
                        str(trainval), "--out", str(tmp_path / "b")]) == 2
     assert "end-to-end form (has_rpn)" in capsys.readouterr().err
     # A Fast R-CNN test net without a file, and a file for an RPN test net.
-    test_net = Net(fast_rcnn_test_net(tmp_path / "t.prototxt"), "TEST")
+    test_net = Net(FAST, "TEST")
     args = test_cli.build_parser().parse_args(["n", "--weights", "w"])
     dataset = load_dataset(data, "test", keep_empty=True)
     with pytest.raises(DataError, match=r"takes rois as an input .* give --proposals FILE for "
@@ -327,7 +318,7 @@ def test_options_and_the_net_must_agree(ss_files, data, tmp_path, capsys):
 
 
 def test_im_detect_feeds_the_proposals_as_rois(data, tmp_path):
-    net = Net(fast_rcnn_test_net(tmp_path / "t.prototxt"), "TEST")
+    net = Net(FAST, "TEST")
     record = load_dataset(data, "test", keep_empty=True).records[0]
     image = load_image_bgr(record.path)
     boxes = np.array([[0, 0, 50, 40], [10, 20, 100, 150], [30, 30, 200, 180]], np.float32)
