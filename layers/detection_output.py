@@ -1,0 +1,183 @@
+"""Caffe-SSD's ``DetectionOutput``: decode, per-class NMS, keep the best.
+
+bottoms: ``loc`` (N, P * L * 4) box offsets (L = 1 with ``share_location``,
+else ``num_classes``), ``conf`` (N, P * num_classes) class probabilities
+(SSD: softmax over mbox_conf_reshape, flattened), ``prior`` (1, 2, P * 4)
+from PriorBox (boxes, then variances). top: (1, 1, K, 7), one row per
+detection ``[image, label, score, xmin, ymin, xmax, ymax]`` with
+coordinates normalized to the input image (as Caffe-SSD writes them); rows
+run by image, then label ascending, then score descending. When no image
+has a detection, the top is (1, 1, N, 7) of -1 with column 0 the image
+index (Caffe-SSD's rows).
+
+detection_output_param (Caffe-SSD's defaults):
+- ``code_type`` (CORNER): CORNER adds (variance x) offsets to the corners;
+  CENTER_SIZE (SSD's) moves the centre by offset x prior size and scales the
+  size by exp(offset); CORNER_SIZE adds offsets x prior size to the corners.
+  ``variance_encoded_in_target`` (false): the offsets already include the
+  variances (not multiplied again).
+- per image and class other than ``background_label_id`` (0; -1: none):
+  boxes with a score above ``confidence_threshold`` (unset: all), the
+  ``nms_param.top_k`` best (unset: all), greedy NMS at
+  ``nms_param.nms_threshold`` (0.3; a box is dropped when its overlap with
+  a kept box is above it), then the ``keep_top_k`` best of the image over
+  all classes (-1: all). Overlaps of normalized boxes take no "+1".
+  ``nms_param.eta`` below 1 (adaptive NMS) is refused as not implemented.
+- ``save_output_param`` and ``visualize`` are accepted and not acted on.
+
+NMS is ``layers.nms`` (its IoU counts a "+1" pixel, so it is given the boxes
+with xmax, ymax lowered by 1 in float64, which gives the overlap without
+it). Decoding is array math shared by both devices; on the GPU the NMS runs
+as CUDA kernels (layers/cuda/nms.cu). The per-image, per-class loop is over
+a small count (classes), never over boxes. No gradient.
+"""
+import numpy as np
+
+from layers.base import NoGradientLayer, register
+from layers.boxes import stable_argsort
+from layers.nms import nms_sorted
+from netdef.device import array_module
+
+# PriorBoxParameter.CodeType (values of caffe.proto).
+CORNER, CENTER_SIZE, CORNER_SIZE = 1, 2, 3
+CODE_NAMES = {CORNER: "CORNER", CENTER_SIZE: "CENTER_SIZE", CORNER_SIZE: "CORNER_SIZE"}
+
+
+def decode_boxes(priors, variances, loc, code_type, variance_encoded_in_target):
+    """Caffe-SSD's DecodeBBox for every prior: priors, variances (P, 4),
+    loc (..., P, 4) broadcast against them; returns (..., P, 4) corners."""
+    xp = array_module(loc)
+    offsets = loc if variance_encoded_in_target else loc * variances
+    if code_type == CORNER:
+        return priors + offsets
+    pw = priors[:, 2] - priors[:, 0]
+    ph = priors[:, 3] - priors[:, 1]
+    if code_type == CORNER_SIZE:
+        return priors + offsets * xp.stack([pw, ph, pw, ph], axis=1)
+    cx = (priors[:, 0] + priors[:, 2]) / 2 + offsets[..., 0] * pw
+    cy = (priors[:, 1] + priors[:, 3]) / 2 + offsets[..., 1] * ph
+    w = xp.exp(offsets[..., 2]) * pw
+    h = xp.exp(offsets[..., 3]) * ph
+    return xp.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
+
+
+@register("DetectionOutput")
+class DetectionOutputLayer(NoGradientLayer):
+    """See the module docstring. bottoms: loc, conf, prior; top (1, 1, K, 7)."""
+
+    exact_bottoms = 3
+    exact_tops = 1
+
+    def layer_setup(self, bottoms, tops):
+        p = self.param.detection_output_param
+        if not p.HasField("num_classes") or p.num_classes < 1:
+            raise self.definition_error(
+                "detection_output_param.num_classes is required (the classes of conf, "
+                "background included)")
+        self.num_classes = int(p.num_classes)
+        self.share_location = bool(p.share_location)
+        self.background = int(p.background_label_id)
+        if not -1 <= self.background < self.num_classes:
+            raise self.definition_error(
+                f"detection_output_param.background_label_id {self.background} is not a "
+                f"class of num_classes {self.num_classes} (or -1 for none)")
+        self.code_type = int(p.code_type)
+        self.variance_in_target = bool(p.variance_encoded_in_target)
+        self.keep_top_k = int(p.keep_top_k)
+        self.threshold = float(p.confidence_threshold) if p.HasField(
+            "confidence_threshold") else -np.inf
+        nms = p.nms_param
+        self.nms_threshold = float(nms.nms_threshold)
+        self.top_k = int(nms.top_k) if nms.HasField("top_k") else -1
+        if float(nms.eta) != 1.0:
+            raise self.definition_error(
+                f"nms_param.eta {nms.eta:g}: adaptive NMS (eta < 1) is not implemented; "
+                "use eta 1 (plain NMS, the default)")
+
+    def reshape(self, bottoms, tops):
+        loc, conf, prior = (b.shape for b in bottoms)
+        if len(prior) != 3 or prior[1] != 2 or prior[2] % 4:
+            raise self.shape_error(2, "(1, 2, P * 4): PriorBox's boxes and variances", prior)
+        self.num_priors = prior[2] // 4
+        num = loc[0] if loc else 0
+        loc_classes = 1 if self.share_location else self.num_classes
+        self._check_count(0, loc, num, self.num_priors * loc_classes * 4,
+                          f"P * {loc_classes} * 4 = {self.num_priors * loc_classes * 4} "
+                          f"values per image ({self.num_priors} priors)")
+        found = int(np.prod(conf[1:])) if len(conf) > 1 else 0
+        if not conf or conf[0] != num or found != self.num_priors * self.num_classes:
+            per_prior = found / self.num_priors if self.num_priors else 0
+            raise self.shape_error(
+                1, f"{num} images x {self.num_priors} priors x num_classes "
+                   f"{self.num_classes} = {self.num_priors * self.num_classes} scores per image "
+                   f"(num_classes disagrees with the inputs: {per_prior:g} scores per prior)",
+                conf)
+        tops[0].reshape((1, 1, 1, 7))
+
+    def _check_count(self, index, shape, num, expected, what):
+        if not shape or int(np.prod(shape[1:])) != expected or shape[0] != num:
+            raise self.shape_error(index, what, shape)
+
+    def forward_cpu(self, bottoms, tops):
+        self._forward(bottoms, tops, use_kernel=False)
+
+    def forward_gpu(self, bottoms, tops):
+        self._forward(bottoms, tops, use_kernel=True)
+
+    def _decoded(self, bottoms):
+        """Boxes (N, P, L, 4) and scores (N, P, C)."""
+        num = bottoms[0].shape[0]
+        priors = bottoms[2].data.reshape(2, self.num_priors, 4)
+        loc = bottoms[0].data.reshape(num, self.num_priors, -1, 4).transpose(0, 2, 1, 3)
+        boxes = decode_boxes(priors[0], priors[1], loc, self.code_type,
+                             self.variance_in_target)
+        return boxes.transpose(0, 2, 1, 3), bottoms[1].data.reshape(num, self.num_priors, -1)
+
+    def _class_detections(self, boxes, scores, use_kernel):
+        """Kept prior indices of one image and class, best first."""
+        xp = array_module(scores)
+        candidates = xp.flatnonzero(scores > scores.dtype.type(self.threshold))
+        if candidates.size == 0:
+            return candidates
+        order = stable_argsort(-scores[candidates])
+        if self.top_k > -1:
+            order = order[:self.top_k]
+        chosen = candidates[order]
+        shifted = boxes[chosen].astype(np.float64)
+        shifted[:, 2:] -= 1.0  # layers.nms counts +1 pixel; this cancels it
+        return chosen[nms_sorted(shifted, self.nms_threshold, use_kernel=use_kernel)]
+
+    def _image_rows(self, image, boxes, scores, use_kernel):
+        """Rows (K, 7) of one image after NMS and keep_top_k."""
+        xp = array_module(scores)
+        parts = []
+        for label in range(self.num_classes):
+            if label == self.background:
+                continue
+            class_boxes = boxes[:, 0 if self.share_location else label]
+            kept = self._class_detections(class_boxes, scores[:, label], use_kernel)
+            if kept.size:
+                rows = xp.empty((kept.size, 7), dtype=scores.dtype)
+                rows[:, 0], rows[:, 1] = image, label
+                rows[:, 2] = scores[kept, label]
+                rows[:, 3:] = class_boxes[kept]
+                parts.append(rows)
+        if not parts:
+            return xp.zeros((0, 7), dtype=scores.dtype)
+        rows = xp.concatenate(parts)
+        if -1 < self.keep_top_k < rows.shape[0]:
+            best = stable_argsort(-rows[:, 2])[:self.keep_top_k]
+            rows = rows[xp.sort(best)]  # back to label, then score order
+        return rows
+
+    def _forward(self, bottoms, tops, use_kernel):
+        boxes, scores = self._decoded(bottoms)
+        xp = array_module(scores)
+        num = scores.shape[0]
+        rows = [self._image_rows(i, boxes[i], scores[i], use_kernel) for i in range(num)]
+        rows = xp.concatenate(rows) if rows else xp.zeros((0, 7), dtype=scores.dtype)
+        if rows.shape[0] == 0:
+            rows = xp.full((num, 7), -1, dtype=scores.dtype)
+            rows[:, 0] = xp.arange(num)
+        tops[0].reshape((1, 1, rows.shape[0], 7))
+        tops[0].data[...] = rows.reshape(1, 1, -1, 7)
