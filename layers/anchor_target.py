@@ -47,10 +47,17 @@ def update_anchors(layer, like, height, width):
         layer.anchor_key = key
 
 
+#: Salts of the sampling draws (Layer.keyed_rng) of AnchorTarget and ProposalTarget.
+ANCHOR_SAMPLING_SALT = 0x5A17
+PROPOSAL_SAMPLING_SALT = 0x5A18
+
+
 def rpn_sampling_rng(layer, seed, salt):
-    """The layer's own sampling generator: seeded by the parameter's ``seed``
-    when it is >= 0, else by the net's seed for this layer."""
-    return np.random.default_rng(int(seed)) if seed >= 0 else layer.rng(salt)
+    """The sampling generator of the current pass: keyed by the pass
+    (``layer.draw_key``: iteration, image position) and seeded by the
+    parameter's ``seed`` when it is >= 0, else by the net's seed for this
+    layer; the same pass draws the same in any process."""
+    return layer.keyed_rng(salt, seed=int(seed) if seed >= 0 else None)
 
 
 @register_python("rpn.anchor_target_layer", "AnchorTargetLayer")
@@ -81,7 +88,9 @@ class AnchorTargetLayer(NoGradientLayer):
     Then foreground is randomly cut down to ``fg_fraction * batch_size`` and
     background to ``batch_size - #fg`` (the cut anchors become -1). The rules
     are ``layers.detection_targets.AnchorTargetCreator``'s, drawing from the
-    layer's own generator (``self.sampler``, seeded: deterministic).
+    generator of the pass (``rpn_sampling_rng``: keyed by the layer's seed,
+    the iteration and the image position, so a data-parallel rank draws what
+    a single process draws for that pass).
     One deliberate departure: a gt box whose best IoU is 0 (it overlaps no
     inside anchor) marks no anchor, where the reference would make every
     anchor that misses it foreground. With no gt boxes at all, every inside
@@ -91,8 +100,6 @@ class AnchorTargetLayer(NoGradientLayer):
     inputs (the per-anchor arrays stay on the GPU); the random choice runs on
     the host. IoU in float64, as the reference. No gradient flows back.
     """
-
-    random_state_attributes = ("sampler",)
 
     min_bottoms = 3
     max_bottoms = 4
@@ -109,7 +116,7 @@ class AnchorTargetLayer(NoGradientLayer):
                 allowed_border=p.allowed_border)
         except ValueError as exc:
             raise self.definition_error(str(exc)) from None
-        self.sampler = rpn_sampling_rng(self, p.seed, salt=0)
+        self.sampling_seed = int(p.seed)
 
     def reshape(self, bottoms, tops):
         score = bottoms[0].shape
@@ -138,7 +145,8 @@ class AnchorTargetLayer(NoGradientLayer):
         im_size = to_numpy(bottoms[2].data)[0, :2]
         gt = bottoms[1].data[:, :4].astype(np.float64)
         labels, targets, inside_w, outside_w = self.creator(
-            self.anchors, gt, im_size, self.sampler)
+            self.anchors, gt, im_size,
+            rpn_sampling_rng(self, self.sampling_seed, ANCHOR_SAMPLING_SALT))
         a = self.num_anchors
         # (H*W*A,) -> (1, A, H, W) -> (1, 1, A*H, W); (H*W*A, 4) -> (1, 4A, H, W)
         tops[0].data[...] = labels.reshape(height, width, a).transpose(2, 0, 1) \

@@ -144,6 +144,11 @@ class Layer:
         # they are charged to its memory budget before they are allocated;
         # None: plain Blobs.
         self.param_blob_factory = None
+        # Set by the Net before each forward (Net.set_draw_key): the
+        # (iteration, image position within the iteration) of the pass, so a
+        # layer's random draws (keyed_rng) depend on which pass runs, never
+        # on which process runs it or how many passes it ran before.
+        self.draw_key = (0, 0)
 
     # -- context for messages -------------------------------------------------
     @property
@@ -239,6 +244,26 @@ class Layer:
     def rng(self, salt=0):
         """A NumPy generator seeded from the layer's seed (and ``salt``)."""
         return np.random.default_rng([self.seed, salt])
+
+    def keyed_rng(self, salt, draw=None, *, seed=None):
+        """A NumPy generator for draw number ``draw`` of the current pass:
+        keyed by (seed, ``salt``, iteration, position, draw), with
+        ``draw_key`` = (iteration, position) set by the Net and ``seed`` the
+        layer's unless given. ``draw`` None counts this salt's calls under
+        the current key (0 for a pass's first; a layer forwarded again
+        without a new key draws anew). The same key gives the same draws in
+        any process: data-parallel rank r of N runs the passes a single
+        process would run at positions r, r + N, ... of an iteration."""
+        if draw is None:
+            counts = self.__dict__.setdefault("_keyed_draws", {})
+            if counts.get("key") != self.draw_key:
+                counts.clear()
+                counts["key"] = self.draw_key
+            draw = counts.get(salt, 0)
+            counts[salt] = draw + 1
+        iteration, position = self.draw_key
+        return np.random.default_rng([int(self.seed if seed is None else seed), int(salt),
+                                      int(iteration), int(position), int(draw)])
 
     def _check_counts(self, what, n, exact, low, high):
         if exact is not None and n != exact:

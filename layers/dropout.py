@@ -6,6 +6,10 @@ from layers.kernels import launch
 from netdef.device import is_gpu_array
 
 
+#: The salt of the mask draws (Layer.keyed_rng).
+DROPOUT_SALT = 0xD80
+
+
 @register("Dropout")
 class DropoutLayer(Layer):
     """TRAIN: ``y = x * mask``, mask ``1 / (1 - ratio)`` with probability
@@ -16,10 +20,13 @@ class DropoutLayer(Layer):
     (default true; false, as in the py-R-FCN Caffe fork: kept units are not
     scaled in training, and TEST multiplies by ``1 - ratio`` instead).
 
-    Randomness: the mask of the k-th forward (k = ``mask_draws`` before it)
-    is a function of the layer's seed and k only, through ``self.rng(k)``, so
-    a run is reproducible and ``mask_draws`` is the whole random state to
-    snapshot. On the GPU the uniforms are drawn by CuPy from a seed taken out
+    Randomness: a mask is a function of the layer's seed, the pass's draw
+    key (``draw_key`` = (iteration, image position), set by the Net) and k,
+    the masks drawn before it under that key (``mask_draws``, reset when
+    the key changes), through ``self.keyed_rng(DROPOUT_SALT, k)``: a pass
+    draws the same mask whichever process runs it (data-parallel training),
+    a layer forwarded again under one key draws fresh masks, and
+    ``mask_draws`` is the whole random state to snapshot. On the GPU the uniforms are drawn by CuPy from a seed taken out
     of that same generator, so GPU masks are reproducible too but differ from
     the CPU's.
     """
@@ -39,7 +46,8 @@ class DropoutLayer(Layer):
         # What a kept unit is multiplied by in TRAIN, and every unit in TEST.
         self.keep_scale = 1.0 / (1.0 - self.ratio) if scale_train else 1.0
         self.test_scale = 1.0 if scale_train else 1.0 - self.ratio
-        self.mask_draws = 0  # masks drawn so far: the layer's random state
+        self.mask_draws = 0  # masks drawn under _mask_key: the layer's random state
+        self._mask_key = self.draw_key
         self.mask = None     # (bottom shape) keep_scale or 0, allocated in reshape (TRAIN)
         self._curand = None  # the GPU generator, made once (_gpu_generator)
 
@@ -52,7 +60,9 @@ class DropoutLayer(Layer):
     def _uniforms(self, like):
         """The next mask's uniforms in [0, 1), shaped and typed like ``like``
         (drawn where ``like`` lives), and advance ``mask_draws``."""
-        generator = self.rng(self.mask_draws)
+        if self.draw_key != self._mask_key:   # a new pass: its draws start at 0
+            self._mask_key, self.mask_draws = self.draw_key, 0
+        generator = self.keyed_rng(DROPOUT_SALT, self.mask_draws)
         self.mask_draws += 1
         if not is_gpu_array(like):
             return generator.random(like.shape, dtype=like.dtype)

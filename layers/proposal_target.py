@@ -1,6 +1,6 @@
 """ProposalTarget: sample RoIs for the detection head and give them labels
 and box regression targets."""
-from layers.anchor_target import rpn_sampling_rng
+from layers.anchor_target import PROPOSAL_SAMPLING_SALT, rpn_sampling_rng
 from layers.base import NoGradientLayer, register, register_python
 from layers.detection_targets import DEFAULT_MEANS, DEFAULT_STDS, ProposalTargetCreator
 from layers.python_compat import field_or_default, layer_settings
@@ -39,7 +39,8 @@ class ProposalTargetLayer(NoGradientLayer):
     ``batch_size``; ``batch_size: -1`` keeps every foreground and background
     RoI (OHEM), in a random order like the reference. The sampling and
     targets are ``layers.detection_targets.ProposalTargetCreator``'s, drawn
-    from the layer's own seeded generator ``self.sampler`` (deterministic).
+    from the generator of the pass (keyed by seed, iteration and image
+    position: ``layers.anchor_target.rpn_sampling_rng``).
     ``bbox_normalize_targets`` uses the given (precomputed) means and stds,
     the reference's BBOX_NORMALIZE_TARGETS_PRECOMPUTED.
     As a ``type: "Python"`` layer, ``'num_classes': 2`` means class-agnostic
@@ -53,8 +54,6 @@ class ProposalTargetLayer(NoGradientLayer):
     the host. A foreground gt class outside ``[0, num_classes)`` (class-aware
     regression) raises ``DataError``. No gradient flows back.
     """
-
-    random_state_attributes = ("sampler",)
 
     exact_bottoms = 2
     exact_tops = 5
@@ -86,7 +85,7 @@ class ProposalTargetLayer(NoGradientLayer):
                 class_agnostic=class_agnostic)
         except ValueError as exc:
             raise self.definition_error(str(exc)) from None
-        self.sampler = rpn_sampling_rng(self, p.seed, salt=0)
+        self.sampling_seed = int(p.seed)
 
     def reshape(self, bottoms, tops):
         rois, gt = bottoms[0].shape, bottoms[1].shape
@@ -118,7 +117,8 @@ class ProposalTargetLayer(NoGradientLayer):
                 f"{self.where}: bottom '{self.bottom_name(0)}' RoI {r} has batch index "
                 f"{float(rois[r, 0]):g}: expected 0 (one image per batch, as py-faster-rcnn "
                 "and py-R-FCN)")
-        outputs = self.creator(rois, gt, self.sampler,
+        rng = rpn_sampling_rng(self, self.sampling_seed, PROPOSAL_SAMPLING_SALT)
+        outputs = self.creator(rois, gt, rng,
                                source=f"{self.where}: bottom '{self.bottom_name(1)}'")
         self._resize(tops, outputs[0].shape[0])
         tops[0].data[...] = outputs[0]

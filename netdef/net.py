@@ -118,6 +118,10 @@ class Net:
         self.device = device if device is not None else default_device()
         self.dtype = np.dtype(dtype)
         self.seed = int(seed)
+        # The draw key of the layers' random draws (Layer.keyed_rng): set by
+        # set_draw_key, else (0, number of whole forward passes so far).
+        self._draw_key = None
+        self.draw_passes = 0
         self.allow_python_modules = tuple(allow_python_modules)
         self.source = model if isinstance(model, (str, Path)) and not _is_text(model) else "<string>"
         self.param = model if hasattr(model, "layer") else read_net(model)
@@ -433,6 +437,8 @@ class Net:
         names in ``blobs``; ``.loss`` is the weighted sum of the loss tops
         computed in this call."""
         first, last = self._range("forward", start, end)
+        if first == 0:
+            self._start_pass()
         steps = self._steps_between(first, last)
         memory = self.memory if steps is self.steps else None
         # The loss is summed on the device and read in one transfer at the
@@ -457,6 +463,25 @@ class Net:
         out = Outputs((name, self.blobs[name].data) for name in names + list(blobs or []))
         out.loss = loss
         return out
+
+    def set_draw_key(self, iteration, position=0):
+        """Key the random draws of the next forward passes (sampling,
+        dropout: Layer.keyed_rng) by ``(iteration, position)``: the solver
+        sets it before each pass, position being the pass's image position
+        within the iteration. ``set_draw_key(None)`` goes back to the
+        default, ``(0, passes so far)``: a plain forward loop draws anew
+        each pass and the same in every run."""
+        self._draw_key = None if iteration is None else (int(iteration), int(position))
+
+    def _start_pass(self):
+        """A forward from the first layer starts a pass: hand its draw key
+        to every layer (a forward from a later layer continues the pass)."""
+        key = self._draw_key
+        if key is None:
+            key = (0, self.draw_passes)
+            self.draw_passes += 1
+        for layer in self.layers:
+            layer.draw_key = key
 
     def backward(self, diffs=None, start=None, end=None, relu_mode="normal", **seeds):
         """Back-propagate from layer ``start`` (the top-most layer run) down

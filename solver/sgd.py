@@ -44,13 +44,9 @@ Paths in the solver file follow Caffe's rules (solver.solver_file).
 caller (``device=``).
 """
 import collections
-import contextlib
 import math
-import os
 import secrets
-import signal
 import sys
-import threading
 import time
 
 import numpy as np
@@ -59,16 +55,17 @@ from netdef.device import default_device, to_numpy
 from netdef.errors import DataError, DeviceError, NetDefinitionError, NumericalError
 from netdef.net import normalize_phase
 from netdef.weights import share_layers
+from solver.data_parallel import LRScaling, agree, check_parallel_net, data_layers, \
+    position, skip_minibatches
 from solver.flat_params import flatten_params
 from solver.lr_policy import LRPolicy
-from solver.nan_guard import finite_all, locate_non_finite, locate_non_finite_weights, \
-    numerical_error, sum_of_squares
+from solver.nan_guard import finite_all, locate_non_finite, numerical_error, sum_of_squares
 from solver.progress import Progress
-from solver.resume import capture_state, check_snapshot, json_copy, restore_history, \
-    set_providers, set_state
-from solver.snapshot import SolverState, snapshot_paths, write_export
+from solver.resume import capture_state, json_copy, set_state
 from solver.solver_file import SolverFile
+from solver.solver_snapshots import SnapshotMixin
 from solver.update_rules import create_rule
+from solver.world import current_world
 
 __all__ = ["Solver", "SGDSolver", "create_solver", "TestResult"]
 
@@ -80,7 +77,7 @@ class TestResult(dict):
     loss = 0.0
 
 
-class Solver:
+class Solver(SnapshotMixin):
     """Caffe's solver loop with the update rule of the solver file's ``type``.
 
     Solver(solver, *, device=None, net=None, test_nets=None, log=None,
@@ -128,7 +125,9 @@ class Solver:
     def __init__(self, solver, *, device=None, net=None, test_nets=None, log=None,
                  stream=sys.stdout, seed=None, dtype=np.float32, snapshot_prefix=None,
                  metadata=None, state_providers=None, export_transform=None,
-                 handle_sigint=True, base_dir=None, allow_python_modules=(), source=None):
+                 handle_sigint=True, base_dir=None, allow_python_modules=(), source=None,
+                 world=None):
+        self.world = current_world() if world is None else world
         self.file = SolverFile(solver, base_dir, source)
         self.param, self.source, self.base_dir = self.file.param, self.file.source, \
             self.file.base_dir
@@ -140,6 +139,9 @@ class Solver:
         self.seed = self._choose_seed(seed)
         self.rng = np.random.default_rng(self.seed)
         self._set_up_nets(net, test_nets, device, dtype)
+        check_parallel_net(self.net, self.world, self.source)
+        self._data_layers = data_layers(self.net) if self.world.size > 1 else []
+        self.lr_scaling = LRScaling(ranks=self.world.size)
 
         self.snapshot_prefix = self.file.snapshot_prefix(snapshot_prefix)
         if p.snapshot and self.snapshot_prefix is None:
@@ -210,8 +212,10 @@ class Solver:
 
     # -- training --------------------------------------------------------------------------
     def learning_rate(self, it=None):
-        """The policy's rate at ``it`` (default: the current iteration)."""
-        return self.lr_policy(self.iter if it is None else it)
+        """The policy's rate at ``it`` (default: the current iteration), times
+        the data-parallel factor (``lr_scaling``: solver.data_parallel)."""
+        it = self.iter if it is None else it
+        return self.lr_policy(it) * self.lr_scaling.factor(it)
 
     def solve(self, resume=None):
         """Train up to ``max_iter`` (after restoring ``resume`` if given),
@@ -265,17 +269,10 @@ class Solver:
             if self.test_nets and p.test_interval and self.iter % p.test_interval == 0 \
                     and (self.iter > 0 or p.test_initialization):
                 self._test_all()
-            loss = 0.0
-            for _ in range(p.iter_size):
-                outputs = self.net.forward()
-                self.net.backward()
-                sumsq = self._guard(outputs.loss)
-                loss += outputs.loss
-            loss /= p.iter_size
-
+            loss, sumsq, outputs = self._passes()
             self._phase = "update"
             self.loss_window.append(loss)
-            lr = self.lr_policy(self.iter)
+            lr = self.learning_rate()
             norm = self._clip_gradients(sumsq)
             if p.display and self.iter % p.display == 0:
                 self._display(stop, loss, lr, outputs, norm)
@@ -302,6 +299,32 @@ class Solver:
                 # left no file behind).
                 self._snapshot_on_interrupt("interrupted")
                 raise
+
+    def _passes(self):
+        """This rank's ``iter_size`` forward + backward passes (their
+        draws keyed by the iteration and image position, the other ranks'
+        minibatches skipped: solver.data_parallel), then the gradients and
+        losses summed over the ranks. Returns ``(mean loss, sum of squared
+        gradients, the last pass's outputs)``."""
+        p, world = self.param, self.world
+        loss, failure, sumsq = 0.0, None, 0.0
+        try:
+            for s in range(p.iter_size):
+                skip_minibatches(self._data_layers, world.rank if s == 0 else world.size - 1)
+                self.net.set_draw_key(self.iter, position(world, s))
+                outputs = self.net.forward()
+                self.net.backward()
+                sumsq = self._guard(outputs.loss)
+                loss += outputs.loss
+            skip_minibatches(self._data_layers, world.size - 1 - world.rank)
+        except NumericalError as exc:
+            failure = exc
+        loss = agree(self, loss, failure)
+        if world.size > 1:
+            for flat in self._flat:
+                world.allreduce_sum(flat.diff)
+            sumsq = sum_of_squares([flat.diff for flat in self._flat])
+        return loss / (p.iter_size * world.size), sumsq, outputs
 
     def _interrupted(self, start_state):
         """KeyboardInterrupt inside an iteration: before the update, go back
@@ -367,8 +390,9 @@ class Solver:
         p = self.param
         with self.device.context():
             for flat in self._flat:
-                if p.iter_size > 1:
-                    flat.diff *= flat.diff.dtype.type(1.0 / p.iter_size)
+                # Caffe's normalization by iter_size, of all ranks' passes.
+                if p.iter_size * self.world.size > 1:
+                    flat.diff *= flat.diff.dtype.type(1.0 / (p.iter_size * self.world.size))
                 flat.add_weight_decay(p.weight_decay, p.regularization_type == "L1")
                 self.rule.compute_update_value(flat.diff, flat.history, flat.rates(lr),
                                                self.iter)
@@ -457,128 +481,6 @@ class Solver:
     def _set_state(self, state, notes=None):
         return set_state(self._nets(), self.rng, self.state_providers, state, notes)
 
-    # -- snapshots ------------------------------------------------------------------------------
-    def snapshot(self):
-        """Write the snapshot of the current iteration (``.solverstate.npz``
-        and ``.caffemodel``, see solver.snapshot); returns the state path.
-        Weights that are not finite are refused (NumericalError), so the last
-        good snapshot stays the latest one."""
-        with self.device.context():
-            return self._write_snapshot(self._capture_state())
-
-    def _write_snapshot(self, state):
-        if self.snapshot_prefix is None:
-            raise NetDefinitionError(
-                f"{self.source}: no snapshot_prefix: set it in the solver or pass "
-                f"snapshot_prefix= to the solver")
-        self._check_weights_finite()
-        state_path, model_path = snapshot_paths(self.snapshot_prefix, self.iter)
-        folder = os.path.dirname(os.path.abspath(state_path))
-        os.makedirs(folder, exist_ok=True)
-        weights = {f"{name}/{i}": to_numpy(blob.data)
-                   for name, layer in self.net.layer_dict.items()
-                   for i, blob in enumerate(layer.blobs)}
-        history = {key: to_numpy(array) for key, array in self.history.items()}
-        solver_state = SolverState(
-            iter=self.iter, weights=weights, history=history, net=self.net.name,
-            dtype=self.dtype.name, seed=self.seed, loss_window=list(self.loss_window),
-            metadata=self.metadata, caffemodel=os.path.basename(model_path),
-            solver=self.file.path or "", **state)
-        solver_state.meta()  # fail on bad metadata before writing anything
-        write_export(model_path, self.net, self.export_transform)
-        solver_state.save(state_path)
-        self.last_snapshot, self._last_snapshot_iter = state_path, self.iter
-        self.progress.event("snapshot", f"snapshot of iteration {self.iter}: {state_path} "
-                            f"(weights also in {model_path})", iter=self.iter,
-                            path=state_path, caffemodel=model_path)
-        return state_path
-
-    def _check_weights_finite(self):
-        found = locate_non_finite_weights(self.net)
-        if found is None:
-            return
-        lp, k, kind = found
-        message = (f"{self.source}: iteration {self.iter}: parameter {k} of layer "
-                   f"'{lp.name}' (type {lp.type}) holds non-finite values ({kind}) "
-                   f"(is the learning rate too high?); the snapshot was not "
-                   f"written. {self._last_good()}")
-        self._stop(message, f"{lp.name}/{k}", lp.name)
-
-    def _snapshot_on_interrupt(self, why):
-        """The snapshot of the last completed iteration, after Ctrl-C."""
-        try:
-            if self._last_snapshot_iter == self.iter and self.last_snapshot:
-                path = self.last_snapshot
-            else:
-                path = self._write_snapshot(self._capture_state())
-        except Exception as exc:  # report, and still stop as asked
-            self.progress.event("interrupt", f"{why} at iteration {self.iter}: the snapshot "
-                                f"could not be written ({exc}); {self._last_good()}",
-                                iter=self.iter)
-            return None
-        self.interrupt_snapshot = path
-        self.progress.event("interrupt", f"{why}: the snapshot of iteration {self.iter} (the "
-                            f"last completed one) is {path}; resume with "
-                            f"restore('{path}')", iter=self.iter, path=path)
-        return path
-
-    @contextlib.contextmanager
-    def _sigint_handler(self):
-        """During step: a first Ctrl-C asks to stop after the iteration; a
-        second one stops at once (except during the update, which is
-        finished first so the weights stay consistent)."""
-        self._stop_requested = False
-        if not self.handle_sigint or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if not self._stop_requested:
-                self._stop_requested = True
-                self.progress.message("Ctrl-C: stopping after this iteration with a snapshot "
-                                      "(press Ctrl-C again to stop at once)")
-            elif self._phase != "update":
-                raise KeyboardInterrupt
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous if previous is not None
-                          else signal.default_int_handler)
-            self._stop_requested = False
-
-    def restore(self, path):
-        """Resume from a ``.solverstate.npz``: weights, the rule's history,
-        iteration, loss window, random states of every layer, the solver's
-        RNG, the state providers' states and the metadata (which replaces
-        ``self.metadata`` and is returned). The snapshot must be well formed
-        and fit the solver (solver.resume.check_snapshot); otherwise
-        WeightsError, with nothing changed: all is checked before anything
-        is written."""
-        path = os.fspath(path)
-        state = SolverState.load(path)
-        expected = check_snapshot(state, self.net, self.history, self.state_providers, path,
-                                  self._nets(), self.rng)
-        set_providers(self.state_providers, state.providers, path)  # undone if one refuses
-        with self.device.context():
-            for key, blob in expected.items():
-                blob.data[...] = self.device.asarray(state.weights[key], dtype=blob.dtype)
-            notes = restore_history(self.history, state.history, self.device, self.rule.type)
-        self.iter = int(state.iter)
-        self.seed = int(state.seed)
-        self.loss_window.clear()
-        self.loss_window.extend(float(v) for v in state.loss_window)
-        set_state(self._nets(), self.rng, {}, {"random_states": state.random_states,
-                                               "solver_rng": state.solver_rng}, notes)
-        self.metadata = state.metadata
-        self.last_snapshot, self._last_snapshot_iter = path, self.iter
-        self.progress.reset_speed()
-        text = f"restored iteration {self.iter} from {path}"
-        if notes:
-            text += " (not exact: " + "; ".join(notes) + ")"
-        self.progress.event("restore", text, iter=self.iter, path=path, notes=notes)
-        return self.metadata
 
     def __repr__(self):
         return (f"{type(self).__name__}({self.source!r}, type={self.rule.type!r}, "

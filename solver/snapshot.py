@@ -28,7 +28,9 @@ meta (JSON):
     providers {name: state} (the caller's state providers),
     metadata {...} (the caller's metadata, e.g. box-target means/stds),
     caffemodel (file name of the export, in the same folder), solver (the
-    solver file), time (seconds since the epoch).
+    solver file), time (seconds since the epoch), world_size and iter_size
+    (ranks x iter_size images per iteration, checked by a resume; 0: not
+    recorded, a snapshot older than data-parallel training).
 
 Both files are written to a temporary file and renamed (``atomic_writer``),
 the ``.caffemodel`` first: a crash or an error midway never touches an earlier
@@ -82,9 +84,14 @@ class SolverState:
     caffemodel: str = ""
     solver: str = ""
     time: float = 0.0
+    # The data-parallel shape of the run that wrote it (solver.world): ranks
+    # and iter_size; 0 in snapshots older than these fields (unknown).
+    world_size: int = 0
+    iter_size: int = 0
 
     _JSON_FIELDS = ("iter", "net", "dtype", "seed", "loss_window", "solver_rng",
-                    "random_states", "providers", "metadata", "caffemodel", "solver", "time")
+                    "random_states", "providers", "metadata", "caffemodel", "solver", "time",
+                    "world_size", "iter_size")
 
     def meta(self):
         """The JSON part, checked to be serialisable (errors name the field)."""

@@ -50,6 +50,8 @@ def _type_name(value):
 _FIELDS = {
     "iter": (_is_count, _COUNT),
     "seed": (_is_count, _COUNT),
+    "world_size": (_is_count, _COUNT),
+    "iter_size": (_is_count, _COUNT),
     "net": (lambda v: isinstance(v, str), "a string"),
     "dtype": (lambda v: isinstance(v, str), "a string"),
     "caffemodel": (lambda v: isinstance(v, str), "a string"),

@@ -44,7 +44,7 @@ def test_file_layout(tmp_path):
     assert set(meta["random_states"]) == {"train", "test/0"}
     assert set(meta["random_states"]["train"]) == {"data", "drop"}
     assert meta["random_states"]["train"]["drop"] == {
-        "seed": solver.net.layer_dict["drop"].seed, "state": {"mask_draws": 4}}
+        "seed": solver.net.layer_dict["drop"].seed, "state": {"mask_draws": 1}}  # per pass
     assert meta["solver_rng"]["bit_generator"] == "PCG64"
     # The .caffemodel holds the same weights, for Net(..., weights=...).
     net = Net(tmp_path / "net.prototxt", "TEST", weights=str(folder / "tiny_iter_2.caffemodel"),
