@@ -120,8 +120,8 @@ SOLVER = """net: "rcnn_tiny.prototxt"
 base_lr: 0.01
 lr_policy: "multistep"
 gamma: 0.1
-stepvalue: 1100
-max_iter: 1500
+stepvalue: 600
+max_iter: 800
 momentum: 0.9
 weight_decay: 0.0005
 display: 50
