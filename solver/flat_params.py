@@ -40,6 +40,9 @@ class FlatParams:
     def __init__(self, params, history_count, device):
         self.params = _layout(params)
         self.device = device
+        # The solver's sum of the earlier passes' gradients of an iteration
+        # (iter_size > 1: solver.sgd.Solver._accumulate), None between them.
+        self.pass_sum = None
         ends = list(itertools.accumulate(lp.blob.count for lp in self.params))
         self._slices = [slice(end - lp.blob.count, end) for lp, end in zip(self.params, ends)]
         total = ends[-1] if ends else 0

@@ -316,6 +316,7 @@ class Solver(SnapshotMixin):
                 self.net.backward()
                 sumsq = self._guard(outputs.loss)
                 loss += outputs.loss
+                self._accumulate(s)
             skip_minibatches(self._data_layers, world.size - 1 - world.rank)
         except NumericalError as exc:
             failure = exc
@@ -323,8 +324,26 @@ class Solver(SnapshotMixin):
         if world.size > 1:
             for flat in self._flat:
                 world.allreduce_sum(flat.diff)
+        if (p.iter_size > 1 or world.size > 1) and p.clip_gradients >= 0:
             sumsq = sum_of_squares([flat.diff for flat in self._flat])
         return loss / (p.iter_size * world.size), sumsq, outputs
+
+    def _accumulate(self, s):
+        """With iter_size > 1, each pass's gradient starts from zero and is
+        added whole to the sum of the earlier ones (kept aside), so the
+        iteration's gradient is a sum of per-pass gradients: the same
+        float32 sum whether the passes ran in one process or on two ranks."""
+        last = self.param.iter_size - 1
+        for flat in self._flat if last else ():
+            if s == 0:
+                flat.pass_sum = flat.diff.copy()
+            elif s < last:
+                flat.pass_sum += flat.diff
+            else:
+                flat.diff += flat.pass_sum
+                flat.pass_sum = None
+            if s < last:
+                flat.diff.fill(0)
 
     def _interrupted(self, start_state):
         """KeyboardInterrupt inside an iteration: before the update, go back

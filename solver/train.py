@@ -93,6 +93,11 @@ from solver.session import TrainingSession, choose_seed
 from solver.train_caffe import PlainCaffeTraining, is_plain_caffe_net
 from solver.train_settings import (apply_reference_config, classify_file,
                                    is_schedule, train_settings)
+from solver.data_parallel import LRScaling
+from solver.world import current_world
+
+# Where the other ranks' closing lines go (rank 0 speaks for the job).
+_NOWHERE = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (process-long)
 
 # classify_file ... pad_classes: importable from here as before they moved.
 __all__ = ["main", "Training", "classify_file", "is_schedule", "run_schedule",
@@ -156,6 +161,13 @@ def build_parser():
                         help="BLAS threads (default: the library's, or 1 for nets under "
                              f"{SMALL_NET_MACS / 1e9:g} G multiply-adds per pass on the CPU)")
     add_proposal_arguments(parser, training=True)
+    parser.add_argument("--lr-scaling", choices=("keep", "linear"), default="keep",
+                        help="under mpiexec with N ranks: keep the solver's learning rates "
+                             "(the default: N ranks x iter_size S update as one process with "
+                             "iter_size N x S), or multiply them by N (linear rule)")
+    parser.add_argument("--lr-warmup", type=int, default=0, metavar="ITERS",
+                        help="with --lr-scaling linear: ramp the factor from 1 to N over the "
+                             "first ITERS iterations")
     return parser
 
 
@@ -164,6 +176,10 @@ def main(argv=None, stream=None):
     non-finite loss, 2 a user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     stream = sys.stdout if stream is None else stream
+    world = current_world()
+    world.abort_on_uncaught()
+    if not world.is_root:
+        stream = None   # rank 0 speaks for the job
 
     def run():
         kind = classify_file(args.prototxt)
@@ -173,7 +189,7 @@ def main(argv=None, stream=None):
                                 "stages of a schedule name theirs (proposals_from)")
             return run_schedule(args.prototxt, args, stream)
         return Training(args, kind, stream).run()
-    return exit_status(run)
+    return world.finish(exit_status(run))
 
 
 class Training:
@@ -189,17 +205,29 @@ class Training:
     def say(self, text):
         if self.progress is not None:
             self.progress.event("info", text)
-        else:
+        elif self.stream is not None:
             print(text, file=self.stream, flush=True)
 
     def run(self):
         started = time.perf_counter()
-        self.device = select_device(self.args.gpu)
+        world = self.world = current_world()
+        # Several ranks: --gpu N is the first device of a machine; local rank k uses N + k.
+        self.device = select_device(None if self.args.gpu is None
+                                    else self.args.gpu + world.local_rank)
         settings = train_settings(self.args, self.kind)
         stem = os.path.splitext(os.path.basename(settings.net_path))[0]
         self.out = self.args.out or os.path.join("out", stem)
-        os.makedirs(self.out, exist_ok=True)
-        self.progress = Progress(os.path.join(self.out, "train_log.jsonl"), stream=self.stream)
+        if world.is_root:   # rank 0 writes the log, snapshots and evaluations
+            os.makedirs(self.out, exist_ok=True)
+            self.progress = Progress(os.path.join(self.out, "train_log.jsonl"),
+                                     stream=self.stream)
+        else:
+            self.progress = Progress(None, stream=None)
+        if world.size > 1:
+            self.say(f"data-parallel training on {world.describe()} (rank 0 writes); "
+                     f"learning rates: {self.args.lr_scaling}"
+                     + (f", warm-up {self.args.lr_warmup} iterations"
+                        if self.args.lr_warmup else ""))
         try:
             seed = choose_seed(self.args.seed, settings.seed)
             self.say(f"solver.train {settings.net_path} on {self.device}; output in {self.out}; "
@@ -242,6 +270,7 @@ class Training:
         solver = session.create_solver(settings.param, progress=self.progress, seed=seed,
                                        prefix=os.path.join(self.out, stem), metadata=metadata,
                                        export=export, base_dir=settings.base_dir)
+        solver.lr_scaling = LRScaling(args.lr_scaling, self.world.size, args.lr_warmup)
         if args.resume:
             restored = solver.restore(args.resume)
             if restored.get("classes") and list(restored["classes"]) != list(train_set.classes):
@@ -260,16 +289,17 @@ class Training:
             if where:
                 print(f"interrupted: resume with python -m solver.train {args.prototxt} "
                       f"--resume {where}" + (f" --out {self.out}" if args.out else ""),
-                      file=self.stream)
+                      file=self.stream or _NOWHERE)
             else:
-                print("interrupted", file=self.stream)
+                print("interrupted", file=self.stream or _NOWHERE)
             return 130
         except DataError:
             if solver.interrupt_snapshot:
                 print(f"stopped by a data error; the last completed iteration is saved: resume "
                       f"with python -m solver.train {args.prototxt} --resume "
                       f"{solver.interrupt_snapshot}" + (f" --out {self.out}" if args.out else "")
-                      + " (--on-error skip leaves out images that fail)", file=self.stream)
+                      + " (--on-error skip leaves out images that fail)",
+                      file=self.stream or _NOWHERE)
             raise
         return self._finish(state_path, model_path, started)
 
@@ -283,6 +313,8 @@ class Training:
             self.say(f"dataset: {root} (splits {args.train_split} / {args.test_split})")
         else:
             root = builtin_dataset(self.say)
+        if not self.world.is_root:
+            args.no_eval = True   # rank 0 evaluates
         if not args.no_eval:
             evaluation_source(root, args.test_split)   # a COCO file needs its test file
         train_set = open_dataset(root, args.train_split, on_error=args.on_error,
@@ -341,9 +373,11 @@ class Training:
         training_s = time.perf_counter() - started
         try:
             summary = self.evaluate() if self.test_net is not None else None
+            if not self.world.is_root:
+                return 0
         except KeyboardInterrupt:
             print(f"interrupted during the evaluation; the weights are in {state_path}",
-                  file=self.stream)
+                  file=self.stream or _NOWHERE)
             return 130
         self._plot()
         lines = [f"done: {solver.iter} iterations in {format_duration(training_s)} (total "

@@ -16,6 +16,7 @@ world is a single process and mpi4py is never imported, so a plain
 """
 import os
 import sys
+import time
 
 __all__ = ["World", "MPIWorld", "current_world", "launched_size", "MPI_EXTRA_HINT"]
 
@@ -91,6 +92,13 @@ class World:
 
     def describe(self):
         return "1 process"
+
+    def finish(self, status, timeout_s=30.0):
+        """The exit status of a command ending with ``status``."""
+        return status
+
+    def abort_on_uncaught(self):
+        """Make an uncaught exception end every rank (nothing to do alone)."""
 
 
 class MPIWorld(World):
@@ -174,6 +182,36 @@ class MPIWorld(World):
 
     def describe(self):
         return f"{self.size} MPI ranks"
+
+    def finish(self, status, timeout_s=30.0):
+        """End this rank with ``status``. A failing status (not 0) may be
+        this rank's alone (a data error on its images) while the others
+        wait in a collective: the ranks meet at a non-blocking barrier, and
+        when they do not all arrive within ``timeout_s`` seconds this rank
+        aborts the job (MPI Abort: the launcher ends every rank), so a
+        failure never leaves the others hanging."""
+        if status == 0:
+            return status
+        request = self.comm.Ibarrier()
+        deadline = time.monotonic() + timeout_s
+        while not request.Test():
+            if time.monotonic() > deadline:
+                self.abort(f"rank {self.rank} of {self.size} stopped (exit status {status}) "
+                           f"and the other ranks did not stop within {timeout_s:g} s: "
+                           f"ending the job", code=status or 1)
+            time.sleep(0.05)
+        return status
+
+    def abort_on_uncaught(self):
+        """An uncaught exception on any rank prints its traceback and ends
+        every rank (MPI Abort) instead of leaving them in a collective."""
+        previous = sys.excepthook
+
+        def hook(kind, value, traceback):
+            previous(kind, value, traceback)
+            self.abort(f"rank {self.rank} of {self.size}: uncaught {kind.__name__}: ending "
+                       f"the job", code=1)
+        sys.excepthook = hook
 
 
 def build_nccl_communicator(world):
