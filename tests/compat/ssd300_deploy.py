@@ -64,12 +64,12 @@ def pool(name, bottom, kernel, stride, pad=0):
             f"pad: {pad} }} }}\n")
 
 
-def trunk():
+def trunk(narrow=1):
     text, bottom = "", "data"
     for block, count, outputs in VGG:
         for i in range(1, count + 1):
             name = f"{block}_{i}"
-            text += conv(name, bottom, outputs, 3, pad=1)
+            text += conv(name, bottom, outputs // narrow, 3, pad=1)
             bottom = name
         index = block[-1]
         if index == "5":
@@ -77,11 +77,11 @@ def trunk():
         else:
             text += pool(f"pool{index}", bottom, 2, 2)
         bottom = f"pool{index}"
-    text += conv("fc6", "pool5", 1024, 3, pad=6, dilation=6)
-    text += conv("fc7", "fc6", 1024, 1)
+    text += conv("fc6", "pool5", 1024 // narrow, 3, pad=6, dilation=6)
+    text += conv("fc7", "fc6", 1024 // narrow, 1)
     bottom = "fc7"
     for name, outputs, kernel, pad, stride in EXTRAS:
-        text += conv(name, bottom, outputs, kernel, pad=pad, stride=stride)
+        text += conv(name, bottom, outputs // narrow, kernel, pad=pad, stride=stride)
         bottom = name
     text += ('layer { name: "conv4_3_norm" type: "Normalize" bottom: "conv4_3" '
              'top: "conv4_3_norm" norm_param { across_spatial: false scale_filler { '
@@ -146,8 +146,10 @@ def heads():
     return text
 
 
-def deploy_text(size=300):
-    """The deploy net for a size x size input (300 is SSD300's)."""
-    header = (f'name: "VGG_VOC0712_SSD_300x300_deploy"\n'
-              f'input: "data"\ninput_shape {{ dim: 1 dim: 3 dim: {size} dim: {size} }}\n')
-    return header + trunk() + heads()
+def deploy_text(narrow=1):
+    """The deploy net. ``narrow`` > 1 divides the trunk's and the extra
+    layers' widths (a fast stand-in with the same head, priors and shapes
+    of the SSD outputs; 1 is the real net)."""
+    header = ('name: "VGG_VOC0712_SSD_300x300_deploy"\n'
+              'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 300 dim: 300 }\n')
+    return header + trunk(narrow) + heads()
