@@ -314,9 +314,13 @@ class Solver(SnapshotMixin):
                 self.net.set_draw_key(self.iter, position(world, s))
                 outputs = self.net.forward()
                 self.net.backward()
-                sumsq = self._guard(outputs.loss)
+                if s < p.iter_size - 1:
+                    self._guard(outputs.loss)
+                    self._accumulate(s)
+                else:   # the guard's sum of squares is then that of the whole gradient
+                    self._accumulate(s)
+                    sumsq = self._guard(outputs.loss)
                 loss += outputs.loss
-                self._accumulate(s)
             skip_minibatches(self._data_layers, world.size - 1 - world.rank)
         except NumericalError as exc:
             failure = exc
@@ -324,7 +328,7 @@ class Solver(SnapshotMixin):
         if world.size > 1:
             for flat in self._flat:
                 world.allreduce_sum(flat.diff)
-        if (p.iter_size > 1 or world.size > 1) and p.clip_gradients >= 0:
+        if world.size > 1 and p.clip_gradients >= 0:
             sumsq = sum_of_squares([flat.diff for flat in self._flat])
         return loss / (p.iter_size * world.size), sumsq, outputs
 
