@@ -66,9 +66,11 @@ def _rfcn(depth, file, phase, **options):
                         tuple(sorted(dict(depth=depth, **options).items())))
 
 
-def _frcnn(net, phase, kind):
-    return ReferenceNet("py-faster-rcnn", "models/pascal_voc/VGG16/" + REFERENCE_FILES[net], phase,
-                        kind, (("net", net),))
+def _frcnn(net, phase, kind, backbone="vgg16"):
+    folder = {"vgg16": "VGG16", "zf": "ZF", "vgg_cnn_m_1024": "VGG_CNN_M_1024"}[backbone]
+    options = (("net", net),) if backbone == "vgg16" else (("backbone", backbone), ("net", net))
+    return ReferenceNet("py-faster-rcnn", f"models/pascal_voc/{folder}/" + REFERENCE_FILES[net],
+                        phase, kind, options)
 
 
 RFCN_NETS = (
@@ -96,6 +98,12 @@ FASTER_RCNN_NETS = (
 )
 
 REFERENCE_NETS = RFCN_NETS + FASTER_RCNN_NETS
+
+#: py-faster-rcnn's ZF and VGG_CNN_M_1024 nets (the eight files of each), in
+#: FASTER_RCNN_NETS' order; prototxt.faster_rcnn writes them (--backbone).
+FASTER_RCNN_BACKBONE_NETS = {
+    backbone: tuple(_frcnn(r.options[0][1], r.phase, r.kind, backbone) for r in FASTER_RCNN_NETS)
+    for backbone in ("zf", "vgg_cnn_m_1024")}
 
 
 def _alt_opt(dataset, depth, net):
