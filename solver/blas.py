@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from solver.world import current_world
+
 __all__ = ["SMALL_NET_MACS", "multiply_adds", "set_blas_threads", "get_blas_threads",
            "blas_choice", "blas_threads_for"]
 
@@ -80,19 +82,27 @@ def get_blas_threads():
     return int(function())
 
 
-def blas_choice(net, device, given=None):
+def blas_choice(net, device, given=None, ranks_here=None):
     """``(threads, why)`` for a session training ``net`` on ``device``:
     ``given`` when given; one thread for a net under SMALL_NET_MACS on the
-    CPU; None (leave the library's count) on a GPU, for a large net, or
-    when OPENBLAS_NUM_THREADS chooses."""
+    CPU; for a larger net, with several data-parallel ranks on this machine
+    (``ranks_here``, default: solver.world's local size), the cores shared
+    out (cores // ranks, at least 1) so the ranks do not oversubscribe
+    them; None (leave the library's count) on a GPU, for a large net in one
+    process, or when OPENBLAS_NUM_THREADS chooses."""
     if given is not None:
         return given, "--blas-threads"
     if device.is_gpu or "OPENBLAS_NUM_THREADS" in os.environ:
         return None
     macs = multiply_adds(net)
-    if macs >= SMALL_NET_MACS:
-        return None
-    return 1, f"a small net: {macs / 1e9:.2f} G multiply-adds per pass"
+    if macs < SMALL_NET_MACS:
+        return 1, f"a small net: {macs / 1e9:.2f} G multiply-adds per pass"
+    ranks = current_world().local_size if ranks_here is None else int(ranks_here)
+    if ranks > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+        return max(1, cores // ranks), f"{cores} cores shared by {ranks} ranks on this machine"
+    return None
 
 
 @contextlib.contextmanager
