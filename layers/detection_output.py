@@ -22,12 +22,15 @@ detection_output_param (Caffe-SSD's defaults):
   ``nms_param.nms_threshold`` (0.3; a box is dropped when its overlap with
   a kept box is above it), then the ``keep_top_k`` best of the image over
   all classes (-1: all). Overlaps of normalized boxes take no "+1".
-  ``nms_param.eta`` below 1 (adaptive NMS) is refused as not implemented.
+  ``nms_param.eta`` below 1 is Caffe-SSD's adaptive NMS: after each kept
+  box, while the threshold is above 0.5, it is multiplied by eta, and each
+  later box is tested against the kept boxes at the threshold of its turn.
 - ``save_output_param`` and ``visualize`` are accepted and not acted on.
 
 NMS is ``layers.nms`` (its IoU counts a "+1" pixel, so it is given the boxes
 with xmax, ymax lowered by 1 in float64, which gives the overlap without
-it). Decoding is array math shared by both devices; on the GPU the NMS runs
+it); adaptive NMS is ``adaptive_nms_sorted`` below (array math, one step
+per kept box). Decoding is array math shared by both devices; on the GPU the NMS runs
 as CUDA kernels (layers/cuda/nms.cu). The per-image, per-class loop is over
 a small count (classes), never over boxes. No gradient.
 """
@@ -61,6 +64,43 @@ def decode_boxes(priors, variances, loc, code_type, variance_encoded_in_target):
     return xp.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
 
 
+def normalized_overlaps(box, boxes):
+    """Caffe-SSD's JaccardOverlap of normalized boxes: ``box`` (4,) against
+    ``boxes`` (K, 4); no "+1", an inverted box has size 0."""
+    xp = array_module(boxes)
+    iw = xp.maximum(xp.minimum(box[2], boxes[:, 2]) - xp.maximum(box[0], boxes[:, 0]), 0)
+    ih = xp.maximum(xp.minimum(box[3], boxes[:, 3]) - xp.maximum(box[1], boxes[:, 1]), 0)
+    inter = iw * ih
+    def size(b):
+        w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+        return xp.where((w < 0) | (h < 0), 0, w * h)
+    union = size(box) + size(boxes) - inter
+    return xp.where(union > 0, inter / xp.where(union > 0, union, 1), 0)
+
+
+def adaptive_nms_sorted(boxes, thresh, eta):
+    """Caffe-SSD's ApplyNMSFast with eta < 1 on boxes (K, 4) sorted by
+    decreasing score: positions kept, increasing. A box is kept when its
+    largest overlap with the boxes kept before it is <= the threshold at its
+    turn; after each kept box the threshold is multiplied by eta while it is
+    above 0.5. The threshold only falls, so a box suppressed once stays
+    suppressed: one vectorized step per kept box, never one per box."""
+    xp = array_module(boxes)
+    worst = xp.zeros(boxes.shape[0], dtype=boxes.dtype)  # largest overlap with a kept box
+    kept, current, start = [], float(thresh), 0
+    while start < boxes.shape[0]:
+        free = xp.flatnonzero(worst[start:] <= current)
+        if free.size == 0:
+            break
+        i = start + int(free[0])
+        kept.append(i)
+        worst[i + 1:] = xp.maximum(worst[i + 1:], normalized_overlaps(boxes[i], boxes[i + 1:]))
+        if eta < 1 and current > 0.5:
+            current *= eta
+        start = i + 1
+    return xp.asarray(kept, dtype=np.int64)
+
+
 @register("DetectionOutput")
 class DetectionOutputLayer(NoGradientLayer):
     """See the module docstring. bottoms: loc, conf, prior; top (1, 1, K, 7)."""
@@ -89,10 +129,10 @@ class DetectionOutputLayer(NoGradientLayer):
         nms = p.nms_param
         self.nms_threshold = float(nms.nms_threshold)
         self.top_k = int(nms.top_k) if nms.HasField("top_k") else -1
-        if float(nms.eta) != 1.0:
+        self.eta = float(nms.eta)
+        if not 0 < self.eta <= 1:
             raise self.definition_error(
-                f"nms_param.eta {nms.eta:g}: adaptive NMS (eta < 1) is not implemented; "
-                "use eta 1 (plain NMS, the default)")
+                f"nms_param.eta must lie in (0, 1] (1: plain NMS), found {nms.eta:g}")
 
     def reshape(self, bottoms, tops):
         loc, conf, prior = (b.shape for b in bottoms)
@@ -143,6 +183,8 @@ class DetectionOutputLayer(NoGradientLayer):
         if self.top_k > -1:
             order = order[:self.top_k]
         chosen = candidates[order]
+        if self.eta < 1:
+            return chosen[adaptive_nms_sorted(boxes[chosen], self.nms_threshold, self.eta)]
         shifted = boxes[chosen].astype(np.float64)
         shifted[:, 2:] -= 1.0  # layers.nms counts +1 pixel; this cancels it
         return chosen[nms_sorted(shifted, self.nms_threshold, use_kernel=use_kernel)]

@@ -76,7 +76,7 @@ def decode(p, v, d, code, in_target):
 
 
 def reference(loc, conf, prior, num_classes, share, background, code, in_target, threshold,
-              nms_threshold, top_k, keep_top_k):
+              nms_threshold, top_k, keep_top_k, eta=1.0):
     """Caffe-SSD's DetectionOutputLayer::Forward_cpu, plainly."""
     num, priors = loc.shape[0], prior.shape[2] // 4
     boxes_p, var_p = prior[0, 0].reshape(-1, 4), prior[0, 1].reshape(-1, 4)
@@ -95,10 +95,12 @@ def reference(loc, conf, prior, num_classes, share, background, code, in_target,
             cands.sort(key=lambda t: -t[0])   # Python's sort is stable, as std::stable_sort
             if top_k > -1:
                 cands = cands[:top_k]
-            kept = []
+            kept, adaptive = [], nms_threshold
             for score, j in cands:
-                if all(jaccard(boxes[j], boxes[k]) <= nms_threshold for _, k in kept):
+                if all(jaccard(boxes[j], boxes[k]) <= adaptive for _, k in kept):
                     kept.append((score, j))
+                    if eta < 1 and adaptive > 0.5:
+                        adaptive *= eta
             found += [(c, score, boxes[j]) for score, j in kept]
         if -1 < keep_top_k < len(found):
             best = sorted(range(len(found)), key=lambda n: -found[n][1])[:keep_top_k]
@@ -123,8 +125,10 @@ def random_case(seed, num=2, priors=40, num_classes=4, share=True):
     return loc, conf.reshape(num, -1), prior
 
 
-CONFIGS = [  # share, background, code, in_target, threshold, nms, top_k, keep_top_k
+CONFIGS = [  # share, background, code, in_target, threshold, nms, top_k, keep_top_k[, eta]
     (True, 0, "CENTER_SIZE", False, 0.01, 0.45, 400, 200),      # SSD300's
+    (True, 0, "CENTER_SIZE", False, 0.01, 0.9, 400, -1, 0.8),   # adaptive NMS
+    (False, -1, "CORNER", False, 0.05, 0.7, -1, 20, 0.95),
     (True, 0, "CENTER_SIZE", False, 0.2, 0.3, 5, 6),
     (False, 0, "CENTER_SIZE", False, None, 0.5, -1, -1),
     (True, -1, "CORNER", False, 0.1, 0.45, -1, 10),
@@ -135,26 +139,28 @@ CONFIGS = [  # share, background, code, in_target, threshold, nms, top_k, keep_t
 
 
 def config_spec(num_classes, share, background, code, in_target, threshold, nms, top_k,
-                keep_top_k):
+                keep_top_k, eta=1.0):
     extra = (f"share_location: {str(share).lower()} background_label_id: {background} "
              f"code_type: {code} variance_encoded_in_target: {str(in_target).lower()} "
              f"keep_top_k: {keep_top_k}")
     if threshold is not None:
         extra += f" confidence_threshold: {threshold}"
     nms_fields = f"nms_threshold: {nms}" + (f" top_k: {top_k}" if top_k > -1 else "")
+    nms_fields += f" eta: {eta}" if eta != 1 else ""
     return spec(num_classes, extra, nms_fields)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("config", CONFIGS)
 def test_matches_caffe_ssd_reference(config, seed):
-    share, background, code, in_target, threshold, nms, top_k, keep_top_k = config
+    share, background, code, in_target, threshold, nms, top_k, keep_top_k = config[:8]
+    eta = config[8] if len(config) > 8 else 1.0
     loc, conf, prior = random_case(seed, share=share)
     out = run(config_spec(4, *config), loc, conf, prior)
     f32 = lambda v: float(np.float32(v))  # noqa: E731 (the proto's float fields)
     expected = reference(loc, conf, prior, 4, share, background, code, in_target,
                          -np.inf if threshold is None else f32(threshold), f32(nms), top_k,
-                         keep_top_k)
+                         keep_top_k, f32(eta))
     assert out.shape == (1, 1, len(expected), 7)
     np.testing.assert_allclose(out[0, 0], expected, rtol=1e-12, atol=1e-14)
 
@@ -215,7 +221,8 @@ def test_prior_of_the_wrong_shape_is_refused():
 @pytest.mark.parametrize("text,message", [
     ('name: "det" type: "DetectionOutput"', "num_classes is required"),
     (spec(3, "background_label_id: 3"), "background_label_id 3 is not a class of num_classes 3"),
-    (spec(3, nms="eta: 0.9"), r"eta 0.9: adaptive NMS \(eta < 1\) is not implemented"),
+    (spec(3, nms="eta: 0"), r"nms_param.eta must lie in \(0, 1\] \(1: plain NMS\), found 0"),
+    (spec(3, nms="eta: 1.5"), r"nms_param.eta must lie in \(0, 1\] .*found 1.5"),
 ])
 def test_bad_parameters_are_named_errors(text, message):
     loc, conf, prior = random_case(0, num_classes=3)
