@@ -169,3 +169,35 @@ def alt_opt_schedule(dataset="pascal_voc", depth=101):
         _train_stage("stage3_rpn", "stage3_rpn_train.pt", "stage:stage2_rfcn", rpn),
         _proposal_stage("stage3_test_proposals", "stage3_rpn", splits[1]),
     ])
+
+
+def main(argv=None):
+    """python -m prototxt.rfcn_alt_opt --out-dir DIR [--depth 101] [--dataset pascal_voc]:
+    the seven stage files (py-R-FCN's names) and schedule.prototxt."""
+    import argparse
+    from pathlib import Path
+    parser = argparse.ArgumentParser(
+        prog="python -m prototxt.rfcn_alt_opt",
+        description="Write py-R-FCN's rfcn_alt_opt_5step_ohem stage files (Python-layer form, "
+                    "as it ships them) and a schedule file running them with solver.schedule.")
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--depth", type=int, default=101, choices=(50, 101, 152))
+    parser.add_argument("--dataset", default="pascal_voc", choices=sorted(STAGE_LENGTHS))
+    parser.add_argument("--classes", type=int,
+                        help="classes with the background (default: 21 VOC, 81 COCO)")
+    args = parser.parse_args(argv)
+    classes = args.classes or {"pascal_voc": 21, "coco": 81}[args.dataset]
+    try:
+        files = {f"{net}.pt": rfcn_alt_opt_net(args.depth, classes, net) for net in ALT_OPT_NETS}
+    except ValueError as exc:
+        parser.error(str(exc))
+    files["schedule.prototxt"] = alt_opt_schedule(args.dataset, args.depth)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (args.out_dir / name).write_text(text)
+        print(f"wrote {args.out_dir / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

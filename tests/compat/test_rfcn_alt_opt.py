@@ -293,3 +293,27 @@ def test_the_first_stages_train_on_the_built_in_dataset(data, tmp_path, monkeypa
         == ["done"] * 3
     losses = [float(v) for v in __import__("re").findall(r"iter 0/1  loss (\S+)", log)]
     assert len(losses) == 2 and all(np.isfinite(losses)) and all(v > 0 for v in losses)
+
+
+def test_the_command_writes_the_stage_files_and_the_schedule(tmp_path, capsys):
+    from prototxt.rfcn_alt_opt import main
+    assert main(["--out-dir", str(tmp_path), "--depth", "50", "--dataset", "coco"]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([f"{n}.pt" for n in ALT_OPT_NETS] + ["schedule.prototxt"])
+    assert "'num_classes': 81" in (tmp_path / "stage1_rpn_train.pt").read_text()
+    assert (tmp_path / "rfcn_test.pt").read_text() == rfcn_alt_opt_net(50, 81, "rfcn_test")
+    assert len(Schedule(str(tmp_path / "schedule.prototxt")).stages) == 8
+    assert f"wrote {tmp_path / 'schedule.prototxt'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: rfcn_alt_opt_net(101, 21, "stage4_rpn_train"),
+     "net must be one of stage1_rpn_train, .*rfcn_test, found 'stage4_rpn_train'"),
+    (lambda: rfcn_alt_opt_net(101, 1), "classes counts the background too .* found 1"),
+    (lambda: rfcn_alt_opt_net(34, 21), "depth must be one of"),
+    (lambda: alt_opt_schedule("kitti"), "dataset must be one of \\['coco', 'pascal_voc'\\], "
+                                        "found 'kitti'"),
+])
+def test_bad_options_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
