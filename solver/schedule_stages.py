@@ -94,6 +94,9 @@ def proposals_stage(runner, stage):
     path = cache_path(folder, stage.name, content_key)
     runner.say(f"  RPN of stage '{g.from_stage}' ({runner.rel(weights)}) over {len(dataset)} "
                f"images of split '{split}' at scale {scale} (max {max_size})")
+    if world.size > 1:
+        runner.say(f"  split over {world.size} ranks: rank 0 runs "
+                   f"{len(range(0, len(dataset), world.size))} of them (its progress below)")
 
     def make():
         net = Net(net_path, "TEST", device=runner.device, dtype=runner.dtype,

@@ -97,7 +97,11 @@ def build_parser():
 def main(argv=None, stream=None):
     args = build_parser().parse_args(argv)
     stream = sys.stdout if stream is None else stream
-    return exit_status(lambda: _run(args, stream))
+    world = current_world()
+    world.abort_on_uncaught()
+    # A failure on one rank alone (its images) must not leave the others waiting in a
+    # gather: World.finish ends the job when the ranks do not all stop (solver.world).
+    return world.finish(exit_status(lambda: _run(args, stream)))
 
 
 class _Silent:

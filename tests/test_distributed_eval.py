@@ -344,6 +344,25 @@ def test_mpiexec_solver_test_gives_the_detections_and_map_of_one_process(data, t
 
 
 @needs_mpi
+def test_mpiexec_a_bad_image_on_rank_1_stops_both_ranks_with_its_error(data, trained,
+                                                                     tmp_path):
+    """Image 1 (rank 1's) is truncated after the header check: rank 1's
+    error reaches rank 0 in the gather, both stop with it, no rank hangs."""
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    image = bad / "JPEGImages" / "test_000001.jpg"
+    content = image.read_bytes()
+    image.write_bytes(content[:len(content) // 2])
+    done = subprocess.run(["mpiexec", "-n", "2", sys.executable, "-m", "solver.test", TINY,
+                           "--weights", trained, "--data", str(bad)], cwd=ROOT,
+                          env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    # Each rank says it (one line each; lines of two processes may interleave).
+    assert done.stderr.count("error: cannot read image") == 2, done.stderr
+    assert done.stderr.count("test_000001.jpg': OSError: image file is truncated") == 2
+
+
+@needs_mpi
 def test_mpiexec_proposals_equal_one_process(data, rpn_weights, tmp_path):
     from detection.datasets import load_dataset
     records = load_dataset(data, "test", keep_empty=True).records
