@@ -23,7 +23,7 @@ parameters and field spellings:
   mbox_conf_reshape (0, -1, 21), mbox_conf_softmax (Softmax axis 2),
   mbox_conf_flatten, and detection_out (DetectionOutput: 21 classes,
   background 0, NMS 0.45 over the top 400, keep_top_k 200, confidence 0.01,
-  CENTER_SIZE, a save_output_param as the file has).
+  CENTER_SIZE, the file's save_output_param with its resize_param).
 """
 NUM_CLASSES = 21
 SOURCES = ("conv4_3_norm", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2")
@@ -141,7 +141,12 @@ def heads():
         'include { phase: TEST } detection_output_param { '
         f"num_classes: {NUM_CLASSES} share_location: true background_label_id: 0 "
         "nms_param { nms_threshold: 0.45 top_k: 400 } save_output_param { "
-        'label_map_file: "data/VOC0712/labelmap_voc.prototxt" } code_type: CENTER_SIZE '
+        'output_directory: "data/VOCdevkit/results/VOC2007/SSD_300x300/Main" '
+        'output_name_prefix: "comp4_det_test_" output_format: "VOC" '
+        'label_map_file: "data/VOC0712/labelmap_voc.prototxt" '
+        'name_size_file: "data/VOC0712/test_name_size.txt" num_test_image: 4952 '
+        "resize_param { prob: 1 resize_mode: WARP height: 300 width: 300 "
+        "interp_mode: LINEAR } } code_type: CENTER_SIZE "
         "keep_top_k: 200 confidence_threshold: 0.01 } }\n")
     return text
 
