@@ -76,7 +76,12 @@ class SnapshotMixin:
         self._stop(message, f"{lp.name}/{k}", lp.name)
 
     def _snapshot_on_interrupt(self, why):
-        """The snapshot of the last completed iteration, after Ctrl-C."""
+        """The snapshot of the last completed iteration, after Ctrl-C (or a
+        data error). Another rank than 0 writes none and names none: after
+        an agreed stop rank 0 writes it; after this rank's own error rank 0
+        may be waiting in a collective and never write it."""
+        if not self.world.is_root:
+            return None
         try:
             if self._last_snapshot_iter == self.iter and self.last_snapshot:
                 path = self.last_snapshot

@@ -287,7 +287,8 @@ class Training:
         except KeyboardInterrupt:
             where = solver.interrupt_snapshot
             if where:
-                print(f"interrupted: resume with python -m solver.train {args.prototxt} "
+                print(f"interrupted: resume with {self._launch()}python -m solver.train "
+                      f"{args.prototxt} "
                       f"--resume {where}" + (f" --out {self.out}" if args.out else ""),
                       file=self.stream or _NOWHERE)
             else:
@@ -296,12 +297,16 @@ class Training:
         except DataError:
             if solver.interrupt_snapshot:
                 print(f"stopped by a data error; the last completed iteration is saved: resume "
-                      f"with python -m solver.train {args.prototxt} --resume "
+                      f"with {self._launch()}python -m solver.train {args.prototxt} --resume "
                       f"{solver.interrupt_snapshot}" + (f" --out {self.out}" if args.out else "")
                       + " (--on-error skip leaves out images that fail)",
                       file=self.stream or _NOWHERE)
             raise
         return self._finish(state_path, model_path, started)
+
+    def _launch(self):
+        """How this run was launched, for resume hints ("mpiexec -n N ")."""
+        return f"mpiexec -n {self.world.size} " if self.world.size > 1 else ""
 
     def _feed(self, net_path):
         """The training split handed to the data layer and the test split
