@@ -189,7 +189,8 @@ def test_mean_is_subtracted_on_warped_pixels_only_then_scaled():
     top, left = pad[0]
     assert top > 0 and left > 0                    # the window touches the corner
     np.testing.assert_allclose(got[0, :, :top], 0)
-    np.testing.assert_allclose(got[0, :, top:, left:], (100 - mean) * 0.5 + 0 * got[0, :, top:, left:])
+    np.testing.assert_allclose(got[0, :, top:, left:],
+                               np.broadcast_to((100 - mean) * 0.5, got[0, :, top:, left:].shape))
 
 
 # -- the layer --------------------------------------------------------------------------------
@@ -228,8 +229,7 @@ def test_crops_of_the_layer_are_the_reference_with_mean(window_file):
 def test_mirror_flips_a_window_inside_the_image(window_file):
     path, _, images = window_file
     layer, _ = make(spec(path))
-    box = np.array([[0, 0, 3, 3, 10, 8, 30, 25.0]])[:, 1:]
-    box[0, 0] = 0
+    box = np.array([[0, 1, 1.0, 10, 8, 30, 25]])    # image 0, class 1: inside the image
     plain = layer.crops(box, np.array([False]))
     flipped = layer.crops(box, np.array([True]))
     np.testing.assert_allclose(flipped, plain[..., ::-1])
@@ -321,3 +321,26 @@ def test_tops_land_on_the_gpu_equal_to_the_cpu(window_file):
     assert all(isinstance(t.data, cupy.ndarray) for t in tg)
     for w, t in zip(want, tg):
         np.testing.assert_array_equal(t.data.get(), w)
+
+
+def test_mean_file_is_read_at_the_canvas_position_offset_to_its_centre(window_file, tmp_path):
+    from netdef import caffe_pb2
+    path, _, images = window_file
+    mean = np.random.default_rng(2).uniform(0, 50, (3, 12, 12))
+    blob = caffe_pb2.BlobProto(num=1, channels=3, height=12, width=12, data=mean.ravel())
+    (tmp_path / "m.binaryproto").write_bytes(blob.SerializeToString())
+    layer, tops = make(spec(path, "context_pad: 1", f'crop_size: 8 scale: 0.5 mean_file: '
+                                                    f'"{tmp_path / "m.binaryproto"}"'))
+    windows, _, _, mirror = layer.draw(0)
+    data, _ = forward(layer, tops)
+    off = (12 - 8) // 2                               # Caffe's mean_off
+    for n, w in enumerate(windows):
+        want = reference_crop(images[int(w[0])], w[3:], 8, 1, False, mirror[n])
+        mask = np.any(want != 0, axis=0)
+        np.testing.assert_allclose(data[n], (want - mean[:, off:off + 8, off:off + 8]) * mask
+                                   * 0.5, atol=1e-5)
+    (tmp_path / "s.binaryproto").write_bytes(caffe_pb2.BlobProto(
+        num=1, channels=3, height=6, width=6, data=np.zeros(108)).SerializeToString())
+    with pytest.raises(DataError, match=r"mean_file '.*s.binaryproto' must be a square 3-channel "
+                                        r"image of at least crop_size 8, found shape \(3, 6, 6\)"):
+        make(spec(path, "", f'crop_size: 8 mean_file: "{tmp_path / "s.binaryproto"}"'))
