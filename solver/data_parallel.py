@@ -99,7 +99,9 @@ def agree(solver, loss, failure):
             if failure is None and world.is_root:
                 solver.progress.record("error", iter=solver.iter, message=message,
                                        blob=blob, layer=layer)
-        raise numerical_error(message, solver.iter, blob, layer, solver.last_snapshot)
+        error = numerical_error(message, solver.iter, blob, layer, solver.last_snapshot)
+        error.agreed = True   # every rank raises it: rank 0 alone reports it
+        raise error
     return sum(value for value, _, _ in everyone)
 
 

@@ -73,7 +73,7 @@ import os
 import sys
 import time
 
-from netdef.errors import DataError
+from netdef.errors import DataError, NumericalError
 from netdef.net import Net
 from netdef.schema import read_net
 from netdef.snapshot_format import atomic_writer
@@ -188,7 +188,12 @@ def main(argv=None, stream=None):
                 raise DataError("--proposals / --test-proposals are for a Fast R-CNN net; the "
                                 "stages of a schedule name theirs (proposals_from)")
             return run_schedule(args.prototxt, args, stream)
-        return Training(args, kind, stream).run()
+        try:
+            return Training(args, kind, stream).run()
+        except NumericalError as exc:
+            if getattr(exc, "agreed", False) and not world.is_root:
+                return 1   # every rank stops; rank 0 prints the one message
+            raise
     return world.finish(exit_status(run))
 
 

@@ -208,3 +208,13 @@ def test_ctrl_c_stops_every_rank_at_one_iteration_with_a_snapshot(data, tmp_path
     assert f"resume with mpiexec -n 2 python -m solver.train" in output
     assert str(last) in output
     assert SolverState.load(last).iter >= 2
+
+
+def test_nan_guard_stops_every_rank_with_one_message(data, tmp_path):
+    solver = tmp_path / "nan.prototxt"
+    solver.write_text(f'net: "{TINY}"\nbase_lr: 1e12\nlr_policy: "fixed"\nmax_iter: 5\n'
+                      f'display: 1\nrandom_seed: 5\n')
+    done = train(2, solver, data, tmp_path / "out")
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "iteration 1: non-finite values" in errors[0]
