@@ -30,7 +30,7 @@ from solver.defaults import NOT_MAPPED, REFERENCE_CONFIGS, apply_reference_confi
     reference_config
 from solver.schedule import Schedule, run_schedule
 from tests.compat.reference_nets import (FASTER_RCNN_NETS, RFCN_ALT_OPT_NETS, RFCN_NETS,
-                                         is_roi_data_layer, net_param)
+                                         is_roi_data_layer, net_param, randomize_params)
 
 SMALL = (96, 128)
 ROIS = 32
@@ -275,24 +275,40 @@ def test_the_schedule_file_parses_beside_the_stage_files(tmp_path):
         assert lengths["stage1_rfcn"] == lengths["stage2_rfcn"] == rfcn
 
 
+def stand_in_imagenet_weights(folder, path):
+    """A .caffemodel for the trunk and head of the stage files: random
+    values that keep activations finite and varied (the ResNet files have
+    no weight fillers: from their fillers the trunk would output zeros)."""
+    net_param_ = read_net(str(folder / "stage1_rfcn_ohem_train.pt"))
+    apply_reference_config(net_param_)
+    net = Net(net_param_, "TRAIN")
+    randomize_params(net, seed=7)
+    net.save(str(path))
+    return path
+
+
 def test_the_first_stages_train_on_the_built_in_dataset(data, tmp_path, monkeypatch):
     """stage-1 RPN, its proposals, then the stage-1 R-FCN with OHEM on them,
-    with py-R-FCN's files as they ship (ResNet-50, scaled down)."""
+    with py-R-FCN's files as they ship (ResNet-50, scaled down), from
+    stand-in ImageNet weights."""
     with_yml_config(monkeypatch)
     folder = write_stage_files(tmp_path / "files")
+    weights = stand_in_imagenet_weights(folder, tmp_path / "imagenet.caffemodel")
     text = alt_opt_schedule("pascal_voc", 50)
     text = text[:text.index('stage {\n  name: "stage2_rpn"')]
     path = folder / "schedule.prototxt"
     path.write_text(text)
     stream = io.StringIO()
     runner = run_schedule(str(path), data=data, out=str(tmp_path / "out"), iters=1, seed=0,
-                          stream=stream, evaluate=False)
+                          stream=stream, evaluate=False, weights=str(weights))
     log = stream.getvalue()
     stages = runner.state["stages"]
     assert [stages[s]["status"] for s in ("stage1_rpn", "stage1_proposals", "stage1_rfcn")] \
         == ["done"] * 3
     losses = [float(v) for v in __import__("re").findall(r"iter 0/1  loss (\S+)", log)]
     assert len(losses) == 2 and all(np.isfinite(losses)) and all(v > 0 for v in losses)
+    # Not the loss of all-zero features (ln 7 for 7 classes and no box loss).
+    assert abs(losses[1] - math.log(7)) > 1e-3
 
 
 def test_the_command_writes_the_stage_files_and_the_schedule(tmp_path, capsys):
