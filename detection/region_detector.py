@@ -3,7 +3,8 @@
     detector = RegionDetector.from_net_file("prototxt/rcnn_tiny.prototxt",
                                             "out/rcnn_tiny/rcnn_tiny_iter_1200.caffemodel")
     per_class = detector.detect(image_bgr, proposals)        # [c] -> (N, 5)
-    all_boxes = detector.detect_dataset(dataset, boxes_per_record)
+    detector = RegionDetector(net, crop_settings(net_path), proposals={image_id: (R, 4)})
+    all_boxes = detector.detect_dataset(dataset)   # as detection.detector.Detector's
 
 Per image: the first ``max_proposals`` proposals are warped exactly as the
 WindowData layer warps training windows (layers.window_data.region_crops:
@@ -58,18 +59,20 @@ class RegionDetector:
         net: TEST Net with input ``data`` ``(N, C, crop, crop)`` and blobs
             ``cls_prob`` ``(N, K)``, ``bbox_pred`` ``(N, 4K)``.
         settings: ``crop_settings`` of the training net.
+        proposals: ``{image id: (R, 4) boxes}`` for ``detect_dataset``.
         max_proposals: proposals kept per image (the first ones).
         batch: crops per forward pass.
     """
 
-    def __init__(self, net, settings, *, max_proposals=300, batch=128, score_thresh=0.05,
-                 nms_thresh=0.3, max_per_image=100):
+    def __init__(self, net, settings, *, proposals=None, max_proposals=300, batch=128,
+                 score_thresh=0.05, nms_thresh=0.3, max_per_image=100):
         for name in ("data", "cls_prob", "bbox_pred"):
             if name not in net.blobs:
                 raise NetDefinitionError(
                     f"{net.source}: an R-CNN test net needs blobs data, cls_prob and bbox_pred; "
                     f"found no '{name}' (blobs: {', '.join(net.blobs)})")
         self.net, self.settings = net, dict(settings)
+        self.proposals = proposals
         self.max_proposals, self.batch = int(max_proposals), int(batch)
         self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
         self.max_per_image = int(max_per_image)
@@ -124,17 +127,20 @@ class RegionDetector:
         scores, boxes = self.im_detect(image_bgr, proposals)
         return postprocess(scores, boxes, self.score_thresh, self.nms_thresh, self.max_per_image)
 
-    def detect_dataset(self, dataset, proposals, progress=None):
-        """``all_boxes[c][i]`` for every record of ``dataset``; ``proposals``
-        one ``(R, 4)`` array per record; ``progress(done, total)`` per image."""
+    def detect_dataset(self, dataset, progress=None):
+        """``all_boxes[c][i]`` for every record of ``dataset``, each image's
+        proposals from ``self.proposals`` by image id (so
+        detection.evaluate's sharded evaluation takes this detector as it
+        takes a Detector); ``progress(done, total)`` after each image."""
         records = list(dataset.records)
-        if len(proposals) != len(records):
-            raise DataError(f"{len(proposals)} proposal arrays for the {len(records)} images of "
-                            f"dataset '{dataset.name}'")
+        missing = [r.image_id for r in records if r.image_id not in (self.proposals or {})]
+        if missing:
+            raise DataError(f"no proposals for {len(missing)} of the {len(records)} images of "
+                            f"dataset '{dataset.name}', e.g. '{missing[0]}'")
         classes = len(dataset.classes)
         all_boxes = [[None] * len(records) for _ in range(classes)]
-        for i, (_, image) in enumerate(prefetched_images(records)):
-            dets = self.detect(image, proposals[i])
+        for i, (record, image) in enumerate(prefetched_images(records)):
+            dets = self.detect(image, self.proposals[record.image_id])
             if len(dets) != classes:
                 raise DataError(f"{self.net.source}: the net scores {len(dets)} classes "
                                 f"(background included), dataset '{dataset.name}' has {classes}")

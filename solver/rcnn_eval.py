@@ -15,10 +15,8 @@ import argparse
 import json
 import os
 import sys
-import time
 
-from detection.evaluate import (detection_progress, evaluate_detections, open_test_set,
-                                summary_line)
+from detection.evaluate import evaluate_detector, open_test_set, summary_line
 from detection.proposals import Proposals
 from detection.region_detector import RegionDetector
 from netdef.snapshot_format import atomic_writer
@@ -58,17 +56,15 @@ def _run(args, stream):
     dataset = open_test_set(root, args.split, images=args.images, json_is_test_set=True)
     boxes = Proposals.load(args.proposals).for_dataset(dataset, args.proposals)
     detector = RegionDetector.from_net_file(
-        args.net, args.weights, device=device, max_proposals=args.max_proposals,
-        batch=args.batch, score_thresh=args.score_threshold, nms_thresh=args.nms,
-        max_per_image=args.max_per_image)
+        args.net, args.weights, device=device,
+        proposals={r.image_id: b for r, b in zip(dataset.records, boxes)},
+        max_proposals=args.max_proposals, batch=args.batch, score_thresh=args.score_threshold,
+        nms_thresh=args.nms, max_per_image=args.max_per_image)
     say(f"R-CNN: {len(dataset)} images of '{dataset.name}' split '{args.split}', up to "
         f"{args.max_proposals} proposals each, warped to {detector.settings['crop_size']} px, "
         f"on {device}")
-    started = time.perf_counter()
-    all_boxes = detector.detect_dataset(dataset, boxes, detection_progress(stream, 50))
-    seconds = time.perf_counter() - started
-    _, table, summary = evaluate_detections(dataset, all_boxes, is_coco_path(root))
-    say(table)
+    _, _, summary, seconds = evaluate_detector(detector, dataset, is_coco_path(root), stream,
+                                               every=50)
     say(summary_line(summary))
     per_image = seconds / max(len(dataset), 1)
     say(f"{len(dataset)} images in {seconds:.1f}s ({per_image:.3f} s per image, "

@@ -120,9 +120,11 @@ def test_crop_settings_and_detector_errors(tmp_path):
         RegionDetector(Net(str(other), "TEST"), {})
     detector = RegionDetector(net, dict(crop_size=16, context_pad=0, square=False, mean=None,
                                         scale=1.0))
-    with pytest.raises(DataError, match="1 proposal arrays for the 0 images"):
-        detector.detect_dataset(type("D", (), {"records": [], "name": "d", "classes": ()})(),
-                                [np.zeros((1, 4))])
+    record = type("R", (), {"image_id": "a", "path": "a.png"})()
+    with pytest.raises(DataError, match="no proposals for 1 of the 1 images of dataset 'd', "
+                                        "e.g. 'a'"):
+        detector.detect_dataset(type("D", (), {"records": [record], "name": "d",
+                                               "classes": ()})())
 
 
 def test_window_file_from_a_dataset_and_proposals(tmp_path, tiny_set):
