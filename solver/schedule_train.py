@@ -21,6 +21,7 @@ from detection.proposals import Proposals
 from solver.schedule_file import ScheduleError, match_layers
 from solver.schedule_state import resumable_snapshot, stage_seed, write_text
 from solver.session import TrainingSession
+from solver.world import current_world
 
 __all__ = ["train_stage", "build_train_net"]
 
@@ -86,12 +87,15 @@ def build_train_net(runner, stage, seed):
     names = [lp.name for lp in net_param.layer]
     matches = {pattern: match_layers(pattern, names) for pattern in stage.param.frozen_layer}
     frozen = {n for found in matches.values() for n in found}
+    world = current_world()
 
     def build():
         header = (f"# The TRAIN net of stage '{stage.name}' of {runner.schedule.path}: "
                   f"{stage.param.net}" + (f" with layers {', '.join(sorted(frozen))} "
                                           f"frozen (lr_mult 0)" if frozen else "") + "\n")
-        write_text(copy_path, header + format_net(net_param))
+        if world.is_root:   # rank 0 writes; the others read it once it is there
+            write_text(copy_path, header + format_net(net_param))
+        world.barrier()
         return Net(copy_path, "TRAIN", device=runner.device, dtype=runner.dtype, seed=seed)
 
     _freeze(net_param, frozen, None)
@@ -236,7 +240,9 @@ def train_stage(runner, stage, key):
     ``key``; returns the state entry (iter, solverstate, caffemodel, net,
     frozen, init, loss, proposals)."""
     folder = os.path.join(runner.out, stage.name)
-    os.makedirs(folder, exist_ok=True)
+    world = current_world()   # data-parallel stages: rank 0 writes (solver.world)
+    if world.is_root:
+        os.makedirs(folder, exist_ok=True)
     seed = stage_seed(stage, runner.seed)
     param = _solver_param(runner, stage)
     net, frozen = build_train_net(runner, stage, seed)
@@ -247,7 +253,8 @@ def train_stage(runner, stage, key):
         _feed(runner, stage, session)
         if frozen:
             runner.say(f"  frozen (lr_mult 0): {', '.join(frozen)}")
-        progress = Progress(os.path.join(folder, "train_log.jsonl"), stream=runner.stream)
+        progress = Progress(os.path.join(folder, "train_log.jsonl"), stream=runner.stream) \
+            if world.is_root else Progress(None, stream=None)
         try:
             state_path, model_path = _train(runner, stage, key, session, param, frozen, seed,
                                             progress)
