@@ -39,6 +39,11 @@ however many parameter blobs there are, and one host sync per forward +
 backward (the sum of squared gradients: the guard's check and the clipping
 norm), all inside the device's context.
 
+Data parallelism (solver.data_parallel, solver.world): under ``mpiexec -n
+N`` each rank runs its iter_size passes at image positions r, r + N, ...,
+the flat gradients are all-reduced once per iteration and the update equals
+one process with iter_size N x iter_size; rank 0 writes snapshots.
+
 Paths in the solver file follow Caffe's rules (solver.solver_file).
 ``solver_mode`` and ``device_id`` are ignored: the device is chosen by the
 caller (``device=``).
