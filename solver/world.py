@@ -122,6 +122,9 @@ class MPIWorld(World):
         self.local_rank = local.Get_rank()
         self.local_size = local.Get_size()
         local.Free()
+        # finish's barrier runs on a communicator of its own, so it never
+        # matches a collective the other ranks wait in on COMM_WORLD.
+        self._finish_comm = self.comm.Dup()
         self._nccl = None
 
     def allreduce_sum(self, array):
@@ -192,7 +195,7 @@ class MPIWorld(World):
         failure never leaves the others hanging."""
         if status == 0:
             return status
-        request = self.comm.Ibarrier()
+        request = self._finish_comm.Ibarrier()
         deadline = time.monotonic() + timeout_s
         while not request.Test():
             if time.monotonic() > deadline:

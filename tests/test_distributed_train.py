@@ -218,3 +218,37 @@ def test_nan_guard_stops_every_rank_with_one_message(data, tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "iteration 1: non-finite values" in errors[0]
+
+
+FINISH = """
+import sys, time
+from solver.world import current_world
+w = current_world()
+if w.rank == 1:
+    sys.exit(w.finish(2, timeout_s=1))   # an error of rank 1 alone
+w.allgather(None)                          # rank 0 waits in the training's collective
+"""
+
+
+def test_a_rank_stopping_alone_ends_the_job_after_the_finish_timeout():
+    started = time.monotonic()
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", FINISH], cwd=ROOT,
+                          env=environment(), capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - started < BOUND_S
+    assert done.returncode != 0
+    assert "rank 1 of 2 stopped (exit status 2) and the other ranks did not stop within 1 s: " \
+           "ending the job" in done.stdout + done.stderr
+
+
+AGREED = """
+import sys
+from solver.world import current_world
+w = current_world()
+sys.exit(w.finish(130, timeout_s=30))      # every rank stops (an agreed Ctrl-C)
+"""
+
+
+def test_ranks_stopping_together_exit_with_their_status():
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", AGREED], cwd=ROOT,
+                          env=environment(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and "ending the job" not in done.stderr
