@@ -57,10 +57,12 @@ def alt_opt_phase(net):
     return "TEST" if net.endswith("_test") else "TRAIN"
 
 
-def rfcn_alt_opt_net(depth=101, classes=21, net="stage1_rfcn_ohem_train", k=7):
+def rfcn_alt_opt_net(depth=101, classes=21, net="stage1_rfcn_ohem_train", k=7, *, image=None):
     """Prototxt text of one of py-R-FCN's alternating stage nets
     (``net`` in ``ALT_OPT_NETS``) for a ResNet of ``depth`` (50, 101, 152)
-    and ``classes`` classes (background included)."""
+    and ``classes`` classes (background included). ``image`` (shorter
+    side, longer-side cap) adds 'scales' and 'max_size' to the training data
+    layers' param_str (py-R-FCN's files leave them to its config: 600, 1000)."""
     if net not in ALT_OPT_NETS:
         raise ValueError(f"net must be one of {', '.join(ALT_OPT_NETS)}, found {net!r}")
     if classes < 2:
@@ -70,7 +72,14 @@ def rfcn_alt_opt_net(depth=101, classes=21, net="stage1_rfcn_ohem_train", k=7):
         parts += _rpn_net(depth, classes, net)
     else:
         parts += _rfcn_net(depth, classes, net, k)
-    return "".join(parts)
+    text = "".join(parts)
+    if image and alt_opt_phase(net) == "TRAIN":
+        scale, max_size = (int(v) for v in image)
+        if min(scale, max_size) < 1:
+            raise ValueError(f"image sizes must be positive, found {tuple(image)}")
+        text = text.replace(f"\"'num_classes': {classes}\"", f"\"'num_classes': {classes}, "
+                            f"'scales': ({scale},), 'max_size': {max_size}\"", 1)
+    return text
 
 
 def _rpn_net(depth, classes, net):
@@ -172,8 +181,9 @@ def alt_opt_schedule(dataset="pascal_voc", depth=101):
 
 
 def main(argv=None):
-    """python -m prototxt.rfcn_alt_opt --out-dir DIR [--depth 101] [--dataset pascal_voc]:
-    the seven stage files (py-R-FCN's names) and schedule.prototxt."""
+    """python -m prototxt.rfcn_alt_opt --out-dir DIR [--depth 101] [--dataset pascal_voc]
+    [--classes N] [--image SCALE MAX_SIZE]: the seven stage files (py-R-FCN's
+    names) and schedule.prototxt."""
     import argparse
     from pathlib import Path
     parser = argparse.ArgumentParser(
@@ -185,10 +195,14 @@ def main(argv=None):
     parser.add_argument("--dataset", default="pascal_voc", choices=sorted(STAGE_LENGTHS))
     parser.add_argument("--classes", type=int,
                         help="classes with the background (default: 21 VOC, 81 COCO)")
+    parser.add_argument("--image", type=int, nargs=2, metavar=("SCALE", "MAX_SIZE"),
+                        help="shorter side and longer-side cap of the training images, written "
+                             "into the data layers (default: py-R-FCN's 600 1000)")
     args = parser.parse_args(argv)
     classes = args.classes or {"pascal_voc": 21, "coco": 81}[args.dataset]
     try:
-        files = {f"{net}.pt": rfcn_alt_opt_net(args.depth, classes, net) for net in ALT_OPT_NETS}
+        files = {f"{net}.pt": rfcn_alt_opt_net(args.depth, classes, net, image=args.image)
+                 for net in ALT_OPT_NETS}
     except ValueError as exc:
         parser.error(str(exc))
     files["schedule.prototxt"] = alt_opt_schedule(args.dataset, args.depth)

@@ -230,9 +230,7 @@ def write_stage_files(folder, depth=50, classes=7, scale=144, max_size=192):
     built-in dataset has 7 classes with the background)."""
     folder.mkdir(parents=True, exist_ok=True)
     for net in ALT_OPT_NETS:
-        text = rfcn_alt_opt_net(depth, classes, net).replace(
-            f"'num_classes': {classes}",
-            f"'num_classes': {classes}, 'scales': ({scale},), 'max_size': {max_size}")
+        text = rfcn_alt_opt_net(depth, classes, net, image=(scale, max_size))
         (folder / f"{net}.pt").write_text(text)
     return folder
 
@@ -313,10 +311,13 @@ def test_the_first_stages_train_on_the_built_in_dataset(data, tmp_path, monkeypa
 
 def test_the_command_writes_the_stage_files_and_the_schedule(tmp_path, capsys):
     from prototxt.rfcn_alt_opt import main
-    assert main(["--out-dir", str(tmp_path), "--depth", "50", "--dataset", "coco"]) == 0
+    assert main(["--out-dir", str(tmp_path), "--depth", "50", "--dataset", "coco",
+                 "--image", "192", "256"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([f"{n}.pt" for n in ALT_OPT_NETS] + ["schedule.prototxt"])
-    assert "'num_classes': 81" in (tmp_path / "stage1_rpn_train.pt").read_text()
+    for name in ("stage1_rpn_train.pt", "stage2_rfcn_ohem_train.pt"):
+        assert "param_str: \"'num_classes': 81, 'scales': (192,), 'max_size': 256\"" in \
+            (tmp_path / name).read_text()
     assert (tmp_path / "rfcn_test.pt").read_text() == rfcn_alt_opt_net(50, 81, "rfcn_test")
     assert len(Schedule(str(tmp_path / "schedule.prototxt")).stages) == 8
     assert f"wrote {tmp_path / 'schedule.prototxt'}" in capsys.readouterr().out
@@ -327,6 +328,7 @@ def test_the_command_writes_the_stage_files_and_the_schedule(tmp_path, capsys):
      "net must be one of stage1_rpn_train, .*rfcn_test, found 'stage4_rpn_train'"),
     (lambda: rfcn_alt_opt_net(101, 1), "classes counts the background too .* found 1"),
     (lambda: rfcn_alt_opt_net(34, 21), "depth must be one of"),
+    (lambda: rfcn_alt_opt_net(50, 21, image=(0, 256)), "image sizes must be positive, found"),
     (lambda: alt_opt_schedule("kitti"), "dataset must be one of \\['coco', 'pascal_voc'\\], "
                                         "found 'kitti'"),
 ])
