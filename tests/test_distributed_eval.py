@@ -375,6 +375,31 @@ def test_mpiexec_proposals_equal_one_process(data, rpn_weights, tmp_path):
                                         "reused": False, "size": 2}
 
 
+@needs_mpi
+def test_mpiexec_schedule_splits_its_proposals_stage_and_evaluation(data, tmp_path):
+    """The generate_proposals stage of 2 ranks writes what one process
+    computes with the same RPN weights; the final evaluation is split and
+    rank 0 writes evaluation.json."""
+    from detection.datasets import load_dataset
+    from netdef.net import Net
+    out = tmp_path / "schedule"
+    schedule = str(ROOT / "prototxt" / "tiny_staged_schedule.prototxt")
+    said = _run(["mpiexec", "-n", "2", sys.executable, "-m", "solver.schedule", schedule,
+                 "--data", data, "--iters", "1", "--test-images", "4", "--out", str(out),
+                 "--seed", "1"])
+    assert "split over 2 ranks: rank 0 runs 2 of them" in said
+    assert "4 images split over 2 ranks (2 on rank 0" in said
+    assert "map_07" in json.loads((out / "evaluation.json").read_text())
+    (path,) = (out / "stage1_proposals").glob("stage1_proposals_*.npz")
+    written = Proposals.load(path)
+    net = Net(str(out / "stage1_proposals" / "rpn_net.prototxt"), "TEST")
+    net.copy_from(str(out / "stage1_rpn" / "stage1_rpn_iter_1.caffemodel"))
+    records = load_dataset(data, written.meta["split"]).records
+    single = generate_proposals(net, records, scale=written.meta["scale"],
+                                max_size=written.meta["max_size"])
+    assert written.total > 0 and _same_proposals(written, single)
+
+
 def _worker(argv):
     """Rank's side of the proposals test: generate with the MPI world, rank
     0 writes; every rank reports what it holds afterwards."""
