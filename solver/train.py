@@ -58,6 +58,12 @@ net takes ``rois`` as an input, is evaluated on those of
 ``--test-proposals FILE``; ``--max-proposals`` (default 2000) caps each
 image's (solver.proposal_options).
 
+Data-parallel: ``mpiexec -n N python -m solver.train ...`` (Slurm's
+``srun`` alike) trains on N ranks; N ranks x iter_size S update as one
+process with iter_size N x S on the same images (solver.data_parallel);
+rank 0 writes the output, ``--gpu G`` gives local rank k GPU G + k,
+``--lr-scaling linear [--lr-warmup ITERS]`` multiplies the rates by N.
+
 Output in ``--out`` (default ``out/<net file stem>``): ``train_log.jsonl``
 (one JSON record per display iteration, snapshot, evaluation ...),
 ``train_log.png`` (detection.plot), snapshots ``<stem>_iter_N.solverstate.npz``
