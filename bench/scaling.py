@@ -45,12 +45,14 @@ LAUNCHER_PREFIXES = ("PMI_", "OMPI_", "PMIX_", "MPI_WORLD_", "SLURM_", "HYDRA_")
 
 
 def solver_file(folder, net, iter_size, iters):
-    """A copy of the net's solver settings (``<net>_solver.prototxt``) with
+    """A copy of the net's solver settings (``<net>_solver.prototxt``, else
+    the reference R-FCN settings, as solver.train takes them) with
     ``iter_size``, no periodic snapshots or tests; returns its path."""
     from google.protobuf import text_format
     from netdef.schema import read_solver
-    stem = os.path.splitext(net)[0]
-    param = read_solver(stem + "_solver.prototxt")
+    from solver.defaults import reference_solver
+    beside = os.path.splitext(net)[0] + "_solver.prototxt"
+    param = read_solver(beside) if os.path.isfile(beside) else reference_solver()
     param.net = os.path.abspath(net)
     param.iter_size, param.max_iter, param.snapshot = int(iter_size), int(iters), 0
     param.display = 1
@@ -154,7 +156,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", default=TINY, help="the net (default: the tiny R-FCN); its "
-                                                     "<net>_solver.prototxt gives the settings")
+                                                     "<net>_solver.prototxt, else the reference "
+                                                     "settings")
     parser.add_argument("--iters", type=int, default=40, help="iterations per run (default 40)")
     parser.add_argument("--data", help="dataset (default: 64 synthetic images, generated)")
     parser.add_argument("--gpus", type=int, metavar="G",
