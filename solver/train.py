@@ -167,6 +167,9 @@ def build_parser():
                         help="BLAS threads (default: the library's, or 1 for nets under "
                              f"{SMALL_NET_MACS / 1e9:g} G multiply-adds per pass on the CPU)")
     add_proposal_arguments(parser, training=True)
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="the nets' floating-point type (float64: exact comparisons, "
+                             "e.g. N ranks against one process)")
     parser.add_argument("--lr-scaling", choices=("keep", "linear"), default="keep",
                         help="under mpiexec with N ranks: keep the solver's learning rates "
                              "(the default: N ranks x iter_size S update as one process with "
@@ -265,6 +268,7 @@ class Training:
                      "leaves them out: " + ", ".join(f"{layer}.{key}={value!r}"
                                                      for layer, key, value in applied))
         return Net(net_param if applied else net_path, "TRAIN", device=self.device, seed=seed,
+                   dtype=self.args.dtype,
                    keep=[])  # lean memory: the solver reads the outputs only
 
     def _run(self, settings, stem, seed, started):
@@ -372,7 +376,8 @@ class Training:
         # --test-net first: a training net without a test file beside it is fine then
         self.test_net_path = (self.args.test_net or settings.test_net
                               or resolve_test_net(settings.net_path)[0])
-        self.test_net = Net(self.test_net_path, "TEST", device=self.device, seed=seed + 1)
+        self.test_net = Net(self.test_net_path, "TEST", device=self.device, seed=seed + 1,
+                            dtype=self.args.dtype)
         keep_detection_blobs(self.test_net)
         if "cls_prob" in self.test_net.blobs:
             width = self.test_net.blobs["cls_prob"].shape[-1]

@@ -252,3 +252,16 @@ def test_ranks_stopping_together_exit_with_their_status():
     done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", AGREED], cwd=ROOT,
                           env=environment(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 130 and "ending the job" not in done.stderr
+
+
+def test_three_ranks_equal_one_process_with_iter_size_3_in_float64(data, tmp_path):
+    three = train(3, solver_file(tmp_path, 1, max_iter=2, snapshot=0), data, tmp_path / "three",
+                  "--dtype", "float64")
+    assert three.returncode == 0, three.stdout + three.stderr
+    one = train(1, solver_file(tmp_path, 3, max_iter=2, snapshot=0), data, tmp_path / "one",
+                "--dtype", "float64")
+    assert one.returncode == 0, one.stdout + one.stderr
+    final = "rfcn_tiny_iter_2.solverstate.npz"
+    assert SolverState.load(tmp_path / "three" / final).dtype == "float64"
+    assert_same_weights(weights(tmp_path / "three" / final), weights(tmp_path / "one" / final),
+                        rtol=1e-10)
