@@ -41,7 +41,7 @@ def data(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("data") / "shapes", num_train=8, num_test=2, seed=3)
 
 
-def solver_file(folder, iter_size, max_iter=3, snapshot=2):
+def solver_file(folder, iter_size, max_iter=2, snapshot=1):
     path = Path(folder) / f"solver_s{iter_size}_{max_iter}.prototxt"
     path.write_text(f'net: "{TINY}"\nbase_lr: 0.005\nlr_policy: "fixed"\nmomentum: 0.9\n'
                     f'weight_decay: 0.0005\nmax_iter: {max_iter}\ndisplay: 1\n'
@@ -82,7 +82,7 @@ def assert_same_weights(a, b, rtol=1e-5):
 @pytest.fixture(scope="module")
 def runs(data, tmp_path_factory):
     """The 2-rank run (iter_size 1) and the one-process run (iter_size 2),
-    3 iterations with a snapshot at 2."""
+    2 iterations with a snapshot at 1."""
     folder = tmp_path_factory.mktemp("runs")
     two = train(2, solver_file(folder, 1), data, folder / "two")
     assert two.returncode == 0, two.stdout + two.stderr
@@ -93,12 +93,13 @@ def runs(data, tmp_path_factory):
 
 def test_two_ranks_equal_one_process_with_iter_size_2(runs):
     folder, two = runs
-    final = folder / "two" / "rfcn_tiny_iter_3.solverstate.npz"
-    assert_same_weights(weights(final), weights(folder / "one" / "rfcn_tiny_iter_3.solverstate.npz"))
+    final = folder / "two" / "rfcn_tiny_iter_2.solverstate.npz"
+    assert_same_weights(weights(final),
+                        weights(folder / "one" / "rfcn_tiny_iter_2.solverstate.npz"))
     state = SolverState.load(final)
     assert (state.world_size, state.iter_size) == (2, 1)
     # Rank 0 speaks for the job: each line once.
-    assert two.stdout.count("optimization done at iteration 3") == 1
+    assert two.stdout.count("optimization done at iteration 2") == 1
     assert "data-parallel training on 2 MPI ranks" in two.stdout
     # The losses are those of one process with iter_size 2 (the mean of 2 passes).
     one_log = (folder / "one" / "train_log.jsonl").read_text()
@@ -111,10 +112,10 @@ def test_two_rank_resume_is_exact(runs, data):
     folder, _ = runs
     out = folder / "two_resumed"
     done = train(2, solver_file(folder, 1), data, out,
-                 "--resume", str(folder / "two" / "rfcn_tiny_iter_2.solverstate.npz"))
+                 "--resume", str(folder / "two" / "rfcn_tiny_iter_1.solverstate.npz"))
     assert done.returncode == 0, done.stdout + done.stderr
-    straight = weights(folder / "two" / "rfcn_tiny_iter_3.solverstate.npz")
-    resumed = weights(out / "rfcn_tiny_iter_3.solverstate.npz")
+    straight = weights(folder / "two" / "rfcn_tiny_iter_2.solverstate.npz")
+    resumed = weights(out / "rfcn_tiny_iter_2.solverstate.npz")
     for key in straight:
         np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
 
@@ -123,18 +124,18 @@ def test_one_process_continues_a_two_rank_run_with_iter_size_2(runs, data):
     folder, _ = runs
     out = folder / "one_resumed"
     done = train(1, solver_file(folder, 2), data, out,
-                 "--resume", str(folder / "two" / "rfcn_tiny_iter_2.solverstate.npz"))
+                 "--resume", str(folder / "two" / "rfcn_tiny_iter_1.solverstate.npz"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "written by 2 rank(s) x iter_size 1, continued by 1 rank(s) x iter_size 2" \
         in done.stdout
-    assert_same_weights(weights(out / "rfcn_tiny_iter_3.solverstate.npz"),
-                        weights(folder / "two" / "rfcn_tiny_iter_3.solverstate.npz"))
+    assert_same_weights(weights(out / "rfcn_tiny_iter_2.solverstate.npz"),
+                        weights(folder / "two" / "rfcn_tiny_iter_2.solverstate.npz"))
 
 
 def test_other_images_per_iteration_are_refused(runs, data):
     folder, _ = runs
     done = train(1, solver_file(folder, 1), data, folder / "refused",
-                 "--resume", str(folder / "two" / "rfcn_tiny_iter_2.solverstate.npz"))
+                 "--resume", str(folder / "two" / "rfcn_tiny_iter_1.solverstate.npz"))
     assert done.returncode == 2
     assert "cannot resume: the snapshot was written by 2 rank(s) x iter_size 1 = 2 images " \
            "per iteration, this run has 1 rank(s) x iter_size 1 = 1" in done.stderr
@@ -163,7 +164,7 @@ def start_long_run(data, folder, token):
                                env=environment(MPI_CORE_TEST=token), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    first = folder / "out" / "rfcn_tiny_iter_2.solverstate.npz"
+    first = folder / "out" / "rfcn_tiny_iter_1.solverstate.npz"
     while not first.exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.1)
@@ -207,7 +208,7 @@ def test_ctrl_c_stops_every_rank_at_one_iteration_with_a_snapshot(data, tmp_path
     last = snapshots(tmp_path)[-1]
     assert f"resume with mpiexec -n 2 python -m solver.train" in output
     assert str(last) in output
-    assert SolverState.load(last).iter >= 2
+    assert SolverState.load(last).iter >= 1
 
 
 def test_nan_guard_stops_every_rank_with_one_message(data, tmp_path):
@@ -255,13 +256,13 @@ def test_ranks_stopping_together_exit_with_their_status():
 
 
 def test_three_ranks_equal_one_process_with_iter_size_3_in_float64(data, tmp_path):
-    three = train(3, solver_file(tmp_path, 1, max_iter=2, snapshot=0), data, tmp_path / "three",
+    three = train(3, solver_file(tmp_path, 1, max_iter=1, snapshot=0), data, tmp_path / "three",
                   "--dtype", "float64")
     assert three.returncode == 0, three.stdout + three.stderr
-    one = train(1, solver_file(tmp_path, 3, max_iter=2, snapshot=0), data, tmp_path / "one",
+    one = train(1, solver_file(tmp_path, 3, max_iter=1, snapshot=0), data, tmp_path / "one",
                 "--dtype", "float64")
     assert one.returncode == 0, one.stdout + one.stderr
-    final = "rfcn_tiny_iter_2.solverstate.npz"
+    final = "rfcn_tiny_iter_1.solverstate.npz"
     assert SolverState.load(tmp_path / "three" / final).dtype == "float64"
     assert_same_weights(weights(tmp_path / "three" / final), weights(tmp_path / "one" / final),
                         rtol=1e-10)
