@@ -60,6 +60,14 @@ def set_state(nets, rng, providers, state, notes=None):
             continue
         for name, entry in layers.items():
             layer = net.layer_dict.get(name)
+            if layer is not None and not layer.random_state_attributes:
+                # AnchorTarget / ProposalTarget kept a sampler stream before
+                # their draws were keyed by the pass (Layer.keyed_rng).
+                notes.append(f"{key} layer '{name}': its saved {', '.join(entry['state'])} "
+                             f"state is from before draws were keyed by iteration and image "
+                             f"position; ignored (the samples from here differ from those "
+                             f"of the uninterrupted older run)")
+                continue
             if layer is None or set(entry["state"]) != set(layer.random_state_attributes):
                 notes.append(f"{key} layer '{name}': random state not restored (the layer "
                              f"is missing or of another kind)")

@@ -181,3 +181,16 @@ def test_several_ranks_refuse_a_layer_with_its_own_stream():
 def test_current_world_is_one_process_here():
     if launched_size() == 1:
         assert current_world().size == 1
+
+
+def test_old_sampler_state_is_ignored_with_a_note():
+    from solver.resume import set_state
+    layer = build_layer(target_spec("num_classes: 21 batch_size: 32"), dtype=np.float64, seed=4)
+    net = type("FakeNet", (), {"layer_dict": {"roi-data": layer}})()
+    rng = np.random.default_rng(0)
+    old = {"random_states": {"train": {"roi-data": {
+        "seed": 4, "state": {"sampler": np.random.default_rng(1).bit_generator.state}}}},
+        "solver_rng": rng.bit_generator.state}
+    notes = set_state([("train", net)], rng, {}, old)
+    assert len(notes) == 1 and "train layer 'roi-data': its saved sampler state is from before " \
+        "draws were keyed by iteration and image position; ignored" in notes[0]
