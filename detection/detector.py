@@ -9,7 +9,11 @@
 One image, as py-faster-rcnn's / py-R-FCN's ``im_detect`` and ``test_net``:
 
 1. scale the image (shorter side ``scale``, longer at most ``max_size``),
-   subtract the pixel means, forward ``data`` and ``im_info``;
+   subtract the pixel means, forward ``data`` and ``im_info``; a Fast
+   R-CNN test net (an input ``rois``) gets the image's proposals from a
+   file as ``rois`` ``[0, x1, y1, x2, y2]`` times the scale instead
+   (``Detector(..., proposals={image id: (R, 4)})``, as py-faster-rcnn's
+   ``im_detect(net, im, boxes)``);
 2. read ``rois`` ``(R, 5)``, ``cls_prob`` ``(R, C)`` and ``bbox_pred``
    ``(R, 4C)`` (class-aware) or ``(R, 8)`` (class-agnostic: background box,
    then the one foreground box every class uses);
