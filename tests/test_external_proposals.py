@@ -372,3 +372,35 @@ def test_recall_command(ss_files, data, capsys):
                                "10"]) == 0
     line = capsys.readouterr().out.splitlines()[-1]
     assert "10.0 boxes per image" in line and "at IoU 0.5" in line and "at IoU 0.7" in line
+
+
+def test_progress_bar_redraws_on_a_terminal():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    report = proposals_cli.progress_bar(stream, "images", width=10)
+    for done in range(1, 4):
+        report(done, 3)
+    text = stream.getvalue()
+    assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
+    assert "[##########] 3/3 images" in text and "[###.......] 1/3 images" in text
+    plain = io.StringIO()
+    report = proposals_cli.progress_bar(plain, "images")
+    for done in range(1, 101):
+        report(done, 100)
+    assert "\r" not in plain.getvalue() and len(plain.getvalue().splitlines()) == 10
+
+
+def test_find_mat_file(tmp_path):
+    (tmp_path / "voc_2007_test.mat").write_bytes(b"")
+    assert proposals_cli.find_mat_file(str(tmp_path), "test").endswith("voc_2007_test.mat")
+    (tmp_path / "test.mat").write_bytes(b"")
+    assert proposals_cli.find_mat_file(str(tmp_path), "test").endswith("/test.mat")
+    (tmp_path / "voc_2012_val.mat").write_bytes(b"")
+    (tmp_path / "voc_2007_val.mat").write_bytes(b"")
+    with pytest.raises(DataError, match="several .mat files for split 'val'.*--mat"):
+        proposals_cli.find_mat_file(str(tmp_path), "val")
