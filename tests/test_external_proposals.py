@@ -404,3 +404,13 @@ def test_find_mat_file(tmp_path):
     (tmp_path / "voc_2007_val.mat").write_bytes(b"")
     with pytest.raises(DataError, match="several .mat files for split 'val'.*--mat"):
         proposals_cli.find_mat_file(str(tmp_path), "val")
+
+
+def test_unknown_ids_under_on_error_skip_are_a_warning(split, tmp_path):
+    from netdef.errors import DataWarning
+    other = Proposals(["gone"] + [r.image_id for r in split.records],
+                      [np.ones((1, 4))] + good_boxes(split))
+    other.save(tmp_path / "other.npz")
+    with pytest.warns(DataWarning, match=r"other\.npz: 1 image id\(s\) .* \(gone\).*left out"):
+        boxes = proposals_for_dataset(str(tmp_path / "other.npz"), split, on_unknown="skip")
+    assert len(boxes) == len(split.records)
