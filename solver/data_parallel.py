@@ -26,12 +26,26 @@ or ``linear`` (rates x N, Goyal et al.'s rule for a batch N times larger),
 ramped linearly from x1 to x N over ``warmup`` iterations.
 """
 import dataclasses
+import os
 
 from netdef.errors import NetDefinitionError
 from solver.nan_guard import numerical_error
 
-__all__ = ["position", "data_layers", "check_parallel_net", "skip_minibatches",
+__all__ = ["rank_gpu", "position", "data_layers", "check_parallel_net", "skip_minibatches",
            "agree", "LRScaling"]
+
+
+def rank_gpu(gpu, world, environ=None):
+    """The GPU of this rank for ``--gpu gpu``: with several ranks, local rank
+    k uses ``gpu + k`` (one GPU per rank of a machine), unless the launcher
+    shows each rank a single GPU (CUDA_VISIBLE_DEVICES with one entry, as
+    Slurm's --gpus-per-task does): then ``gpu`` itself."""
+    if gpu is None or world.size == 1:
+        return gpu
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and len([v for v in visible.split(",") if v.strip()]) == 1:
+        return gpu
+    return gpu + world.local_rank
 
 
 def position(world, pass_index):

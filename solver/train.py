@@ -99,7 +99,7 @@ from solver.session import TrainingSession, choose_seed
 from solver.train_caffe import PlainCaffeTraining, is_plain_caffe_net
 from solver.train_settings import (apply_reference_config, classify_file,
                                    is_schedule, train_settings)
-from solver.data_parallel import LRScaling
+from solver.data_parallel import LRScaling, rank_gpu
 from solver.world import current_world
 
 # Where the other ranks' closing lines go (rank 0 speaks for the job).
@@ -225,9 +225,7 @@ class Training:
     def run(self):
         started = time.perf_counter()
         world = self.world = current_world()
-        # Several ranks: --gpu N is the first device of a machine; local rank k uses N + k.
-        self.device = select_device(None if self.args.gpu is None
-                                    else self.args.gpu + world.local_rank)
+        self.device = select_device(rank_gpu(self.args.gpu, world))
         settings = train_settings(self.args, self.kind)
         stem = os.path.splitext(os.path.basename(settings.net_path))[0]
         self.out = self.args.out or os.path.join("out", stem)

@@ -194,3 +194,13 @@ def test_old_sampler_state_is_ignored_with_a_note():
     notes = set_state([("train", net)], rng, {}, old)
     assert len(notes) == 1 and "train layer 'roi-data': its saved sampler state is from before " \
         "draws were keyed by iteration and image position; ignored" in notes[0]
+
+
+def test_rank_gpu():
+    from solver.data_parallel import rank_gpu
+    ranks = type("W", (World,), {"size": 4, "local_rank": 2})()
+    assert rank_gpu(None, ranks, {}) is None
+    assert rank_gpu(0, World(), {}) == 0
+    assert rank_gpu(0, ranks, {}) == 2 and rank_gpu(4, ranks, {}) == 6
+    assert rank_gpu(0, ranks, {"CUDA_VISIBLE_DEVICES": "3"}) == 0       # one GPU per rank
+    assert rank_gpu(0, ranks, {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}) == 2
