@@ -335,3 +335,12 @@ def test_the_command_writes_the_stage_files_and_the_schedule(tmp_path, capsys):
 def test_bad_options_are_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_without_its_yml_config_the_detector_stage_names_the_mismatch():
+    """What users met before: the data layer class-aware, its targets
+    (128, 4 x classes) against the class-agnostic bbox_pred."""
+    from netdef.errors import ShapeError
+    with pytest.raises(ShapeError, match=r"layer 'per_roi_loss_bbox' .* \(128, 8, 1, 1\) .*"
+                                         r"found shape \(128, 84\)"):
+        Net(rfcn_alt_opt_net(50, 21, "stage1_rfcn_ohem_train"), "TRAIN")
