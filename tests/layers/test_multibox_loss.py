@@ -287,12 +287,14 @@ def test_no_gt_at_all_gives_a_finite_loss():
 
 def test_propagate_down_false_leaves_that_term_out():
     arrays = random_case(2)
-    both = float(forward(spec(3, "code_type: CENTER_SIZE"), arrays)[2][0].data)
-    conf_only = float(forward(spec(3, "code_type: CENTER_SIZE") + " propagate_down: false "
-                              "propagate_down: true propagate_down: false "
-                              "propagate_down: false", arrays)[2][0].data)
-    loc_only = reference(*arrays, options({})) - conf_only
-    assert 0 < conf_only < both and loc_only > 0
+    down = " propagate_down: {} propagate_down: {} propagate_down: false propagate_down: false"
+    conf_only = float(forward(spec(3, "code_type: CENTER_SIZE") + down.format("false", "true"),
+                              arrays)[2][0].data)
+    loc_only = float(forward(spec(3, "code_type: CENTER_SIZE") + down.format("true", "false"),
+                             arrays)[2][0].data)
+    assert conf_only == pytest.approx(reference(*arrays, options({"loc_weight": 0.0})), rel=1e-12)
+    assert conf_only > 0 and loc_only > 0
+    assert conf_only + loc_only == pytest.approx(reference(*arrays, options({})), rel=1e-12)
 
 
 @pytest.mark.parametrize("extra,loss_param", [(e, lp) for e, lp, o in OPTIONS
@@ -421,3 +423,54 @@ def test_unsupported_settings_are_named_errors(extra, message):
 def test_bad_parameters_are_named_errors(text, message):
     with pytest.raises(NetDefinitionError, match=f"layer 'mbox_loss'.*{message}"):
         forward(text, random_case(0))
+
+
+# -- in a training net -------------------------------------------------------------------
+
+def tiny_ssd_net(num_classes=3):
+    """A two-conv trunk, one SSD head (loc, conf, PriorBox) and MultiBoxLoss."""
+    from netdef.net_spec import NetSpec, layers as L
+    n = NetSpec()
+    n.data = L.Input(input_param=dict(shape=dict(dim=[2, 3, 16, 16])))
+    n.label = L.Input(input_param=dict(shape=dict(dim=[1, 1, 3, 8])))
+    conv = dict(kernel_size=3, pad=1, weight_filler=dict(type="gaussian", std=0.1))
+    n.conv1 = L.Convolution(n.data, num_output=8, stride=2, **conv)
+    n.relu1 = L.ReLU(n.conv1, in_place=True)
+    n.conv2 = L.Convolution(n.relu1, num_output=8, stride=2, **conv)
+    n.relu2 = L.ReLU(n.conv2, in_place=True)
+    per_cell = 4                       # ratio 1, sqrt(min x max), 2 and 1/2
+    n.loc = L.Convolution(n.relu2, num_output=per_cell * 4, **conv)
+    n.loc_perm = L.Permute(n.loc, order=[0, 2, 3, 1])
+    n.mbox_loc = L.Flatten(n.loc_perm, axis=1)
+    n.conf = L.Convolution(n.relu2, num_output=per_cell * num_classes, **conv)
+    n.conf_perm = L.Permute(n.conf, order=[0, 2, 3, 1])
+    n.mbox_conf = L.Flatten(n.conf_perm, axis=1)
+    n.mbox_priorbox = L.PriorBox(n.relu2, n.data, min_size=5, max_size=10, aspect_ratio=2,
+                                 flip=True, clip=False, variance=[0.1, 0.1, 0.2, 0.2])
+    n.mbox_loss = L.MultiBoxLoss(n.mbox_loc, n.mbox_conf, n.mbox_priorbox, n.label,
+                                 num_classes=num_classes, code_type="CENTER_SIZE",
+                                 propagate_down=[True, True, False, False],
+                                 loss_param=dict(normalization="VALID"))
+    return n.to_prototxt()
+
+
+def test_a_tiny_ssd_net_trains_two_iterations():
+    from netdef.net import Net
+    from solver.sgd import SGDSolver
+    net = Net(tiny_ssd_net(), "TRAIN", dtype=np.float32, seed=1)
+    assert net.blobs["mbox_priorbox"].shape == (1, 2, 4 * 4 * 4 * 4)
+    rng = np.random.default_rng(0)
+    net.blobs["data"].data[...] = rng.standard_normal((2, 3, 16, 16))
+    net.blobs["label"].data[...] = [[[[0, 1, 0, 0.1, 0.1, 0.5, 0.6, 0],
+                                      [0, 2, 1, 0.5, 0.4, 0.9, 0.9, 0],
+                                      [1, 1, 0, 0.2, 0.2, 0.7, 0.8, 0]]]]
+    solver = SGDSolver('base_lr: 0.01 lr_policy: "fixed" momentum: 0.9 max_iter: 2\n',
+                       net=net, stream=None, seed=0)
+    losses = []
+    for _ in range(2):
+        solver.step(1)
+        losses.append(float(net.blobs["mbox_loss"].data))
+    assert solver.iter == 2
+    assert all(np.isfinite(losses)) and all(v > 0 for v in losses)
+    assert np.abs(net.params["conf"][0].diff).sum() > 0   # gradients reached the head
+    assert np.abs(net.params["conv1"][0].diff).sum() > 0  # and the trunk
