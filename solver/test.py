@@ -23,8 +23,9 @@ first ``--max-proposals`` (default 2000) boxes (solver.proposal_options).
 Under MPI (``mpiexec -n N python -m solver.test ...``) rank r detects images
 r, r + N, ...; rank 0 gathers the detections in dataset order, scores them
 (the same detections as one process, so the same metrics), prints, and alone
-writes ``--dump`` / ``--results``. With ``--gpu G`` rank r uses GPU G + its
-local rank (its rank among the ranks of its machine).
+writes ``--dump`` / ``--results``. ``--gpu G`` picks each rank's GPU as
+training does (solver.data_parallel.rank_gpu: G + the local rank, or G when
+the launcher shows each rank one GPU).
 """
 import argparse
 import json
@@ -44,6 +45,7 @@ from detection.detector import Detector, load_test_net, read_class_names
 from detection.evaluation import dump_detections
 from solver.proposal_options import add_proposal_arguments, evaluation_proposals
 from solver.world import current_world
+from solver.data_parallel import rank_gpu
 from detection.shards import root_only
 
 __all__ = ["main", "select_device", "open_dataset", "builtin_dataset", "is_coco_path",
@@ -121,8 +123,7 @@ def _run(args, stream):
     def say(text):
         print(text, file=stream, flush=True)
 
-    device = select_device(args.gpu if args.gpu is None or world.size == 1
-                           else args.gpu + world.local_rank)
+    device = select_device(rank_gpu(args.gpu, world))
     # Rank 0 generates the built-in dataset on first use; the others wait for it.
     root = args.data if args.data else root_only(world, lambda: builtin_dataset(say))
     dataset = open_test_set(root, args.split, on_error=args.on_error, images=args.images,
