@@ -72,7 +72,7 @@ def generated_file(backbone="tiny", classes=None, *, phase="TRAIN", proposals="r
 
 
 def _solver_lines(iterations, step):
-    return [f"    base_lr: 0.01", '    lr_policy: "step"', "    gamma: 0.1",
+    return ["    base_lr: 0.01", '    lr_policy: "step"', "    gamma: 0.1",
             f"    stepsize: {step}", f"    max_iter: {iterations}", "    momentum: 0.9",
             "    weight_decay: 0.0005", "    clip_gradients: 20", "    display: 50",
             "    average_loss: 50", "    snapshot: 500"]
