@@ -241,8 +241,8 @@ class MultiBoxLossLayer(Layer):
         shifted = x - x.max(axis=1, keepdims=True)
         log_prob = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         floor = np.log(np.finfo(np.float32).tiny)  # Caffe's -log(max(prob, FLT_MIN))
-        loss = -xp.maximum(log_prob[target], floor).sum()
-        return loss, xp.exp(log_prob) - target
+        picked = xp.take_along_axis(log_prob, sel["conf_labels"][:, None], axis=1)
+        return -xp.maximum(picked, floor).sum(), xp.exp(log_prob) - target
 
     def _normalizer(self):
         return loss_normalizer(self.normalization, full=self.num * self.num_priors,

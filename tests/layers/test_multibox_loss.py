@@ -474,3 +474,25 @@ def test_a_tiny_ssd_net_trains_two_iterations():
     assert all(np.isfinite(losses)) and all(v > 0 for v in losses)
     assert np.abs(net.params["conf"][0].diff).sum() > 0   # gradients reached the head
     assert np.abs(net.params["conv1"][0].diff).sum() > 0  # and the trunk
+
+
+CAFFE_SSD_LOSS = """name: "mbox_loss" type: "MultiBoxLoss" bottom: "mbox_loc" bottom: "mbox_conf"
+  bottom: "mbox_priorbox" bottom: "label" top: "mbox_loss"
+  include { phase: TRAIN } propagate_down: true propagate_down: true
+  propagate_down: false propagate_down: false
+  loss_param { normalization: VALID }
+  multibox_loss_param { loc_loss_type: SMOOTH_L1 conf_loss_type: SOFTMAX loc_weight: 1.0
+    num_classes: 21 share_location: true match_type: PER_PREDICTION overlap_threshold: 0.5
+    use_prior_for_matching: true background_label_id: 0 use_difficult_gt: true
+    neg_pos_ratio: 3.0 neg_overlap: 0.5 code_type: CENTER_SIZE ignore_cross_boundary_bbox: false
+    mining_type: MAX_NEGATIVE do_neg_mining: true }"""
+
+
+def test_caffe_ssd_training_layer_text_builds_and_equals_the_reference():
+    """The mbox_loss layer as Caffe-SSD's SSD300 VOC0712 train net writes it
+    (fields of ssd_pascal.py, plus the deprecated do_neg_mining older files
+    carry) builds and gives the reference loss with 21 classes."""
+    arrays = random_case(6, num=2, priors=50, num_classes=21)
+    _, _, tops = forward(CAFFE_SSD_LOSS, arrays)
+    expected = reference(*arrays, options({"num_classes": 21}))
+    assert float(tops[0].data) == pytest.approx(expected, rel=1e-10)
