@@ -13,7 +13,9 @@ Per image (Caffe-SSD's FindMatches / MineHardExamples, layers/multibox_match.py)
 2. matching of the priors (``use_prior_for_matching``, default) or of the
    decoded predictions against the gt boxes: bipartite, then (match_type
    PER_PREDICTION, the default) every other prior with IoU >=
-   ``overlap_threshold`` to its best gt;
+   ``overlap_threshold`` to its best gt; with ``ignore_cross_boundary_bbox``
+   the priors (or decoded boxes) reaching outside [0, 1] are left out of
+   matching and mining (background when there is no mining);
 3. mining (``mining_type`` MAX_NEGATIVE, the default): the unmatched priors
    with largest IoU < ``neg_overlap`` and the largest confidence loss, at most
    ``neg_pos_ratio`` x positives; NONE: every prior counts in the
@@ -39,7 +41,7 @@ code on the predictions' device (NumPy or CuPy), one algorithm for both.
 
 Not supported (a named error): share_location false, HARD_EXAMPLE mining,
 NMS in mining (multibox_loss_param.nms_param), encode_variance_in_target,
-map_object_to_agnostic, ignore_cross_boundary_bbox, bp_inside, LOGISTIC with
+map_object_to_agnostic, bp_inside, LOGISTIC with
 a background_label_id other than 0. Departures: LOGISTIC without mining
 uses one-hot targets for every prior (Caffe-SSD's pointer step there is per
 prior, not per score); tied confidence losses in mining are taken lowest
@@ -49,7 +51,7 @@ import numpy as np
 
 from layers.base import Layer, register
 from layers.detection_output import decode_boxes
-from layers.multibox_match import (CENTER_SIZE, encode_boxes, iou_matrix, match_boxes,
+from layers.multibox_match import (crosses_boundary, encode_boxes, iou_matrix, match_boxes,
                                    mine_negatives, prior_conf_losses)
 from layers.softmax import loss_normalizer, read_normalization
 from netdef.device import array_module, to_numpy
@@ -90,6 +92,7 @@ class MultiBoxLossLayer(Layer):
         self.mining = int(p.mining_type)
         self.neg_pos_ratio, self.neg_overlap = float(p.neg_pos_ratio), float(p.neg_overlap)
         self.code_type = int(p.code_type)
+        self.ignore_cross = bool(p.ignore_cross_boundary_bbox)
         self.normalization = read_normalization(self.param.loss_param)
         self.pre_fixed = float(self.param.loss_param.pre_fixed_normalizer)
         down = list(self.param.propagate_down)
@@ -109,7 +112,6 @@ class MultiBoxLossLayer(Layer):
              "(nms_param)"),
             (p.encode_variance_in_target, "encode_variance_in_target true"),
             (p.map_object_to_agnostic, "map_object_to_agnostic true"),
-            (p.ignore_cross_boundary_bbox, "ignore_cross_boundary_bbox true"),
             (p.bp_inside, "bp_inside true"),
             (p.conf_loss_type == LOGISTIC and p.background_label_id != 0,
              "conf_loss_type LOGISTIC with background_label_id other than 0"),
@@ -183,8 +185,9 @@ class MultiBoxLossLayer(Layer):
         for i, (boxes, _) in enumerate(gt):  # one image at a time; vectorized inside
             if len(boxes):
                 candidates = priors[0] if self.use_prior else decoded[i]
+                ignored = crosses_boundary(candidates) if self.ignore_cross else None
                 match[i], best[i] = match_boxes(iou_matrix(candidates, boxes),
-                                                self.match_type, self.threshold)
+                                                self.match_type, self.threshold, ignored)
         return match, best
 
     def _select(self, bottoms):

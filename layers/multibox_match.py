@@ -34,7 +34,13 @@ def iou_matrix(boxes, gt):
     return np.where(inter > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def match_boxes(overlaps, match_type, threshold):
+def crosses_boundary(boxes):
+    """Caffe-SSD's IsCrossBoundaryBBox for boxes (P, 4): (P,) bool, True
+    where a coordinate lies outside [0, 1]."""
+    return ((boxes < 0) | (boxes > 1)).any(axis=1)
+
+
+def match_boxes(overlaps, match_type, threshold, ignored=None):
     """Caffe-SSD's MatchBBox for one image. overlaps (P, G) float64.
 
     Bipartite step: repeatedly the largest overlap (> 1e-6) between a prior
@@ -45,13 +51,20 @@ def match_boxes(overlaps, match_type, threshold):
     boxes, never over priors. PER_PREDICTION then gives every prior still
     unmatched its best gt when that overlap is >= ``threshold``.
 
-    Returns ``(match (P,) int64, best (P,) float64)``: the gt index or -1,
-    and the overlap used by mining (the matched overlap for matched priors,
-    else the prior's largest overlap with any gt, 0 when none is > 1e-6).
+    ``ignored`` (P,) bool (ignore_cross_boundary_bbox): those priors take
+    no part and are marked -2 (neither positive nor a mining candidate).
+
+    Returns ``(match (P,) int64, best (P,) float64)``: the gt index, -1 or
+    -2, and the overlap used by mining (the matched overlap for matched
+    priors, else the prior's largest overlap with any gt, 0 when none is
+    > 1e-6).
     """
     num_priors, num_gt = overlaps.shape
     match = np.full(num_priors, -1, dtype=np.int64)
     stored = overlaps > 1e-6                      # Caffe-SSD keeps only these
+    if ignored is not None and num_gt:
+        match[ignored] = -2
+        stored = stored & ~ignored[:, None]
     best = np.where(stored, overlaps, 0.0).max(axis=1) if num_gt else np.zeros(num_priors)
     if num_gt == 0:
         return match, best

@@ -57,11 +57,14 @@ def jaccard(a, b):
     return iw * ih / (size(a) + size(b) - iw * ih)
 
 
-def ref_match(preds, gts, match_type, threshold):
+def ref_match(preds, gts, match_type, threshold, ignore_cross=False):
     """MatchBBox, as written in bbox_util.cpp (map of stored overlaps)."""
     match, best = [-1] * len(preds), [0.0] * len(preds)
     overlaps = {}
     for i, p in enumerate(preds):
+        if ignore_cross and any(v < 0 or v > 1 for v in p):
+            match[i] = -2
+            continue
         for j, g in enumerate(gts):
             o = jaccard(p, g)
             if o > 1e-6:
@@ -151,7 +154,7 @@ def reference(loc, conf, prior, label, o):
         if i in gt:
             preds = boxes if o["use_prior"] else [
                 ref_decode(boxes[j], var[j], l_i[j], o["code"]) for j in range(priors)]
-            match, best = ref_match(preds, [g for _, g in gt[i]], o["match"], 0.5)
+            match, best = ref_match(preds, [g for _, g in gt[i]], o["match"], 0.5, o["ignore"])
         labels = [gt[i][m][0] if m > -1 else 0 for m in match]
         for j in range(priors):
             if match[j] > -1:
@@ -184,13 +187,16 @@ OPTIONS = [  # (prototxt extra, loss_param, reference options)
     ("code_type: CENTER_SIZE conf_loss_type: LOGISTIC mining_type: NONE", "",
      {"logistic": True, "mining": False}),
     ("code_type: CENTER_SIZE use_prior_for_matching: false", "", {"use_prior": False}),
+    ("code_type: CENTER_SIZE ignore_cross_boundary_bbox: true", "", {"ignore": True}),
+    ("code_type: CENTER_SIZE ignore_cross_boundary_bbox: true mining_type: NONE", "",
+     {"ignore": True, "mining": False}),
 ]
 
 
 def options(extra):
     o = {"num_classes": 3, "difficult": True, "use_prior": True, "code": "CENTER_SIZE",
          "match": "PER_PREDICTION", "l2": False, "logistic": False, "mining": True,
-         "norm": "VALID", "loc_weight": 1.0}
+         "norm": "VALID", "loc_weight": 1.0, "ignore": False}
     o.update(extra)
     return o
 
@@ -403,7 +409,6 @@ def test_bad_ground_truth_rows_are_named_data_errors(row, message):
     ("nms_param { nms_threshold: 0.5 }", r"NMS in mining \(nms_param\)"),
     ("encode_variance_in_target: true", "encode_variance_in_target true"),
     ("map_object_to_agnostic: true", "map_object_to_agnostic true"),
-    ("ignore_cross_boundary_bbox: true", "ignore_cross_boundary_bbox true"),
     ("bp_inside: true", "bp_inside true"),
     ("conf_loss_type: LOGISTIC background_label_id: 1",
      "conf_loss_type LOGISTIC with background_label_id other than 0"),
@@ -496,3 +501,16 @@ def test_caffe_ssd_training_layer_text_builds_and_equals_the_reference():
     _, _, tops = forward(CAFFE_SSD_LOSS, arrays)
     expected = reference(*arrays, options({"num_classes": 21}))
     assert float(tops[0].data) == pytest.approx(expected, rel=1e-10)
+
+
+def test_ignore_cross_boundary_bbox_leaves_priors_out():
+    arrays = random_case(0)
+    prior = arrays[2][0, 0].reshape(-1, 4)
+    crossing = ((prior < 0) | (prior > 1)).any(axis=1)
+    assert 0 < crossing.sum() < len(prior)
+    layer, _, tops = forward(spec(3, "code_type: CENTER_SIZE ignore_cross_boundary_bbox: true"),
+                             arrays)
+    _, chosen_prior = (np.asarray(a) for a in layer.selection["conf"])
+    assert not crossing[chosen_prior].any()       # neither matched nor mined
+    plain = forward(spec(3, "code_type: CENTER_SIZE"), arrays)[2]
+    assert float(tops[0].data) != pytest.approx(float(plain[0].data))
