@@ -62,7 +62,7 @@ TEST_ROIS = 300           # the placeholder RoI count of the TEST net's rois inp
 # at a global norm of 20 for the same reason (no BatchNorm in the trunk).
 TINY_SOLVER = dict(
     net="sppnet_tiny.prototxt", base_lr=0.01, lr_policy="multistep", gamma=0.1,
-    stepvalue=[600], max_iter=800, momentum=0.9, weight_decay=0.0005, iter_size=1,
+    stepvalue=[1500], max_iter=2000, momentum=0.9, weight_decay=0.0005, iter_size=1,
     clip_gradients=20.0, display=50, average_loss=50, snapshot=0, random_seed=0)
 
 
