@@ -9,7 +9,8 @@ AnnotatedData's filler row). top: the loss, a scalar.
 
 Per image (Caffe-SSD's FindMatches / MineHardExamples, layers/multibox_match.py):
 1. gt boxes of the image (difficult ones dropped unless ``use_difficult_gt``);
-   a gt labelled ``background_label_id`` is an error;
+   a gt labelled ``background_label_id`` is an error; an empty or inverted
+   gt box overlaps nothing and is never matched (as in Caffe-SSD);
 2. matching of the priors (``use_prior_for_matching``, default) or of the
    decoded predictions against the gt boxes: bipartite, then (match_type
    PER_PREDICTION, the default) every other prior with IoU >=
@@ -165,8 +166,9 @@ class MultiBoxLossLayer(Layer):
              f"a class label in [0, {self.num_classes})"),
             (label == self.background, f"a label other than the background "
                                       f"{self.background} (found background in the dataset)"),
-            ((rows[:, 5] <= rows[:, 3]) | (rows[:, 6] <= rows[:, 4]),
-             "a box with xmax > xmin and ymax > ymin"),
+            # an empty or inverted box overlaps nothing, so it is never matched
+            # (Caffe-SSD's rule); only coordinates that are not numbers are refused
+            (~np.isfinite(rows[:, 3:7]).all(axis=1), "finite box coordinates"),
         ]
         for bad, expected in problems:
             if bad.any():

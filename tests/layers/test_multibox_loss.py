@@ -393,7 +393,7 @@ def test_prior_blob_of_the_wrong_shape_is_refused():
     ([0, 0, 0, 0.1, 0.1, 0.5, 0.5, 0], r"a label other than the background 0 \(found background in the dataset\)"),
     ([0, 3, 0, 0.1, 0.1, 0.5, 0.5, 0], r"a class label in \[0, 3\)"),
     ([2, 1, 0, 0.1, 0.1, 0.5, 0.5, 0], r"an image index in \[0, 2\) or -1"),
-    ([1, 1, 0, 0.5, 0.1, 0.5, 0.5, 0], "a box with xmax > xmin and ymax > ymin"),
+    ([1, 1, 0, 0.1, np.nan, 0.5, 0.5, 0], "finite box coordinates"),
 ])
 def test_bad_ground_truth_rows_are_named_data_errors(row, message):
     loc, conf, prior, _ = random_case(0)
@@ -514,3 +514,12 @@ def test_ignore_cross_boundary_bbox_leaves_priors_out():
     assert not crossing[chosen_prior].any()       # neither matched nor mined
     plain = forward(spec(3, "code_type: CENTER_SIZE"), arrays)[2]
     assert float(tops[0].data) != pytest.approx(float(plain[0].data))
+
+
+def test_an_empty_gt_box_is_never_matched():
+    loc, conf, prior, label = random_case(0)
+    empty = np.array([[[[1, 2, 5, 0.5, 0.1, 0.5, 0.6, 0], [1, 1, 6, 0.6, 0.6, 0.4, 0.4, 0]]]])
+    layer, _, tops = forward(spec(3, "code_type: CENTER_SIZE"),
+                             [loc, conf, prior, np.concatenate([label, empty], axis=2)])
+    expected = reference(loc, conf, prior, label, options({}))
+    assert float(tops[0].data) == pytest.approx(expected, rel=1e-12)
