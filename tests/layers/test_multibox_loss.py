@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from layers.multibox_match import BIPARTITE, PER_PREDICTION, match_boxes, mine_negatives
+from layers.multibox_match import (BIPARTITE, PER_PREDICTION, iou_matrix, match_boxes,
+                                   mine_negatives)
 from netdef.device import Device
 from netdef.errors import DataError, NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
@@ -217,7 +218,6 @@ def test_matching_equals_caffe_ssd_loops(seed, match_type):
     loc, conf, prior, label = random_case(seed, priors=60, gt_per_image=(4, 5))
     boxes = prior[0, 0].reshape(-1, 4)
     gts = [list(r[3:7]) for r in label.reshape(-1, 8) if r[0] == 0]
-    from layers.multibox_match import iou_matrix
     code = BIPARTITE if match_type == "BIPARTITE" else PER_PREDICTION
     match, best = match_boxes(iou_matrix(boxes, np.array(gts)), code, 0.5)
     expected_match, expected_best = ref_match(boxes, gts, match_type, 0.5)
@@ -519,7 +519,7 @@ def test_ignore_cross_boundary_bbox_leaves_priors_out():
 def test_an_empty_gt_box_is_never_matched():
     loc, conf, prior, label = random_case(0)
     empty = np.array([[[[1, 2, 5, 0.5, 0.1, 0.5, 0.6, 0], [1, 1, 6, 0.6, 0.6, 0.4, 0.4, 0]]]])
-    layer, _, tops = forward(spec(3, "code_type: CENTER_SIZE"),
+    _, _, tops = forward(spec(3, "code_type: CENTER_SIZE"),
                              [loc, conf, prior, np.concatenate([label, empty], axis=2)])
     expected = reference(loc, conf, prior, label, options({}))
     assert float(tops[0].data) == pytest.approx(expected, rel=1e-12)
