@@ -404,7 +404,8 @@ class Training:
                  f"snapshot {state_path}",
                  f"weights  {model_path} (box regression un-normalized)",
                  f"test:    python -m solver.test {args.prototxt} --weights {model_path}"
-                 + (f" --data {args.data}" if args.data else "")]
+                 + (f" --data {args.data}" if args.data else "")
+                 + (f" --proposals {args.test_proposals}" if args.test_proposals else "")]
         if summary is not None:
             lines.insert(1, "final " + summary_line(summary))
         for line in lines:
