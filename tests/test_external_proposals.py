@@ -414,3 +414,9 @@ def test_unknown_ids_under_on_error_skip_are_a_warning(split, tmp_path):
     with pytest.warns(DataWarning, match=r"other\.npz: 1 image id\(s\) .* \(gone\).*left out"):
         boxes = proposals_for_dataset(str(tmp_path / "other.npz"), split, on_unknown="skip")
     assert len(boxes) == len(split.records)
+
+
+def test_a_schedule_names_its_own_proposals(tmp_path, capsys):
+    schedule = str(ROOT / "prototxt" / "tiny_staged_schedule.prototxt")
+    assert train.main([schedule, "--proposals", "x.npz", "--out", str(tmp_path)]) == 2
+    assert "stages of a schedule name theirs (proposals_from)" in capsys.readouterr().err
