@@ -156,3 +156,16 @@ def test_rcnn_eval_end_to_end(tmp_path, tiny_set):
     assert "mAP" in out.getvalue() and "s per image" in out.getvalue()
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["images"] == 2 and 0 <= result["map_07"] <= 1
+
+
+def test_window_file_command(tmp_path, tiny_set, capsys):
+    from detection import window_file
+    root, trainval, _ = tiny_set
+    out = tmp_path / "w.txt"
+    assert window_file.main(["--data", root, "--jitter", "3", "--images", "2", "--out",
+                             str(out)]) == 0
+    parsed = read_window_file(str(out))
+    assert len(parsed.images) == 2
+    assert (parsed.windows[:, 2] == 1).sum() == sum(r.num_objects for r in trainval.records[:2])
+    assert window_file.main(["--data", root, "--out", str(out)]) == 2
+    assert "give proposals (--proposals FILE) or --jitter N" in capsys.readouterr().err
