@@ -217,7 +217,9 @@ def test_regenerate_reproduces_the_committed_files():
 def test_the_committed_schedule_reads_and_its_stage_nets_cut_the_tiny_net():
     from solver.schedule_file import Schedule
     schedule = Schedule(str(HERE / "faster_rcnn_tiny_staged_schedule.prototxt"))
-    assert schedule is not None
+    assert [stage.name for stage in schedule.stages] == [
+        "stage1_rpn", "stage1_rpn_proposals", "stage1_fast_rcnn", "stage2_rpn",
+        "stage2_rpn_proposals", "stage2_fast_rcnn", "detector"]
     detector = layers((HERE / "faster_rcnn_tiny_staged_detector_train.prototxt").read_text())
     assert "rpn_conv/3x3" not in detector and "fc7" in detector
     assert not detector["input-data"].roi_data_param.has_rpn
