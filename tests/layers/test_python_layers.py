@@ -101,7 +101,7 @@ def test_roi_data_layer_precomputed_form_from_its_tops():
     layer = build_layer(text)
     _, tops = setup_layer(layer, [])
     assert not layer.has_rpn and layer.num_classes == 5 and layer.scales == (500, 600)
-    assert [t.shape for t in tops] == [(2, 3, 600, 1000), (128, 5), (128,), (128, 20),
+    assert [t.shape for t in tops] == [(2, 3, 600, 1000), (128, 5), (128, 1, 1, 1), (128, 20),
                                        (128, 20), (128, 20)]
 
 

@@ -122,7 +122,7 @@ def test_reference_shapes_before_a_dataset():
     _, tops = make(e2e_spec())
     assert [t.shape for t in tops] == [(1, 3, 32, 64), (1, 3), (1, 5)]
     _, tops = make(roi_spec())
-    assert [t.shape for t in tops] == [(2, 3, 32, 64), (16, 5), (16,), (16, 12), (16, 12),
+    assert [t.shape for t in tops] == [(2, 3, 32, 64), (16, 5), (16, 1, 1, 1), (16, 12), (16, 12),
                                        (16, 12)]
 
 
@@ -356,9 +356,9 @@ def test_precomputed_rois_counts_fg_fraction_and_shapes(dataset):
     layer, tops = make(roi_spec(), dataset, proposals)
     assert not layer.has_rpn and layer.skipped == []      # e has background proposals
     for batch in run(layer, tops, 6):
-        data, rois, labels = batch["data"], batch["rois"], batch["labels"]
+        data, rois, labels = batch["data"], batch["rois"], batch["labels"].reshape(-1)
         assert data.shape[0] == 2
-        assert rois.shape == (16, 5) and labels.shape == (16,)
+        assert rois.shape == (16, 5) and batch["labels"].shape == (16, 1, 1, 1)
         for name in ("bbox_targets", "bbox_inside_weights", "bbox_outside_weights"):
             assert batch[name].shape == (16, 12)
         for image in (0, 1):
@@ -396,7 +396,7 @@ def test_precomputed_class_agnostic_targets(dataset):
     layer, tops = make(roi_spec(class_agnostic=True), dataset, proposals)
     assert tops[3].shape == (16, 8)
     batch = run(layer, tops, 1)[0]
-    fg = batch["labels"] > 0
+    fg = batch["labels"].reshape(-1) > 0
     assert batch["bbox_targets"].shape == (16, 8)
     np.testing.assert_array_equal(batch["bbox_inside_weights"][fg, 4:], 1)
     np.testing.assert_array_equal(batch["bbox_inside_weights"][:, :4], 0)
