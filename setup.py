@@ -28,6 +28,14 @@ setup(
         # only the NVIDIA driver runs the GPU path. CuPy 14 is the first that
         # finds those wheels. Check with: python -m netdef.device_check --gpu 0
         "gpu": ["cupy-cuda12x[ctk]>=14"],
+        # NCCL for data-parallel training on several GPUs (CuPy's cupy.cuda.nccl).
+        "nccl": ["cupy-cuda12x[ctk]>=14", "nvidia-nccl-cu12>=2.18"],
+        # Data-parallel training and evaluation across processes and machines:
+        # mpi4py and an MPI runtime (MPICH; on a cluster, the site's MPI).
+        "mpi": ["mpi4py>=4", "mpich>=4"],
+        # External proposals: Selective Search (OpenCV contrib) and MATLAB
+        # .mat proposal files (scipy).
+        "proposals": ["opencv-contrib-python-headless>=4.8", "scipy>=1.10"],
         # Caffe's data files: HDF5Data/HDF5Output and LMDB Data layers.
         "data": ["h5py>=3.8", "lmdb>=1.4"],
         # Net drawings (python -m netdef.draw); pictures also need Graphviz's
@@ -51,6 +59,10 @@ setup(
             "lmdb>=1.4",
             "graphviz>=0.20",
             "scikit-learn>=1.3",
+            "mpi4py>=4",
+            "mpich>=4",
+            "opencv-contrib-python-headless>=4.8",
+            "scipy>=1.10",
         ],
     },
 )

@@ -16,6 +16,7 @@ from netdef.graph import filter_net
 from netdef.net import Net
 from netdef.schema import format_net, read_net, upgrade_solver
 from detection.detector import load_weights
+from solver.defaults import apply_reference_config, reference_config
 from solver.progress import Progress
 from detection.proposals import Proposals
 from solver.schedule_file import ScheduleError, match_layers
@@ -84,6 +85,11 @@ def build_train_net(runner, stage, seed):
     <out>/<stage>/train_net.prototxt); returns (net, frozen layer names)."""
     copy_path = os.path.join(runner.out, stage.name, "train_net.prototxt")
     net_param, _ = filter_net(read_net(stage.net), "TRAIN")
+    config = reference_config(net_param)
+    applied = apply_reference_config(net_param, config)
+    if applied:
+        runner.say(f"  {config.project} Python layers: applied {config.path}: " + ", ".join(
+            f"{layer}.{key}={value!r}" for layer, key, value in applied))
     names = [lp.name for lp in net_param.layer]
     matches = {pattern: match_layers(pattern, names) for pattern in stage.param.frozen_layer}
     frozen = {n for found in matches.values() for n in found}

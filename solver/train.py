@@ -97,8 +97,8 @@ from solver.proposal_options import (add_proposal_arguments, evaluation_proposal
                                      training_proposals)
 from solver.session import TrainingSession, choose_seed
 from solver.train_caffe import PlainCaffeTraining, is_plain_caffe_net
-from solver.train_settings import (apply_reference_config, classify_file,
-                                   is_schedule, train_settings)
+from solver.defaults import apply_reference_config, reference_config
+from solver.train_settings import classify_file, is_schedule, train_settings
 from solver.data_parallel import LRScaling, rank_gpu
 from solver.world import current_world
 
@@ -258,13 +258,15 @@ class Training:
             self.progress.close()
 
     def _train_net(self, net_path, seed):
-        """The TRAIN net, with py-R-FCN's config values where it uses them."""
+        """The TRAIN net, with its reference project's experiment config
+        values where its Python layers use them (solver.defaults)."""
         net_param = read_net(net_path)
-        applied = apply_reference_config(net_param)
+        config = reference_config(net_param)
+        applied = apply_reference_config(net_param, config)
         if applied:
-            self.say("py-R-FCN Python layers: applied its experiment config where param_str "
-                     "leaves them out: " + ", ".join(f"{layer}.{key}={value!r}"
-                                                     for layer, key, value in applied))
+            self.say(f"{config.project} Python layers ({config.why}): applied {config.path} "
+                     "where param_str leaves it out: " + ", ".join(
+                         f"{layer}.{key}={value!r}" for layer, key, value in applied))
         return Net(net_param if applied else net_path, "TRAIN", device=self.device, seed=seed,
                    dtype=self.args.dtype,
                    keep=[])  # lean memory: the solver reads the outputs only

@@ -8,14 +8,13 @@ import dataclasses
 import os
 import re
 
-from layers.python_compat import parse_param_str
 from netdef import caffe_pb2
 from netdef.errors import NetDefinitionError, ParseError
 from netdef.schema import _read_source, parse_text, read_solver
-from solver.defaults import PY_RFCN_CONFIG, reference_solver
+from solver.defaults import reference_solver
 from solver.solver_file import resolve_input
 
-__all__ = ["is_schedule", "classify_file", "apply_reference_config", "TrainSettings",
+__all__ = ["is_schedule", "classify_file", "TrainSettings",
            "train_settings"]
 
 _SCHEDULE_RE = re.compile(r"^\s*stage\s*\{", re.MULTILINE)
@@ -47,38 +46,6 @@ def classify_file(path):
             return "solver"
         except ParseError:
             raise net_error from None
-
-
-def apply_reference_config(net_param):
-    """Add py-R-FCN's experiment config values (solver.defaults.PY_RFCN_CONFIG)
-    to the ``param_str`` of its Python layers where they are missing, in
-    place, for R-FCN nets (those with a PSROIPooling layer). Returns
-    ``[(layer name, key, value), ...]`` applied."""
-    types = {lp.type for lp in net_param.layer}
-    if "PSROIPooling" not in types:
-        return []
-    chosen = dict(PY_RFCN_CONFIG["both"])
-    for module, values in PY_RFCN_CONFIG["ohem" if "BoxAnnotatorOHEM" in types
-                                          else "plain"].items():
-        chosen[module] = {**chosen.get(module, {}), **values}
-    applied = []
-    for lp in net_param.layer:
-        if lp.type != "Python" or lp.python_param.module not in chosen:
-            continue
-        text = lp.python_param.param_str
-        present = parse_param_str(text)
-        extra = {k: v for k, v in chosen[lp.python_param.module].items() if k not in present}
-        if not extra:
-            continue
-        added = ", ".join(f"{k!r}: {v!r}" for k, v in extra.items())
-        stripped = text.strip()
-        if stripped.startswith("{") and stripped.endswith("}"):
-            body = stripped[1:-1].strip()
-            lp.python_param.param_str = "{" + (body + ", " if body else "") + added + "}"
-        else:
-            lp.python_param.param_str = (stripped + ", " if stripped else "") + added
-        applied += [(lp.name, k, v) for k, v in extra.items()]
-    return applied
 
 
 @dataclasses.dataclass

@@ -159,7 +159,7 @@ class MPIWorld(World):
     def nccl(self):
         """The NCCL communicator of the ranks (one per process, on the
         current device), built over MPI on first use; None when CuPy has no
-        NCCL (pip install nvidia-nccl-cu12)."""
+        NCCL (pip install -e '.[nccl]': nvidia-nccl-cu12)."""
         if self._nccl is None:
             self._nccl = build_nccl_communicator(self)
         return self._nccl or None
