@@ -98,6 +98,8 @@ from solver.schedule_state import (STATE_FILE, load_state, new_state, run_reason
                                    skip_reason, stage_key)
 from solver.schedule_train import train_stage
 from solver.session import choose_seed
+from solver.data_parallel import rank_gpu
+from solver.world import current_world
 
 __all__ = ["Schedule", "ScheduleError", "ScheduleRun", "read_schedule", "run_schedule", "run",
            "main", "STATE_FILE", "match_layers"]
@@ -148,6 +150,11 @@ class ScheduleRun:
         p = self.schedule.param
         self.train_split = train_split or p.train_split
         self.test_split = test_split or p.test_split
+        # Under mpiexec every rank runs the schedule (each training stage
+        # data-parallel); rank 0 alone prints and writes the log and state.
+        self.world = current_world()
+        if not self.world.is_root:
+            stream = open(os.devnull, "w")  # kept open for the run
         self.on_error, self.stream, self.dtype = on_error, stream, np.dtype(dtype)
         self.test_images, self.blas_threads = test_images, blas_threads
         self.state, self.progress = None, None
@@ -187,6 +194,10 @@ class ScheduleRun:
             self.datasets[split] = open_dataset(self.root, split, on_error=self.on_error)
         return self.datasets[split]
 
+    def _save_state(self):
+        if self.world.is_root:
+            save_state(self.out, self.state)
+
     # -- the run -----------------------------------------------------------------------------
     def run(self):
         previous = load_state(self.out)
@@ -197,7 +208,8 @@ class ScheduleRun:
                 f"{previous.get('schedule')} ({len(done)} stage(s) done: "
                 f"{', '.join(done) or 'none'}); continue it with --resume, or give another --out")
         os.makedirs(self.out, exist_ok=True)
-        self.progress = Progress(os.path.join(self.out, "schedule_log.jsonl"), stream=self.stream)
+        log = os.path.join(self.out, "schedule_log.jsonl") if self.world.is_root else None
+        self.progress = Progress(log, stream=self.stream)
         started = time.perf_counter()
         try:
             return self._run(previous, started)
@@ -234,7 +246,7 @@ class ScheduleRun:
                    for stage in self.schedule.stages]
         final_evaluation(self, previous)
         self.state["seconds"] = round(time.perf_counter() - started, 3)
-        save_state(self.out, self.state)
+        self._save_state()
         summary(self, timings)
         return self.state
 
@@ -259,19 +271,19 @@ class ScheduleRun:
                 entry = (proposals_stage if stage.kind == "proposals" else assemble_stage)(
                     self, stage)
         except KeyboardInterrupt:
-            save_state(self.out, self.state)
+            self._save_state()
             raise
         except EngineError as exc:
             current = self.state["stages"].get(stage.name) or {}
             if current.get("status") != "interrupted":
                 self.state["stages"][stage.name] = dict(
                     kind=stage.kind, status="failed", key=key, error=str(exc))
-            save_state(self.out, self.state)
+            self._save_state()
             raise
         entry.update(kind=stage.kind, status="done", key=key, components=components,
                      seconds=round(time.perf_counter() - started, 3))
         self.state["stages"][stage.name] = entry
-        save_state(self.out, self.state)
+        self._save_state()
         self.say(f"{header}: done in {format_duration(entry['seconds'])}", stage=stage.name,
                  status="done", seconds=entry["seconds"])
         return stage, "ran", entry["seconds"]
@@ -323,7 +335,8 @@ def run(path, args, stream=None):
     test_split = getattr(args, "test_split", None)
     try:
         run_schedule(path, data=args.data, weights=args.weights, out=out,
-                     device=select_device(getattr(args, "gpu", None)), resume=bool(resume),
+                     device=select_device(rank_gpu(getattr(args, "gpu", None), current_world())),
+                     resume=bool(resume),
                      iters=args.iters, seed=args.seed, evaluate=not args.no_eval,
                      train_split=None if train_split in (None, "trainval") else train_split,
                      test_split=None if test_split in (None, "test") else test_split,
@@ -378,16 +391,19 @@ def main(argv=None, stream=sys.stdout):
     """The entry point; returns the exit status (0 done, 1 a non-finite
     loss, 2 a user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    world = current_world()
+    world.abort_on_uncaught()
 
     def run_it():
         out = _resume_folder(args.resume, args.out, args.schedule) if args.resume else args.out
         run_schedule(args.schedule, data=args.data, weights=args.weights, out=out,
-                     device=select_device(args.gpu), resume=bool(args.resume), iters=args.iters,
+                     device=select_device(rank_gpu(args.gpu, world)), resume=bool(args.resume),
+                     iters=args.iters,
                      seed=args.seed, evaluate=not args.no_eval, train_split=args.train_split,
                      test_split=args.test_split, test_images=args.test_images,
                      on_error=args.on_error, blas_threads=args.blas_threads, stream=stream)
         return 0
-    return exit_status(run_it)
+    return world.finish(exit_status(run_it))
 
 
 if __name__ == "__main__":
