@@ -60,7 +60,7 @@ TEST_ROIS = 300           # the placeholder RoI count of the TEST net's rois inp
 # Background RoIs from IoU 0 (Fast R-CNN: 0.1). Trained from scratch, the
 # tiny net with 0.1 never saw bare background as such and scored it as a
 # class at test time (triangle AP 0.01, mAP 0.76); from 0 it learns it
-# (mAP 0.93, README). py-faster-rcnn's end-to-end config uses 0 as well.
+# (mAP 0.92-0.93, README). py-faster-rcnn's end-to-end config uses 0 as well.
 BG_THRESH_LO = 0.0
 
 # The tiny net's solver (beside sppnet_tiny.prototxt, where solver.train finds
