@@ -332,3 +332,31 @@ def test_focal_refuses_label_gradient(layer_type):
     layer.forward(bottoms, tops)
     with pytest.raises(NetDefinitionError, match="labels bottom 'lab'.*propagate_down: false"):
         layer.backward(tops, [True, True], bottoms)
+
+
+# -- in a Net -------------------------------------------------------------------------
+
+NET = """
+force_backward: true
+input: "logits" input_shape { dim: 2 dim: 6 dim: 2 dim: 2 }
+input: "labels" input_shape { dim: 2 dim: 2 dim: 2 dim: 2 }
+layer { name: "fl" type: "SigmoidFocalLoss" bottom: "logits" bottom: "labels" top: "fl"
+        loss_weight: 2 propagate_down: true propagate_down: false
+        focal_loss_param { alpha: 0.5 gamma: 1 } loss_param { ignore_label: -1 } }
+"""
+
+
+def test_sigmoid_focal_in_a_net_reads_its_params_and_loss_weight(tmp_path):
+    from netdef import Net
+    path = tmp_path / "fl.prototxt"
+    path.write_text(NET)
+    net = Net(str(path), "TRAIN", dtype=np.float64)
+    force = net.blobs["logits"]
+    rng = np.random.default_rng(10)
+    x, labels = rng.standard_normal((2, 6, 2, 2)), anchor_labels((2, 2, 2, 2), 3, rng)
+    out = net.forward(logits=x, labels=labels.astype(np.float64))
+    loss, grad = ref_sigmoid_focal(x, labels, 0.5, 1.0, ignore=-1)
+    # The top holds the loss; loss_weight scales the gradient it seeds.
+    np.testing.assert_allclose(out["fl"], loss, rtol=1e-12)
+    net.backward()
+    np.testing.assert_allclose(force.diff, 2 * grad, rtol=1e-10, atol=1e-14)
