@@ -360,3 +360,46 @@ def test_sigmoid_focal_in_a_net_reads_its_params_and_loss_weight(tmp_path):
     np.testing.assert_allclose(out["fl"], loss, rtol=1e-12)
     net.backward()
     np.testing.assert_allclose(force.diff, 2 * grad, rtol=1e-10, atol=1e-14)
+
+
+FOCAL_NET = """
+layer { name: "in" type: "Input" top: "logits" top: "anchors" top: "scores" top: "label"
+        input_param { shape { dim: 2 dim: 6 dim: 2 } shape { dim: 2 dim: 2 dim: 2 }
+                      shape { dim: 4 dim: 3 } shape { dim: 4 } } }
+layer { name: "sigmoid_fl" type: "SigmoidFocalLoss" bottom: "logits" bottom: "anchors"
+        top: "sigmoid_fl" loss_param { ignore_label: -1 } }
+layer { name: "softmax_fl" type: "SoftmaxFocalLoss" bottom: "scores" bottom: "label"
+        top: "softmax_fl" loss_param { ignore_label: -1 } }
+"""
+
+
+@requires_cxx
+def test_focal_losses_on_the_gpu_path_defer_label_checks(monkeypatch):
+    """On the stand-in GPU (bench.standin_cupy, kernels host-compiled), the
+    label checks cost no synchronization of their own, and a bad label
+    raises at the end of the pass with the CPU's message."""
+    from bench.standin_cupy import COUNTS, SYNC_EVENTS, installed
+    from layers import kernels
+    from netdef import Net
+    from netdef.device import Device
+    monkeypatch.setattr(kernels, "_gpu_modules", {})
+    monkeypatch.setattr(kernels, "_gpu_functions", {})
+    rng = np.random.default_rng(11)
+    inputs = dict(logits=rng.standard_normal((2, 6, 2)).astype(np.float32),
+                  anchors=np.array([[[0, 1], [3, -1]], [[0, 0], [2, 0]]], np.float32),
+                  scores=rng.standard_normal((4, 3)).astype(np.float32),
+                  label=np.array([0, 2, -1, 1], np.float32))
+    cpu_out = Net(FOCAL_NET, "TRAIN").forward(**inputs)
+    with installed():
+        net = Net(FOCAL_NET, "TRAIN", device=Device("gpu", 0))
+        COUNTS.reset()
+        out = net.forward(**inputs)
+        assert sum(COUNTS.totals()[e] for e in SYNC_EVENTS) == 1
+        assert out.loss == pytest.approx(cpu_out.loss, rel=1e-5)
+        bad = dict(inputs, anchors=np.where(inputs["anchors"] == 3, 4, inputs["anchors"]))
+        with pytest.raises(DataError) as on_gpu:
+            net.forward(**bad)
+    with pytest.raises(DataError) as on_cpu:
+        Net(FOCAL_NET, "TRAIN").forward(**bad)
+    assert str(on_gpu.value) == str(on_cpu.value)
+    assert "layer 'sigmoid_fl'" in str(on_cpu.value) and "label 4 at flat index 2" in str(on_cpu.value)
