@@ -3,6 +3,7 @@ same numbers as the layers that call them (layers/detection_targets.py)."""
 import numpy as np
 import pytest
 
+from layers.anchor_target import ANCHOR_SAMPLING_SALT, PROPOSAL_SAMPLING_SALT
 from layers.boxes import generate_anchors, shifted_anchors
 from layers.detection_targets import (LABEL_BG, LABEL_FG, LABEL_IGNORE, AnchorTargetCreator,
                                       ProposalTargetCreator)
@@ -14,7 +15,7 @@ from tests.layers import test_proposal_target as pt
 def test_proposal_targets_equal_the_layer():
     layer, _, tops = pt.run(pt.spec("num_classes: 21 bbox_normalize_targets: true"), seed=4)
     creator = ProposalTargetCreator(21, normalize=True)
-    rng = np.random.default_rng([4, 0])          # the layer's own generator
+    rng = layer.keyed_rng(PROPOSAL_SAMPLING_SALT, draw=0)   # the pass's draw, as the layer's
     rois, labels, targets, inside, outside = creator(pt.ROIS, pt.GT, rng)
     np.testing.assert_array_equal(rois, tops[0])
     np.testing.assert_array_equal(labels, tops[1].reshape(-1))
@@ -24,11 +25,11 @@ def test_proposal_targets_equal_the_layer():
 
 
 def test_anchor_targets_equal_the_layer():
-    _, tops = at.run(at.spec(), at.inputs(), seed=2)
+    layer, tops = at.run(at.spec(), at.inputs(), seed=2)
     anchors = shifted_anchors(generate_anchors(16, (0.5, 1, 2), (8, 16, 32)), 16, at.H, at.W,
                               np)
     labels, targets, inside, outside = AnchorTargetCreator()(
-        anchors, at.GT[:, :4], at.IM_INFO[0, :2], np.random.default_rng([2, 0]))
+        anchors, at.GT[:, :4], at.IM_INFO[0, :2], layer.keyed_rng(ANCHOR_SAMPLING_SALT, draw=0))
     assert set(np.unique(labels)) <= {LABEL_FG, LABEL_BG, LABEL_IGNORE}
     layout = labels.reshape(at.H, at.W, at.A).transpose(2, 0, 1).reshape(1, 1, -1, at.W)
     np.testing.assert_array_equal(layout, tops[0])
