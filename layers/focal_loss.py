@@ -118,6 +118,8 @@ class _FocalLossBase(Layer):
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         refuse_gradient(self, propagate_down, 1, "labels")
+        if len(bottoms) > 2:
+            refuse_gradient(self, propagate_down, 2, "positive count")
         if propagate_down[0]:
             bottoms[0].diff[...] = scaled_slope(self.grad, tops[0], self.normalizer,
                                                 bottoms[0].shape)
@@ -135,21 +137,29 @@ class SigmoidFocalLossLayer(_FocalLossBase):
     is class ``k + 1`` of anchor ``a``); labels ``(N, A, ...)`` with the
     logits' axes after the second, integers (truncated) in ``[0, K]`` or
     ``loss_param.ignore_label``. ``(N, K)`` logits take ``(N, 1)`` labels.
+    Optional third bottom: the positive count to normalize by, one value
+    (Detectron's ``fg_num``: with one loss per pyramid level, each divides
+    by the positives of all levels together, not its own).
     top: the loss ``()``.
 
     A position with label ``c > 0`` has target 1 on channel ``c - 1`` and 0 on
     the other K - 1 channels; label 0 (background) has target 0 on all K; an
     ignored position contributes nothing. The normalizer is the count of
-    labels in ``1..K`` (at least 1), as RetinaNet's; ``loss_param``'s
-    normalization mode is not read.
+    labels in ``1..K`` (at least 1), as RetinaNet's, or the third bottom's
+    value (at least 1); ``loss_param``'s normalization mode is not read.
 
     Backward: the closed-form gradient times ``loss_weight / normalizer``;
     labels take no gradient (asking for one is an error).
     """
 
+    exact_bottoms = None
+    min_bottoms = 2
+    max_bottoms = 3
     exact_tops = 1
 
     def reshape(self, bottoms, tops):
+        if len(bottoms) > 2 and bottoms[2].count != 1:
+            raise self.shape_error(2, "one value, the number of positive anchors", bottoms[2].shape)
         scores, labels = tuple(bottoms[0].shape), tuple(bottoms[1].shape)
         expected = "(N, A, ...) labels for (N, A*K, ...) logits, A dividing the logits' channels"
         if (len(scores) < 2 or len(labels) != len(scores) or labels[0] != scores[0]
@@ -165,9 +175,12 @@ class SigmoidFocalLossLayer(_FocalLossBase):
         self.grad = work_buffer(self.grad, xp, (bottoms[0].count,), dtype)
         tops[0].reshape(())
 
-    def _finish_forward(self, labels, tops):
+    def _finish_forward(self, bottoms, labels, tops):
         xp = array_module(labels)
-        positives = ((labels > 0) & ~self._ignored(labels)).sum()
+        if len(bottoms) > 2:
+            positives = bottoms[2].data.reshape(())
+        else:
+            positives = ((labels > 0) & ~self._ignored(labels)).sum()
         self.normalizer = xp.maximum(positives, 1).astype(self.grad.dtype)
         tops[0].data[...] = self.element_loss.sum() / self.normalizer
 
@@ -181,7 +194,7 @@ class SigmoidFocalLossLayer(_FocalLossBase):
         ignored = self._ignored(lab)
         self.element_loss[...] = np.where(ignored, 0, loss).reshape(-1)
         self.grad[...] = np.where(ignored, 0, grad).reshape(-1)
-        self._finish_forward(labels, tops)
+        self._finish_forward(bottoms, labels, tops)
 
     def forward_gpu(self, bottoms, tops):
         raw, labels = self._labels(bottoms, self.classes + 1)
@@ -190,7 +203,7 @@ class SigmoidFocalLossLayer(_FocalLossBase):
                (np.int64(x.size), np.int32(self.classes), np.int64(self.inner), x,
                 raw.astype(x.dtype, copy=False), x.dtype.type(self.alpha),
                 x.dtype.type(self.gamma)) + self._kernel_flags() + (self.element_loss, self.grad))
-        self._finish_forward(labels, tops)
+        self._finish_forward(bottoms, labels, tops)
 
 
 @register("SoftmaxFocalLoss")

@@ -87,7 +87,7 @@ def run_layer(spec, arrays, num_tops=None, top_diff=None, dtype=np.float64):
     layer.forward(bottoms, tops)
     if top_diff is not None:
         tops[0].diff[...] = top_diff
-        layer.backward(tops, [True, False], bottoms)
+        layer.backward(tops, [True] + [False] * (len(bottoms) - 1), bottoms)
     return layer, bottoms, tops
 
 
@@ -188,6 +188,28 @@ def test_sigmoid_focal_gradient(params):
     assert result.checked == x.size
 
 
+def test_sigmoid_focal_positive_count_bottom_normalizes_pyramid_levels_together():
+    """Two levels' losses, each divided by the positives of both (the third
+    bottom), add up to one loss over the levels laid side by side."""
+    rng = np.random.default_rng(12)
+    big, small = rng.standard_normal((2, 6, 4, 4)), rng.standard_normal((2, 6, 2, 2))
+    big_labels, small_labels = anchor_labels((2, 2, 4, 4), 3, rng), anchor_labels((2, 2, 2, 2), 3, rng)
+    total = np.array([float((big_labels > 0).sum() + (small_labels > 0).sum())])
+    spec = 'type: "SigmoidFocalLoss" loss_param { ignore_label: -1 }'
+    per_level = [run_layer(spec, [x, lab, total], top_diff=1.0)
+                 for x, lab in ((big, big_labels), (small, small_labels))]
+    joined_x = np.concatenate([big.reshape(2, 6, -1), small.reshape(2, 6, -1)], axis=2)
+    joined_labels = np.concatenate([big_labels.reshape(2, 2, -1), small_labels.reshape(2, 2, -1)], axis=2)
+    loss, grad = ref_sigmoid_focal(joined_x, joined_labels, ignore=-1)
+    levels_loss = sum(float(tops[0].data) for _, _, tops in per_level)
+    np.testing.assert_allclose(levels_loss, loss, rtol=1e-12)
+    np.testing.assert_allclose(per_level[1][1][0].diff.reshape(2, 6, -1), grad[:, :, 16:], rtol=1e-10)
+    # A count below 1 divides by 1.
+    _, _, tops = run_layer(spec, [big, big_labels, np.array([0.0])])
+    np.testing.assert_allclose(tops[0].data, ref_sigmoid_focal(big, big_labels, ignore=-1)[0]
+                               * max(int((big_labels > 0).sum()), 1), rtol=1e-12)
+
+
 # -- SoftmaxFocalLoss ---------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["VALID", "FULL", "BATCH_SIZE", "NONE"])
@@ -262,6 +284,8 @@ def test_focal_losses_host_run_kernels(dtype, gamma):
     run_gpu_path_on_host(spec, [x, labels], dtype=dtype, propagate=[True, False])
     run_gpu_path_on_host(f'type: "SigmoidFocalLoss" focal_loss_param {{ gamma: {gamma} }}',
                          [x, np.abs(labels).astype(np.int64)], dtype=dtype, propagate=[True, False])
+    run_gpu_path_on_host(spec, [x, labels, np.array([7.0])], dtype=dtype,
+                         propagate=[True, False, False])
     soft = rng.standard_normal((2, 4, 3, 4)) * 3
     soft_labels = anchor_labels((2, 1, 3, 4), 3, rng)
     spec = f'type: "SoftmaxFocalLoss" focal_loss_param {{ gamma: {gamma} }} loss_param {{ ignore_label: -1 }}'
@@ -306,6 +330,20 @@ def test_sigmoid_focal_label_shape(scores, labels):
     spec = 'name: "fl" type: "SigmoidFocalLoss" bottom: "logits" bottom: "lab"'
     with pytest.raises(ShapeError, match=r"layer 'fl'.*bottom 'lab' expected \(N, A, \.\.\.\) labels"):
         run_layer(spec, [np.zeros(scores), np.zeros(labels)])
+
+
+def test_sigmoid_focal_positive_count_must_be_one_value():
+    spec = 'name: "fl" type: "SigmoidFocalLoss" bottom: "logits" bottom: "lab" bottom: "num"'
+    with pytest.raises(ShapeError, match=r"layer 'fl'.*bottom 'num' expected one value.*found shape \(2,\)"):
+        run_layer(spec, [np.zeros((2, 3)), np.zeros((2, 1)), np.ones(2)])
+
+
+def test_sigmoid_focal_refuses_positive_count_gradient():
+    layer = build_layer('type: "SigmoidFocalLoss" bottom: "s" bottom: "lab" bottom: "num"')
+    bottoms, tops = setup_layer(layer, [np.zeros((2, 3)), np.zeros((2, 1)), np.ones(1)])
+    layer.forward(bottoms, tops)
+    with pytest.raises(NetDefinitionError, match="positive count bottom 'num'"):
+        layer.backward(tops, [True, False, True], bottoms)
 
 
 def test_softmax_focal_label_count():
