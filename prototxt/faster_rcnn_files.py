@@ -31,13 +31,16 @@ TINY_SOLVER = dict(
 FAST_TINY_SOLVER = dict(TINY_SOLVER, net="fast_rcnn_tiny.prototxt", stepvalue=[1500],
                         max_iter=2000)
 
-#: The alternating schedule: (stage, net kind, iterations, step, inits,
-#: frozen trunk) per training stage; proposals after each RPN stage.
-STAGES = (("stage1_rpn", "rpn_train", 1000, 750, ("random",), False),
-          ("stage1_fast_rcnn", "detector_train", 1500, 1100, ("stage:stage1_rpn",), False),
-          ("stage2_rpn", "rpn_train", 600, 450, ("stage:stage1_rpn", "stage:stage1_fast_rcnn"),
-           True),
-          ("stage2_fast_rcnn", "detector_train", 1500, 1100,
+#: The alternating schedule: (stage, net kind, iterations, step, base_lr,
+#: inits, frozen trunk) per training stage; proposals after each RPN stage.
+#: The detector stages start at 0.001 (py-faster-rcnn's rate for every
+#: stage): at 0.01 the randomly initialized fc head on the RPN-trained trunk
+#: died (every RoI scored as the class prior, loss flat at 1.1).
+STAGES = (("stage1_rpn", "rpn_train", 1000, 750, 0.01, ("random",), False),
+          ("stage1_fast_rcnn", "detector_train", 1500, 1100, 0.001, ("stage:stage1_rpn",), False),
+          ("stage2_rpn", "rpn_train", 600, 450, 0.01,
+           ("stage:stage1_rpn", "stage:stage1_fast_rcnn"), True),
+          ("stage2_fast_rcnn", "detector_train", 1500, 1100, 0.001,
            ("stage:stage1_fast_rcnn", "stage:stage2_rpn"), True))
 _TINY_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -71,8 +74,8 @@ def generated_file(backbone="tiny", classes=None, *, phase="TRAIN", proposals="r
                                python_layers=python_layers)
 
 
-def _solver_lines(iterations, step):
-    return ["    base_lr: 0.01", '    lr_policy: "step"', "    gamma: 0.1",
+def _solver_lines(iterations, step, base_lr):
+    return [f"    base_lr: {base_lr}", '    lr_policy: "step"', "    gamma: 0.1",
             f"    stepsize: {step}", f"    max_iter: {iterations}", "    momentum: 0.9",
             "    weight_decay: 0.0005", "    clip_gradients: 20", "    display: 50",
             "    average_loss: 50", "    snapshot: 500"]
@@ -91,13 +94,13 @@ def schedule_text(stem="faster_rcnn_tiny"):
         'name: "Faster R-CNN tiny, staged training"', 'train_split: "trainval"',
         'test_split: "test"', "random_seed: 0"]
     previous_rpn = None
-    for name, kind, iterations, step, inits, frozen in STAGES:
+    for name, kind, iterations, step, base_lr, inits, frozen in STAGES:
         lines += ["stage {", f'  name: "{name}"', f'  net: "{stem}_staged_{kind}.prototxt"']
         if kind == "detector_train":
             lines.append(f'  proposals_from: "{previous_rpn}_proposals"')
         lines += [f'  init_from: "{init}"' for init in inits]
         lines += [f'  frozen_layer: "{conv}"' for conv in _TINY_CONVS] if frozen else []
-        lines += ["  solver {"] + _solver_lines(iterations, step) + ["  }", "}"]
+        lines += ["  solver {"] + _solver_lines(iterations, step, base_lr) + ["  }", "}"]
         if kind == "rpn_train":
             previous_rpn = name
             lines += ["stage {", f'  name: "{name}_proposals"', "  generate_proposals {",
