@@ -56,6 +56,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from prototxt.generator_cli import (PHASE_HELP, add_phase_argument, add_regenerate_argument,
+                                     regenerate)
 from prototxt.faster_rcnn_backbone import PROPOSALS
 from prototxt.faster_rcnn_files import committed_files
 from prototxt.faster_rcnn_files import generated_file as generated_file_for
@@ -66,7 +68,6 @@ from prototxt.resnet import layer
 from prototxt.rpn_parts import (CONSTANT_0, TEST_IMAGE_PY, TRAIN_IMAGE, legacy_inputs, rpn_head,
                                 rpn_proposals, rpn_train_data, proposal_targets)
 
-HERE = Path(__file__).resolve().parent
 
 __all__ = ["NETS", "REFERENCE_FILES", "PY_FASTER_RCNN_BACKBONES", "faster_rcnn_net",
            "generated_file", "file_name", "vgg16", "fast_rcnn_data", "main"]
@@ -190,11 +191,7 @@ def _parser():
     parser.add_argument("--classes", type=int,
                         help="number of classes including the background (default 21, PASCAL "
                              "VOC; tiny: 7, the built-in dataset)")
-    parser.add_argument("--phase", choices=("TRAIN", "TEST", "BOTH"), default="TRAIN",
-                        type=str.upper,
-                        help="with --backbone: the net of one phase, or BOTH in one file "
-                             "(include rules), which python -m solver.train takes "
-                             "(default TRAIN)")
+    add_phase_argument(parser, help_text="with --backbone: " + PHASE_HELP)
     parser.add_argument("--proposals", choices=PROPOSALS, default="rpn",
                         help="rpn: Faster R-CNN (the net's own RPN); external: Fast R-CNN on "
                              "proposals from a file (solver.train NET --proposals FILE)")
@@ -202,8 +199,7 @@ def _parser():
                         help="py-faster-rcnn's type: \"Python\" layers instead of native ones")
     parser.add_argument("--out-dir", type=Path,
                         help="write py-faster-rcnn's eight nets of the backbone there")
-    parser.add_argument("--regenerate", action="store_true",
-                        help="rewrite the generated files kept in prototxt/")
+    add_regenerate_argument(parser)
     return parser
 
 
@@ -224,10 +220,7 @@ def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     if args.regenerate:
-        for name, text in committed_files().items():
-            (HERE / name).write_text(text)
-            print(f"wrote {HERE / name}")
-        return 0
+        return regenerate(committed_files())
     try:
         if args.net or args.out_dir or not args.backbone:
             backbone = args.backbone or "vgg16"

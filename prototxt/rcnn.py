@@ -28,11 +28,11 @@ unit spread for the MSRA-initialized trunk).
 """
 import argparse
 import sys
-from pathlib import Path
+
+from prototxt.generator_cli import add_phase_argument, add_regenerate_argument, regenerate
 
 __all__ = ["net_text", "solver_text", "committed_files", "main"]
 
-HERE = Path(__file__).resolve().parent
 TINY_CLASSES = 7
 CROP, CONTEXT_PAD, BATCH = 32, 2, 32
 SCALE = 1 / 64
@@ -151,22 +151,17 @@ def main(argv=None):
                                      description="Write the tiny R-CNN net (module docstring).")
     parser.add_argument("--classes", type=int, default=TINY_CLASSES,
                         help=f"classes including the background (default {TINY_CLASSES})")
-    parser.add_argument("--phase", choices=("TRAIN", "TEST", "BOTH"), default="BOTH",
-                        type=str.upper)
+    add_phase_argument(parser, default="BOTH")
     parser.add_argument("--crop", type=int, default=CROP, help=f"crop size (default {CROP})")
     parser.add_argument("--context-pad", type=int, default=CONTEXT_PAD,
                         help=f"context pixels at the warped scale (default {CONTEXT_PAD})")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"windows per batch ({BATCH})")
     parser.add_argument("--window-file", default=WINDOW_FILE,
                         help=f"WindowData source (default {WINDOW_FILE})")
-    parser.add_argument("--regenerate", action="store_true",
-                        help="rewrite prototxt/rcnn_tiny.prototxt and its solver")
+    add_regenerate_argument(parser, "prototxt/rcnn_tiny.prototxt and its solver")
     args = parser.parse_args(argv)
     if args.regenerate:
-        for name, text in committed_files().items():
-            (HERE / name).write_text(text)
-            print(f"wrote {HERE / name}")
-        return 0
+        return regenerate(committed_files())
     try:
         text = net_text(args.classes, args.phase, args.crop, args.context_pad, args.batch,
                         args.window_file)

@@ -69,6 +69,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from prototxt.generator_cli import add_phase_argument, add_regenerate_argument, regenerate
 from prototxt.resnet import STAGES, Word, layer, message_lines, resnet_trunk, specs
 from prototxt.rpn_parts import (CONSTANT_0, FEAT_STRIDE, HEAD_CHANNELS, ROIS_PER_IMAGE,
                                 RPN_CHANNELS, RPN_POST_NMS, RPN_PRE_NMS, TEST_IMAGE_PY,
@@ -76,7 +77,6 @@ from prototxt.rpn_parts import (CONSTANT_0, FEAT_STRIDE, HEAD_CHANNELS, ROIS_PER
                                 proposal_targets, rpn_head, rpn_losses, rpn_proposals,
                                 rpn_score_reshape, rpn_train_data)
 
-HERE = Path(__file__).resolve().parent
 
 
 # -- R-FCN ------------------------------------------------------------------------------
@@ -457,21 +457,14 @@ def main(argv=None):
     parser.add_argument("--rpn-on", choices=("res4", "res5"), default="res4",
                         help="stage whose output feeds the RPN (py-R-FCN's class-aware files "
                              "use res5)")
-    parser.add_argument("--phase", choices=("TRAIN", "TEST", "BOTH"), default="TRAIN",
-                        type=str.upper,
-                        help="the net of one phase, or BOTH in one file (include rules), which "
-                             "is what python -m solver.train takes (default TRAIN)")
+    add_phase_argument(parser)
     parser.add_argument("--out-dir", type=Path,
                         help="write the train (or train_ohem with --ohem) and test nets there "
                              "(with --phase BOTH one file) instead of printing one")
-    parser.add_argument("--regenerate", action="store_true",
-                        help="rewrite the generated files kept in prototxt/")
+    add_regenerate_argument(parser)
     args = parser.parse_args(argv)
     if args.regenerate:
-        for name, text in committed_files().items():
-            (HERE / name).write_text(text)
-            print(f"wrote {HERE / name}")
-        return 0
+        return regenerate(committed_files())
     depth = "tiny" if args.tiny or args.depth == "tiny" else int(args.depth)
     tiny = depth == "tiny"
     classes = args.classes if args.classes is not None else (TINY_CLASSES if tiny else 21)

@@ -43,14 +43,13 @@ options and regenerate, do not edit a generated file.
 """
 import argparse
 import sys
-from pathlib import Path
 
+from prototxt.generator_cli import add_phase_argument, add_regenerate_argument, regenerate
 from prototxt.resnet import layer, specs
 from prototxt.rfcn import TINY_CLASSES, TINY_IMAGE, TINY_STRIDE, merge_phases, solver_file, \
     tiny_trunk
 from prototxt.rpn_parts import CONSTANT_0, gaussian, input_layer
 
-HERE = Path(__file__).resolve().parent
 
 TINY_LEVELS = (4, 2, 1)   # bins per side of each pyramid level (the paper: 6, 3, 2, 1)
 FC_CHANNELS = 256
@@ -218,18 +217,11 @@ def main(argv=None):
     parser.add_argument("--levels", type=int, nargs="+", default=list(TINY_LEVELS),
                         help="bins per side of each pyramid level (default "
                              f"{' '.join(map(str, TINY_LEVELS))}; the paper: 6 3 2 1)")
-    parser.add_argument("--phase", choices=("TRAIN", "TEST", "BOTH"), default="TRAIN",
-                        type=str.upper,
-                        help="the net of one phase, or BOTH in one file (include rules), which "
-                             "is what python -m solver.train takes (default TRAIN)")
-    parser.add_argument("--regenerate", action="store_true",
-                        help="rewrite prototxt/sppnet_tiny.prototxt and its solver")
+    add_phase_argument(parser)
+    add_regenerate_argument(parser, "prototxt/sppnet_tiny.prototxt and its solver")
     args = parser.parse_args(argv)
     if args.regenerate:
-        for name, text in committed_files().items():
-            (HERE / name).write_text(text)
-            print(f"wrote {HERE / name}")
-        return 0
+        return regenerate(committed_files())
     try:
         sys.stdout.write(generated_file(args.classes, tuple(args.levels), args.phase))
     except ValueError as exc:

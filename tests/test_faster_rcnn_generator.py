@@ -15,6 +15,7 @@ from netdef import caffe_pb2, graph
 from netdef.device import CPU
 from netdef.net import Net
 from netdef.schema import read_net
+from prototxt.generator_cli import HERE
 from prototxt import faster_rcnn
 from prototxt.faster_rcnn_backbone import detector_net, detector_net_both
 from prototxt.faster_rcnn_files import committed_files
@@ -22,7 +23,6 @@ from prototxt.faster_rcnn_parts import BACKBONES, FAST_RCNN_SAMPLING, faster_rcn
 from solver.session import find_data_layer
 from solver.sgd import SGDSolver
 
-HERE = faster_rcnn.HERE
 
 
 def layers(text):

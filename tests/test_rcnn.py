@@ -16,6 +16,7 @@ from layers.boxes import bbox_transform_inv, clip_boxes
 from layers.window_data import BBOX_STDS, read_window_file, region_crops, write_window_file
 from netdef.errors import DataError, NetDefinitionError
 from netdef.net import Net
+from prototxt.generator_cli import HERE
 from prototxt import rcnn
 from solver import rcnn_eval
 
@@ -35,7 +36,7 @@ def net_file(tmp_path, windows, **options):
 
 def test_committed_files_are_what_the_generator_writes():
     for name, text in rcnn.committed_files().items():
-        assert (rcnn.HERE / name).read_text() == text, f"regenerate {name}"
+        assert (HERE / name).read_text() == text, f"regenerate {name}"
 
 
 def test_phases_and_options(tmp_path):

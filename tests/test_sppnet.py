@@ -14,6 +14,7 @@ from detection.datasets import DataWarning, load_dataset
 from detection.datasets.synthetic import ensure_dataset
 from netdef.device import CPU
 from netdef.net import Net
+from prototxt.generator_cli import HERE
 from prototxt import sppnet
 from prototxt.rfcn import TINY_CLASSES
 from solver.sgd import SGDSolver
@@ -193,7 +194,7 @@ def test_cli_prints_the_net_and_refuses_bad_levels(capsys):
 
 def test_committed_files_are_the_generators_output():
     for name, text in sppnet.committed_files().items():
-        assert (sppnet.HERE / name).read_text() == text, f"prototxt/{name}: run python -m " \
+        assert (HERE / name).read_text() == text, f"prototxt/{name}: run python -m " \
                                                          "prototxt.sppnet --regenerate"
     assert sppnet.TINY_SOLVER["net"] == "sppnet_tiny.prototxt"
 
@@ -227,9 +228,9 @@ def jittered_proposals(dataset, seed=0):
 
 
 def test_two_iterations_give_finite_losses(small_dataset):
-    path = str(sppnet.HERE / "sppnet_tiny.prototxt")
+    path = str(HERE / "sppnet_tiny.prototxt")
     net = Net(path, "TRAIN", device=CPU, seed=0)
-    solver = SGDSolver(str(sppnet.HERE / "sppnet_tiny_solver.prototxt"), net=net,
+    solver = SGDSolver(str(HERE / "sppnet_tiny_solver.prototxt"), net=net,
                        test_nets=[], seed=0, stream=io.StringIO())
     layer = find_data_layer(net, path)
     try:
