@@ -181,12 +181,19 @@ def _fc(name, bottom, num_output, style, std=None):
                  inner_product_param=dict(num_output=num_output, **fillers))
 
 
-def _relu_dropout(index, dropout):
+#: Backbones whose reference files keep dropout unscaled in training
+#: (``scale_train: false``: the test pass multiplies by 1 - ratio instead),
+#: so their ImageNet / py-faster-rcnn weights expect it.
+UNSCALED_DROPOUT = {"ZF"}
+
+
+def _relu_dropout(index, dropout, scale_train=True):
     blob = f"fc{index}"
     text = layer(f"relu{index}", "ReLU", [blob], [blob])
     if dropout:
-        text += layer(f"drop{index}", "Dropout", [blob], [blob],
-                      dropout_param=dict(dropout_ratio=0.5))
+        settings = dict(dropout_ratio=0.5) if scale_train else \
+            dict(dropout_ratio=0.5, scale_train=False)
+        text += layer(f"drop{index}", "Dropout", [blob], [blob], dropout_param=settings)
     return text
 
 
@@ -203,8 +210,9 @@ def fc_layers(head, bottom, style, *, dropout=None, fc_fillers=False):
         return layer(name, "InnerProduct", [bottom_], [name], param=_PARAMS[style],
                      inner_product_param=dict(num_output=num_output, **fillers))
 
-    return "".join([fc("fc6", bottom, six), _relu_dropout(6, drop),
-                    fc("fc7", "fc6", seven), _relu_dropout(7, drop)])
+    scale_train = head.name not in UNSCALED_DROPOUT
+    return "".join([fc("fc6", bottom, six), _relu_dropout(6, drop, scale_train),
+                    fc("fc7", "fc6", seven), _relu_dropout(7, drop, scale_train)])
 
 
 def predictions(bottom, classes, style, fillers=True):

@@ -9,8 +9,8 @@ Facts checked (ZF's end-to-end train.prototxt): conv1 96 7x7/2 pad 3, LRN
 WITHIN_CHANNEL (local_size 3, alpha 5e-5, beta 0.75), pool 3x3/2 pad 1,
 conv2 256 5x5/2 pad 2, conv3 / conv4 384, conv5 256, rpn_conv/3x3 256,
 roi_pool_conv5 6x6 at 1/16, fc6 / fc7 4096, every layer trained;
-VGG_CNN_M_1024: conv1 96 7x7/2 frozen, fc7 1024. (ZF's drop6 / drop7 also
-say ``scale_train: false``, which prototxt.faster_rcnn does not write yet.)
+VGG_CNN_M_1024: conv1 96 7x7/2 frozen, fc7 1024. ZF's drop6 / drop7 say
+``scale_train: false`` (its weights expect unscaled dropout in training).
 """
 import math
 
@@ -72,6 +72,8 @@ def test_the_zf_facts():
     vgg_m = {lp.name: lp for lp in read_net(VGG_M[0].text()).layer}
     assert [p.lr_mult for p in vgg_m["conv1"].param] == [0, 0]
     assert vgg_m["fc7"].inner_product_param.num_output == 1024
+    assert [layers[n].dropout_param.scale_train for n in ("drop6", "drop7")] == [False, False]
+    assert vgg_m["drop6"].dropout_param.scale_train
 
 
 @pytest.mark.parametrize("backbone, size", [("zf", (39, 64)), ("vgg_cnn_m_1024", (36, 61))])
