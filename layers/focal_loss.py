@@ -21,8 +21,8 @@ import numpy as np
 from layers.base import Layer, register
 from layers.kernels import launch
 from layers.losses import refuse_gradient, scaled_slope
-from layers.softmax import (check_labels, contiguous, loss_normalizer, read_ignore_label,
-                            read_normalization, split_at_axis, work_buffer)
+from layers.softmax import (checked_labels, contiguous, ignored_mask, loss_normalizer,
+                            read_ignore_label, read_normalization, split_at_axis, work_buffer)
 from netdef.device import array_module
 
 
@@ -101,16 +101,10 @@ class _FocalLossBase(Layer):
         return bottom_index == 0
 
     def _labels(self, bottoms, num_classes):
-        """(raw labels flat and contiguous, their truncated integers), range
-        checked against ``[0, num_classes)`` or the ignore label."""
-        raw = contiguous(bottoms[1].data).reshape(-1)
-        return check_labels(self, 1, raw, raw.astype(np.int64), num_classes, self.ignore_label)
+        return checked_labels(self, bottoms, num_classes)
 
     def _ignored(self, labels):
-        xp = array_module(labels)
-        if self.ignore_label is None:
-            return xp.zeros(labels.shape, dtype=bool)
-        return labels == self.ignore_label
+        return ignored_mask(labels, self.ignore_label)
 
     def _kernel_flags(self):
         has_ignore = self.ignore_label is not None

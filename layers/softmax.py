@@ -105,6 +105,22 @@ def check_labels(layer, bottom_index, raw, labels, num_classes, ignore_label):
     return raw, labels
 
 
+def checked_labels(layer, bottoms, num_classes):
+    """Bottom 1 as (raw labels flat and contiguous, their truncated
+    integers), range checked (``check_labels``) against ``[0, num_classes)``
+    or ``layer.ignore_label``."""
+    raw = contiguous(bottoms[1].data).reshape(-1)
+    return check_labels(layer, 1, raw, raw.astype(np.int64), num_classes, layer.ignore_label)
+
+
+def ignored_mask(labels, ignore_label):
+    """Where ``labels`` equal ``ignore_label`` (all False without one)."""
+    xp = array_module(labels)
+    if ignore_label is None:
+        return xp.zeros(labels.shape, dtype=bool)
+    return labels == ignore_label
+
+
 def split_at_axis(layer, shape, axis_param, bottom_index=0):
     """``(axis, outer, channels, inner)`` of ``shape`` around the canonical
     form of ``axis_param``; a ShapeError when the axis does not exist or is
@@ -262,17 +278,10 @@ class SoftmaxWithLossLayer(Layer):
 
     # -- shared pieces ------------------------------------------------------------
     def _labels(self, bottoms):
-        """(raw labels as a flat contiguous array, their truncated integers),
-        after checking their range."""
-        raw = contiguous(bottoms[1].data).reshape(-1)
-        return check_labels(self, 1, raw, raw.astype(np.int64), self.channels,
-                            self.ignore_label)
+        return checked_labels(self, bottoms, self.channels)
 
     def _ignored(self, labels):
-        xp = array_module(labels)
-        if self.ignore_label is None:
-            return xp.zeros(labels.shape, dtype=bool)
-        return labels == self.ignore_label
+        return ignored_mask(labels, self.ignore_label)
 
     def _normalizer(self):
         return loss_normalizer(self.normalization, full=self.outer * self.inner, batch=self.outer,

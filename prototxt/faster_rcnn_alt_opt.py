@@ -26,6 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from prototxt.generator_cli import regenerate
 from prototxt.faster_rcnn import NETS, PY_FASTER_RCNN_BACKBONES, REFERENCE_FILES, faster_rcnn_net
 
 __all__ = ["alt_opt_files", "alt_opt_schedule", "STAGE_LENGTHS", "FOLDERS"]
@@ -129,11 +130,7 @@ def main(argv=None):
     except ValueError as exc:
         parser.error(str(exc))
     files["schedule.prototxt"] = alt_opt_schedule(args.backbone)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (args.out_dir / name).write_text(text)
-        print(f"wrote {args.out_dir / name}")
-    return 0
+    return regenerate(files, args.out_dir)
 
 
 if __name__ == "__main__":

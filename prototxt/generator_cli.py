@@ -20,10 +20,12 @@ def add_regenerate_argument(parser, what="the generated files kept in prototxt/"
     parser.add_argument("--regenerate", action="store_true", help=f"rewrite {what}")
 
 
-def regenerate(files):
-    """Write ``files`` (file name -> text) into prototxt/, saying each;
-    returns the exit status 0."""
+def regenerate(files, folder=HERE):
+    """Write ``files`` (file name -> text) into ``folder`` (made if
+    missing; default prototxt/), saying each; returns the exit status 0."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        (HERE / name).write_text(text)
-        print(f"wrote {HERE / name}")
+        (folder / name).write_text(text)
+        print(f"wrote {folder / name}")
     return 0

@@ -36,6 +36,7 @@ rpn_test.pt was left at 12 anchors (24 / 48 outputs) with 'feat_stride': 16
 only, which its own stage-1 RPN (18 / 36 outputs) cannot fill; here every
 rpn_test has 9 anchors.
 """
+from prototxt.generator_cli import regenerate
 from prototxt.resnet import resnet_trunk
 from prototxt.rfcn import _outputs, _rfcn_head
 from prototxt.rpn_parts import (FEAT_STRIDE, HEAD_CHANNELS, TEST_IMAGE_PY, legacy_inputs,
@@ -206,11 +207,7 @@ def main(argv=None):
     except ValueError as exc:
         parser.error(str(exc))
     files["schedule.prototxt"] = alt_opt_schedule(args.dataset, args.depth)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (args.out_dir / name).write_text(text)
-        print(f"wrote {args.out_dir / name}")
-    return 0
+    return regenerate(files, args.out_dir)
 
 
 if __name__ == "__main__":
