@@ -25,7 +25,6 @@ from prototxt.faster_rcnn import faster_rcnn_net
 from prototxt.rfcn import rfcn_net
 from prototxt.rfcn_alt_opt import (ALT_OPT_NETS, ALT_OPT_RPN_CHANNELS, alt_opt_schedule,
                                    rfcn_alt_opt_net)
-from solver import schedule_train
 from solver.defaults import NOT_MAPPED, REFERENCE_CONFIGS, apply_reference_config, \
     reference_config
 from solver.schedule import Schedule, run_schedule
@@ -242,18 +241,6 @@ def data(tmp_path_factory):
                     num_test=1, seed=5)
 
 
-def with_yml_config(monkeypatch):
-    """Stage nets read with their yml config applied, as solver.train reads
-    its net (until solver.schedule_train does it itself, this test does)."""
-    read = schedule_train.read_net
-
-    def configured(path):
-        net = read(path)
-        apply_reference_config(net)
-        return net
-    monkeypatch.setattr(schedule_train, "read_net", configured)
-
-
 def test_the_schedule_file_parses_beside_the_stage_files(tmp_path):
     folder = write_stage_files(tmp_path / "rfcn_alt_opt_5step_ohem")
     for dataset in ("pascal_voc", "coco"):
@@ -285,11 +272,11 @@ def stand_in_imagenet_weights(folder, path):
     return path
 
 
-def test_the_first_stages_train_on_the_built_in_dataset(data, tmp_path, monkeypatch):
+def test_the_first_stages_train_on_the_built_in_dataset(data, tmp_path):
     """stage-1 RPN, its proposals, then the stage-1 R-FCN with OHEM on them,
     with py-R-FCN's files as they ship (ResNet-50, scaled down), from
-    stand-in ImageNet weights."""
-    with_yml_config(monkeypatch)
+    stand-in ImageNet weights; solver.schedule applies the yml config to
+    each stage net."""
     folder = write_stage_files(tmp_path / "files")
     weights = stand_in_imagenet_weights(folder, tmp_path / "imagenet.caffemodel")
     text = alt_opt_schedule("pascal_voc", 50)
