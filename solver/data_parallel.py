@@ -103,7 +103,8 @@ def agree(solver, loss, failure):
             (str(failure), getattr(failure, "blob", None), getattr(failure, "layer", None)),
             bool(solver._stop_requested))
     everyone = world.allgather(mine)
-    if any(stop for _, _, stop in everyone):
+    solver._stop_agreed = any(stop for _, _, stop in everyone)
+    if solver._stop_agreed:
         solver._stop_requested = True
     failures = [(rank, f) for rank, (_, f, _) in enumerate(everyone) if f is not None]
     if failures:

@@ -166,6 +166,7 @@ class Solver(SnapshotMixin):
         self.interrupt_snapshot = None
         self._phase = None
         self._stop_requested = False
+        self._stop_agreed = False   # the ranks' Ctrl-C decision of this iteration
         self._started = time.perf_counter()
 
     def _choose_seed(self, seed):
@@ -261,7 +262,10 @@ class Solver(SnapshotMixin):
             self.progress.reset_speed()
             while self.iter < stop:
                 self._iteration(stop)
-                if self._stop_requested:
+                # Several ranks stop after the iteration in which they agreed
+                # to (data_parallel.agree): a Ctrl-C reaching one rank after
+                # that exchange waits for the next, or the ranks would part.
+                if self._stop_agreed if self.world.size > 1 else self._stop_requested:
                     self._snapshot_on_interrupt("Ctrl-C")
                     raise KeyboardInterrupt
 

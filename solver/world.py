@@ -24,6 +24,9 @@ MPI_EXTRA_HINT = ("data-parallel training needs mpi4py and an MPI runtime: "
                   "pip install -e '.[mpi]' (mpi4py + mpich), or the site's MPI with mpi4py")
 
 #: (size variable, rank variable) each launcher sets in every process it starts.
+#: Seconds a rank waits between printing why it aborts and MPI Abort.
+ABORT_GRACE_S = 0.5
+
 _LAUNCHER_VARIABLES = (("PMI_SIZE", "PMI_RANK"),                       # MPICH / Hydra, Intel MPI
                        ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),  # Open MPI
                        ("PMIX_SIZE", "PMIX_RANK"),                      # PMIx launchers
@@ -181,6 +184,9 @@ class MPIWorld(World):
         Abort: the launcher kills the others."""
         print(message, file=sys.stderr, flush=True)
         sys.stdout.flush()
+        # Give the launcher a moment to forward the message: Abort kills the
+        # job's processes, and output still in a pipe is lost with them.
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
 
     def describe(self):
