@@ -99,7 +99,7 @@ from solver.schedule_state import (STATE_FILE, load_state, new_state, run_reason
 from solver.schedule_train import train_stage
 from solver.session import choose_seed
 from solver.data_parallel import rank_gpu
-from solver.world import current_world
+from solver.world import current_world, root_stream
 
 __all__ = ["Schedule", "ScheduleError", "ScheduleRun", "read_schedule", "run_schedule", "run",
            "main", "STATE_FILE", "match_layers"]
@@ -153,8 +153,7 @@ class ScheduleRun:
         # Under mpiexec every rank runs the schedule (each training stage
         # data-parallel); rank 0 alone prints and writes the log and state.
         self.world = current_world()
-        if not self.world.is_root:
-            stream = open(os.devnull, "w")  # kept open for the run
+        stream = root_stream(self.world, stream)
         self.on_error, self.stream, self.dtype = on_error, stream, np.dtype(dtype)
         self.test_images, self.blas_threads = test_images, blas_threads
         self.state, self.progress = None, None

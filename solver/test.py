@@ -44,7 +44,7 @@ from detection.evaluate import (detection_progress, evaluate_detections, evaluat
 from detection.detector import Detector, load_test_net, read_class_names
 from detection.evaluation import dump_detections
 from solver.proposal_options import add_proposal_arguments, evaluation_proposals
-from solver.world import current_world
+from solver.world import current_world, root_stream
 from solver.data_parallel import rank_gpu
 from detection.shards import root_only
 
@@ -106,19 +106,9 @@ def main(argv=None, stream=None):
     return world.finish(exit_status(lambda: _run(args, stream)))
 
 
-class _Silent:
-    """The output stream of the ranks other than 0: rank 0 speaks for all."""
-
-    def write(self, text):
-        return len(text)
-
-    def flush(self):
-        pass
-
-
 def _run(args, stream):
     world = current_world()
-    stream = stream if world.is_root else _Silent()
+    stream = root_stream(world, stream)
 
     def say(text):
         print(text, file=stream, flush=True)

@@ -100,10 +100,10 @@ from solver.train_caffe import PlainCaffeTraining, is_plain_caffe_net
 from solver.defaults import apply_reference_config, reference_config
 from solver.train_settings import classify_file, is_schedule, train_settings
 from solver.data_parallel import LRScaling, rank_gpu
-from solver.world import current_world
+from solver.world import SilentStream, current_world
 
 # Where the other ranks' closing lines go (rank 0 speaks for the job).
-_NOWHERE = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (process-long)
+_NOWHERE = SilentStream()   # where a rank other than 0 prints
 
 # classify_file ... pad_classes: importable from here as before they moved.
 __all__ = ["main", "Training", "classify_file", "is_schedule", "run_schedule",

@@ -223,6 +223,22 @@ class MPIWorld(World):
         sys.excepthook = hook
 
 
+class SilentStream:
+    """A text stream that drops what it is given: the output of the ranks
+    other than 0, for which rank 0 speaks."""
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def root_stream(world, stream):
+    """``stream`` on rank 0 of ``world``; a SilentStream on the others."""
+    return stream if world.is_root else SilentStream()
+
+
 def build_nccl_communicator(world):
     """An NCCL communicator over ``world``'s ranks: rank 0 draws the unique
     id, MPI broadcasts it, every rank joins on its current device. False
