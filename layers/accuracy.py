@@ -6,7 +6,7 @@ The layer runs the same array code on both devices (NumPy or CuPy through
 import numpy as np
 
 from layers.base import NoGradientLayer, register
-from layers.softmax import check_labels, read_ignore_label, split_at_axis
+from layers.softmax import check_label_count, check_labels, read_ignore_label, split_at_axis
 from netdef.device import array_module
 
 
@@ -50,11 +50,7 @@ class AccuracyLayer(NoGradientLayer):
             raise self.definition_error(
                 f"accuracy_param.top_k ({self.top_k}) must not exceed the number of classes, "
                 f"{self.channels} along axis {self.axis} of '{self.bottom_name(0)}' {tuple(shape)}")
-        positions = self.outer * self.inner
-        if bottoms[1].count != positions:
-            raise self.shape_error(
-                1, f"{positions} labels, one per position of scores '{self.bottom_name(0)}' "
-                f"{tuple(shape)} outside axis {self.axis}", bottoms[1].shape)
+        check_label_count(self, bottoms)
         tops[0].reshape(())
         if len(tops) >= 2:
             tops[1].reshape((self.channels,))

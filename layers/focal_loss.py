@@ -21,8 +21,9 @@ import numpy as np
 from layers.base import Layer, register
 from layers.kernels import launch
 from layers.losses import refuse_gradient, scaled_slope
-from layers.softmax import (checked_labels, contiguous, ignored_mask, loss_normalizer,
-                            read_ignore_label, read_normalization, split_at_axis, work_buffer)
+from layers.softmax import (check_label_count, checked_labels, contiguous, ignored_mask,
+                            loss_normalizer, read_ignore_label, read_normalization,
+                            split_at_axis, work_buffer)
 from netdef.device import array_module
 
 
@@ -235,11 +236,8 @@ class SoftmaxFocalLossLayer(_FocalLossBase):
     def reshape(self, bottoms, tops):
         shape = bottoms[0].shape
         self.axis, self.outer, self.channels, self.inner = split_at_axis(self, shape, self.axis_param)
+        check_label_count(self, bottoms)
         positions = self.outer * self.inner
-        if bottoms[1].count != positions:
-            raise self.shape_error(
-                1, f"{positions} labels, one per position of scores '{self.bottom_name(0)}' "
-                f"{tuple(shape)} outside axis {self.axis}", bottoms[1].shape)
         xp, dtype = array_module(bottoms[0].data), bottoms[0].data.dtype
         self.prob = work_buffer(self.prob, xp, shape, dtype)
         self.grad = work_buffer(self.grad, xp, shape, dtype)

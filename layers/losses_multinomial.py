@@ -13,8 +13,9 @@ import numpy as np
 from layers.base import Layer, register
 from layers.kernels import launch
 from layers.losses import check_first_axis, refuse_gradient
-from layers.softmax import (softmax_numpy, check_labels, contiguous, legacy_shape,
-                            loss_normalizer, read_ignore_label, split_at_axis, work_buffer)
+from layers.softmax import (softmax_numpy, check_label_count, check_labels, contiguous,
+                            legacy_shape, loss_normalizer, read_ignore_label, split_at_axis,
+                            work_buffer)
 from netdef.caffemodel import read_blob_proto
 from netdef.device import array_module
 
@@ -158,12 +159,8 @@ class InfogainLossLayer(Layer):
                                    f"among its {len(shape)} axes", shape)
         self.axis, self.outer, self.channels, self.inner = split_at_axis(self, shape, self.axis_param)
         check_first_axis(self, bottoms)
+        check_label_count(self, bottoms)
         positions = self.outer * self.inner
-        if bottoms[1].count != positions:
-            raise self.shape_error(
-                1, f"{positions} labels, one per position of scores '{self.bottom_name(0)}' "
-                f"{shape} outside axis {self.axis} (e.g. (N, H, W) for (N, C, H, W))",
-                bottoms[1].shape)
         self._check_infogain(bottoms)
         xp, dtype = array_module(bottoms[0].data), bottoms[0].data.dtype
         self.prob = work_buffer(self.prob, xp, shape, dtype)

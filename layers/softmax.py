@@ -121,6 +121,17 @@ def ignored_mask(labels, ignore_label):
     return labels == ignore_label
 
 
+def check_label_count(layer, bottoms):
+    """ShapeError unless bottom 1 holds one label per position of the scores
+    (bottom 0) outside ``layer.axis`` (``layer.outer * layer.inner``)."""
+    positions = layer.outer * layer.inner
+    if bottoms[1].count != positions:
+        raise layer.shape_error(
+            1, f"{positions} labels, one per position of scores '{layer.bottom_name(0)}' "
+            f"{tuple(bottoms[0].shape)} outside axis {layer.axis} (e.g. (N, H, W) for "
+            f"(N, C, H, W))", bottoms[1].shape)
+
+
 def split_at_axis(layer, shape, axis_param, bottom_index=0):
     """``(axis, outer, channels, inner)`` of ``shape`` around the canonical
     form of ``axis_param``; a ShapeError when the axis does not exist or is
@@ -259,12 +270,8 @@ class SoftmaxWithLossLayer(Layer):
     def reshape(self, bottoms, tops):
         shape = bottoms[0].shape
         self.axis, self.outer, self.channels, self.inner = split_at_axis(self, shape, self.axis_param)
+        check_label_count(self, bottoms)
         positions = self.outer * self.inner
-        if bottoms[1].count != positions:
-            raise self.shape_error(
-                1, f"{positions} labels, one per position of scores '{self.bottom_name(0)}' "
-                f"{tuple(shape)} outside axis {self.axis} (e.g. (N, H, W) for (N, C, H, W))",
-                bottoms[1].shape)
         xp, dtype = array_module(bottoms[0].data), bottoms[0].data.dtype
         # Caffe's prob_ and, per position, the loss and whether it counts.
         self.prob = work_buffer(self.prob, xp, shape, dtype)
