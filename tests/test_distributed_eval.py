@@ -31,6 +31,7 @@ from detection.evaluate import detect_sharded, evaluate_detector
 from detection.proposals import Proposals, generate_proposals, load_or_generate
 from detection.shards import gather_in_order, root_only, run_sharded, shard_indices
 from solver.world import World
+from tests.mpi_harness import MPIEXEC, requires_mpi
 
 TINY = str(ROOT / "prototxt" / "rfcn_tiny.prototxt")
 RPN_TEST = str(ROOT / "prototxt" / "rfcn_tiny_staged_rpn_test.prototxt")
@@ -277,17 +278,6 @@ def test_proposals_of_two_ranks_written_once_and_read_back(data, rpn_weights, tm
 
 # -- under MPI ---------------------------------------------------------------------------------
 
-def _mpi_missing():
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py is not installed (pip install -e '.[mpi]')"
-    if shutil.which("mpiexec") is None:
-        return "no mpiexec on PATH (an MPI runtime: pip install mpich)"
-    return None
-
-
-needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
 
 
 def _clean_env():
@@ -316,13 +306,13 @@ def trained(data, tmp_path_factory):
     return str(out / "rfcn_tiny_iter_2.caffemodel")
 
 
-@needs_mpi
+@requires_mpi
 def test_mpiexec_solver_test_gives_the_detections_and_map_of_one_process(data, trained,
                                                                          tmp_path):
     args = [TINY, "--weights", trained, "--data", data, "--score-threshold", "0.0"]
     one = _run([sys.executable, "-m", "solver.test", *args, "--dump", str(tmp_path / "d1.json"),
                 "--results", str(tmp_path / "r1.json")])
-    two = _run(["mpiexec", "-n", "2", sys.executable, "-m", "solver.test", *args,
+    two = _run([MPIEXEC, "-n", "2", sys.executable, "-m", "solver.test", *args,
                 "--dump", str(tmp_path / "d2.json"), "--results", str(tmp_path / "r2.json")])
     assert "split over 2 ranks" in two and two.count("testing ") == 1   # rank 0 speaks
     dumped = [json.loads((tmp_path / f"d{n}.json").read_text()) for n in (1, 2)]
@@ -334,7 +324,7 @@ def test_mpiexec_solver_test_gives_the_detections_and_map_of_one_process(data, t
         [line for line in two.splitlines() if line.startswith("mAP")]
 
 
-@needs_mpi
+@requires_mpi
 def test_mpiexec_a_bad_image_on_rank_1_stops_both_ranks_with_its_error(data, trained,
                                                                      tmp_path):
     """Image 1 (rank 1's) is truncated after the header check: rank 1's
@@ -344,7 +334,7 @@ def test_mpiexec_a_bad_image_on_rank_1_stops_both_ranks_with_its_error(data, tra
     image = bad / "JPEGImages" / "test_000001.jpg"
     content = image.read_bytes()
     image.write_bytes(content[:len(content) // 2])
-    done = subprocess.run(["mpiexec", "-n", "2", sys.executable, "-m", "solver.test", TINY,
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "solver.test", TINY,
                            "--weights", trained, "--data", str(bad)], cwd=ROOT,
                           env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
@@ -353,12 +343,12 @@ def test_mpiexec_a_bad_image_on_rank_1_stops_both_ranks_with_its_error(data, tra
     assert done.stderr.count("test_000001.jpg': OSError: image file is truncated") == 2
 
 
-@needs_mpi
+@requires_mpi
 def test_mpiexec_proposals_equal_one_process(data, rpn_weights, tmp_path):
     from detection.datasets import load_dataset
     records = load_dataset(data, "test", keep_empty=True).records
     single = _rpn_proposals(rpn_weights, records, None)
-    _run(["mpiexec", "-n", "2", sys.executable, __file__, "proposals", data, rpn_weights,
+    _run([MPIEXEC, "-n", "2", sys.executable, __file__, "proposals", data, rpn_weights,
           str(tmp_path)])
     assert _same_proposals(Proposals.load(tmp_path / "p.npz"), single)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -366,7 +356,7 @@ def test_mpiexec_proposals_equal_one_process(data, rpn_weights, tmp_path):
                                         "reused": False, "size": 2}
 
 
-@needs_mpi
+@requires_mpi
 def test_mpiexec_schedule_splits_its_proposals_stage_and_evaluation(data, tmp_path):
     """The generate_proposals stage of 2 ranks writes what one process
     computes with the same RPN weights; the final evaluation is split and
@@ -375,7 +365,7 @@ def test_mpiexec_schedule_splits_its_proposals_stage_and_evaluation(data, tmp_pa
     from netdef.net import Net
     out = tmp_path / "schedule"
     schedule = str(ROOT / "prototxt" / "tiny_staged_schedule.prototxt")
-    said = _run(["mpiexec", "-n", "2", sys.executable, "-m", "solver.schedule", schedule,
+    said = _run([MPIEXEC, "-n", "2", sys.executable, "-m", "solver.schedule", schedule,
                  "--data", data, "--iters", "1", "--test-images", "4", "--out", str(out),
                  "--seed", "1"])
     assert "split over 2 ranks: rank 0 runs 2 of them" in said

@@ -5,7 +5,6 @@ a dead rank or Ctrl-C ends the job at once with the last snapshot intact.
 Skipped only where mpi4py or mpiexec is missing (the test extra installs
 both: mpi4py and MPICH)."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,18 +17,12 @@ import pytest
 
 from detection.datasets.synthetic import generate
 from solver.snapshot import SolverState
+from tests.mpi_harness import MPIEXEC, requires_mpi
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "prototxt" / "rfcn_tiny.prototxt"
 
-try:
-    import mpi4py  # noqa: F401  (only whether it is there)
-    MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep
-                           + os.environ.get("PATH", ""))
-except ImportError:
-    MPIEXEC = None
-pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec missing "
-                                "(pip install -e '.[mpi]': mpi4py and mpich)")
+pytestmark = requires_mpi
 
 #: A dead rank or Ctrl-C ends every rank within this many seconds (MPICH
 #: kills the job when a rank dies; a measured end takes well under 1 s).

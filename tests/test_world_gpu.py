@@ -3,8 +3,6 @@ device): a 1-rank NCCL communicator built over MPI sums a CuPy buffer in
 place, and with 2 visible GPUs, 2 ranks under mpiexec (one GPU each, by
 local rank) sum theirs. The CPU path and the host fallback are covered
 without a GPU in tests/test_distributed_train.py and here."""
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.mpi_harness import MPIEXEC, requires_mpi
+
 ROOT = Path(__file__).resolve().parents[1]
 
-try:
-    import mpi4py  # noqa: F401  (only whether it is there)
-    HAVE_MPI = True
-except ImportError:
-    HAVE_MPI = False
-needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="mpi4py missing (pip install -e '.[mpi]')")
 
 
 def gpu_count():
@@ -47,7 +41,7 @@ print("ok")
 """
 
 
-@needs_mpi
+@requires_mpi
 def test_mpi_world_of_one_process_sums_numpy_in_place():
     """MPIWorld without a launcher (MPI's singleton start), in a process of
     its own so this test run never initializes MPI."""
@@ -56,7 +50,7 @@ def test_mpi_world_of_one_process_sums_numpy_in_place():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
 
 
-@needs_mpi
+@requires_mpi
 @pytest.mark.gpu
 def test_one_rank_nccl_communicator_sums_in_place():
     import cupy
@@ -86,14 +80,11 @@ print("ok", w.rank)
 """
 
 
-@needs_mpi
+@requires_mpi
 @pytest.mark.gpu
 @pytest.mark.skipif(gpu_count() < 2, reason="needs 2 visible GPUs")
 def test_two_ranks_nccl_allreduce():
-    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep
-                           + os.environ.get("PATH", ""))
-    assert mpiexec, "mpiexec missing (pip install mpich)"
-    done = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", SCRIPT], cwd=ROOT,
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", SCRIPT], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(done.stdout.split()) == ["0", "1", "ok", "ok"]
