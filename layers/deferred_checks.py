@@ -16,7 +16,7 @@ On the CPU, and outside a Net's forward pass (a layer run by itself), a
 check runs at once: there it costs no synchronization.
 
     with deferring() as pending:           # netdef.net.Net.forward
-        ... layers call check(xp, failed, details, report) ...
+        ... layers call check(xp, failed, details, report) ...   # details: a callable
         loss = pending.resolve(xp, loss)   # raises the first failed check's error
 """
 import contextlib
@@ -75,14 +75,16 @@ def deferring():
 
 def check(xp, failed, details, report):
     """Check now or defer: ``failed`` (0-d bool array) says the input is
-    bad, ``details`` (arrays) are what ``report(*host_details)`` needs to
+    bad; ``details()`` gives the arrays ``report(*host_details)`` needs to
     raise the error. On NumPy, or with no pass collecting, ``report`` runs
-    at once when ``failed``; returns False. Deferred, returns True: the
-    caller must go on with the bad entries replaced by safe ones."""
+    at once when ``failed`` (``details`` is called only then); returns
+    False. Deferred, ``details`` is called now (the inputs may be
+    overwritten before the pass ends) and True is returned: the caller must
+    go on with the bad entries replaced by safe ones."""
     pending = getattr(_state, "pending", None)
     if xp is np or pending is None:
         if bool(failed):
-            report(*[to_numpy(d) for d in details])
+            report(*[to_numpy(d) for d in details()])
         return False
-    pending.add(failed, details, report)
+    pending.add(failed, details(), report)
     return True

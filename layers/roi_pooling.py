@@ -105,7 +105,6 @@ class RoILayer(Layer):
         limit = self.MAX_MAP_COORDINATE / max(abs(self.spatial_scale), 1e-30)
         bad = ~((batch >= 0) & (batch < num_images)) | \
             ~(xp.abs(rois[:, 1:]) < limit).all(axis=1)
-        first = xp.argmax(bad)
 
         def report(r, roi):
             raise DataError(
@@ -114,7 +113,11 @@ class RoILayer(Layer):
                 f"bottom '{self.bottom_name(0)}') and finite coordinates of magnitude below "
                 f"{limit:.3g} (2^30 map cells at spatial_scale {self.spatial_scale:g})")
 
-        if deferred_checks.check(xp, bad.any(), (first, rois[first]), report):
+        def details():
+            first = xp.argmax(bad)
+            return first, rois[first]
+
+        if deferred_checks.check(xp, bad.any(), details, report):
             self._bad_rois = bad
 
     def reshape_position_sensitive(self, bottoms, tops):

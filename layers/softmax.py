@@ -88,8 +88,10 @@ def check_labels(layer, bottom_index, raw, labels, num_classes, ignore_label):
     if ignore_label is not None:
         bad &= labels != ignore_label
     flat = bad.reshape(-1)
-    first = xp.argmax(flat)
-    details = (first, raw.reshape(-1)[first])
+
+    def details():
+        first = xp.argmax(flat)
+        return first, raw.reshape(-1)[first]
 
     def report(first, value):
         allowed = f"an integer in [0, {num_classes - 1}]"

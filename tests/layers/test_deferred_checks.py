@@ -23,19 +23,19 @@ def fail(where):
 
 def test_on_numpy_a_check_runs_at_once_even_inside_a_pass():
     with deferred_checks.deferring() as pending:
-        assert deferred_checks.check(np, np.bool_(False), (), fail("a")) is False
+        assert deferred_checks.check(np, np.bool_(False), tuple, fail("a")) is False
         with pytest.raises(DataError, match=r"a: \[3\]"):
-            deferred_checks.check(np, np.bool_(True), (np.int64(3),), fail("a"))
+            deferred_checks.check(np, np.bool_(True), lambda: (np.int64(3),), fail("a"))
     assert pending.items == []
 
 
 def test_deferred_checks_are_read_with_the_loss_and_the_first_failure_raises():
     with installed() as cupy:
         with deferred_checks.deferring() as pending:
-            assert deferred_checks.check(cupy, cupy.asarray(False), (), fail("first")) is True
-            assert deferred_checks.check(cupy, cupy.asarray(True), (cupy.asarray(7),),
+            assert deferred_checks.check(cupy, cupy.asarray(False), tuple, fail("first")) is True
+            assert deferred_checks.check(cupy, cupy.asarray(True), lambda: (cupy.asarray(7),),
                                          fail("second")) is True
-            assert deferred_checks.check(cupy, cupy.asarray(True), (), fail("third")) is True
+            assert deferred_checks.check(cupy, cupy.asarray(True), tuple, fail("third")) is True
         COUNTS.reset()
         with pytest.raises(DataError, match=r"second: \[7\]"):
             pending.resolve(cupy, cupy.asarray(2.5))
@@ -48,7 +48,7 @@ def test_deferred_checks_are_read_with_the_loss_and_the_first_failure_raises():
 def test_outside_a_pass_a_device_check_runs_at_once():
     with installed() as cupy:
         with pytest.raises(DataError, match="alone"):
-            deferred_checks.check(cupy, cupy.asarray(True), (), fail("alone"))
+            deferred_checks.check(cupy, cupy.asarray(True), tuple, fail("alone"))
 
 
 LOSS_NET = """
