@@ -153,3 +153,30 @@ def filter_small_boxes(boxes, min_size):
     ws = boxes[:, 2] - boxes[:, 0] + 1
     hs = boxes[:, 3] - boxes[:, 1] + 1
     return (ws >= min_size) & (hs >= min_size)
+
+
+# -- normalized coordinates (the single-stage detectors' convention) --------------------------
+# Our boxes are 0-based inclusive pixels [x1, y1, x2, y2]; SSD-style layers
+# (PriorBox, MultiBoxLoss, DetectionOutput, AnnotatedData's labels) work in
+# coordinates normalized to the image: xmin = x1 / W, xmax = (x2 + 1) / W,
+# so a box covering the whole image is [0, 0, 1, 1]. One pair of
+# functions converts both ways, for the labels fed to training and the
+# detections read back for evaluation and drawing.
+
+def normalized_boxes(boxes, width, height):
+    """``boxes`` ``(N, 4)`` inclusive pixels -> ``(N, 4)`` float64
+    ``[xmin, ymin, xmax, ymax]`` normalized to a ``width`` x ``height``
+    image (see above)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scale = np.array([width, height, width, height], np.float64)
+    return (boxes + np.array([0.0, 0.0, 1.0, 1.0])) / scale
+
+
+def pixel_boxes(normalized, width, height):
+    """The inverse of ``normalized_boxes``: ``(N, 4)`` normalized
+    coordinates -> inclusive pixels of a ``width`` x ``height`` image,
+    clipped to it (float64)."""
+    normalized = np.asarray(normalized, np.float64).reshape(-1, 4)
+    scale = np.array([width, height, width, height], np.float64)
+    boxes = normalized * scale - np.array([0.0, 0.0, 1.0, 1.0])
+    return clip_boxes(boxes, height, width)
