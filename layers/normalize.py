@@ -17,10 +17,15 @@ defaults to 1e-10. Gradients, with g = dy * s:
     dx = g / r - x * (sum over the group of g * x) / r^3
     ds = sum of dy * x / r   (over N and S per channel; over all when shared)
 
-The math is reductions and broadcasts, the same on both devices, so the GPU
-path is the CPU path run on CuPy arrays (``xp``).
+The CPU path is these formulas as NumPy reductions and broadcasts; the GPU
+path runs them as the kernels of ``layers/cuda/normalize.cu`` (the group
+sums in two deterministic stages: over the channels per position, then over
+the positions per group).
 """
+import numpy as np
+
 from layers.base import Layer, register
+from layers.kernels import launch
 from netdef.device import array_module
 from netdef.fillers import fill
 
@@ -108,6 +113,57 @@ class NormalizeLayer(Layer):
             dx = (g - normalized * self._group_sum(g * normalized)) / self.norm
             bottoms[0].diff.reshape(self.grouped)[...] = dx
 
-    # The same array operations run on CuPy arrays.
-    forward_gpu = forward_cpu
-    backward_gpu = backward_cpu
+    # -- GPU ---------------------------------------------------------------------------
+    def _kernel_geometry(self):
+        """(count, channels, spatial, across) as the kernels take them."""
+        n, c, s = self.grouped
+        return np.int64(n * c * s), np.int64(c), np.int64(s), np.int32(self.across_spatial)
+
+    def _kernel_scale(self):
+        """The scale array and the step between channels' entries (0 when shared)."""
+        return self.blobs[0].data, np.int64(0 if self.channel_shared else 1)
+
+    def _group_layout(self):
+        """(groups, positions per group): images and their positions when
+        across_spatial, else every position alone."""
+        n, _, s = self.grouped
+        return (n, s) if self.across_spatial else (n * s, 1)
+
+    def forward_gpu(self, bottoms, tops):
+        x = bottoms[0].data
+        n, c, s = self.grouped
+        count, channels, spatial, across = self._kernel_geometry()
+        sums = self.workspace.array("normalize_position_sums", (n * s,), x.dtype)
+        launch("normalize.cu", "normalize_sum_squares", x.dtype, n * s,
+               (np.int64(n * s), channels, spatial, x, sums))
+        groups, width = self._group_layout()
+        launch("normalize.cu", "normalize_group_norms", x.dtype, groups,
+               (np.int64(groups), np.int64(width), sums, x.dtype.type(self.eps), self.norm))
+        launch("normalize.cu", "normalize_forward", x.dtype, count,
+               (count, channels, spatial, across, x, self.norm, *self._kernel_scale(),
+                tops[0].data))
+
+    def backward_gpu(self, tops, propagate_down, bottoms):
+        x, dy = bottoms[0].data, tops[0].diff
+        n, c, s = self.grouped
+        count, channels, spatial, across = self._kernel_geometry()
+        if self.param_needs_gradient(0):
+            terms = self.workspace.array("normalize_scale_terms", (c, s), x.dtype)
+            launch("normalize.cu", "normalize_scale_terms", x.dtype, c * s,
+                   (np.int64(c * s), np.int64(n), channels, spatial, across, x, dy, self.norm,
+                    terms))
+            self.blobs[0].diff[...] += terms.sum() if self.channel_shared else terms.sum(axis=1)
+        if propagate_down[0]:
+            sums = self.workspace.array("normalize_position_sums", (n * s,), x.dtype)
+            launch("normalize.cu", "normalize_scaled_dot", x.dtype, n * s,
+                   (np.int64(n * s), channels, spatial, across, dy, x, self.norm,
+                    *self._kernel_scale(), sums))
+            groups, width = self._group_layout()
+            dot = sums
+            if width > 1:
+                dot = self.workspace.array("normalize_group_dots", (groups,), x.dtype)
+                launch("normalize.cu", "normalize_group_sums", x.dtype, groups,
+                       (np.int64(groups), np.int64(width), sums, dot))
+            launch("normalize.cu", "normalize_backward", x.dtype, count,
+                   (count, channels, spatial, across, x, dy, self.norm, dot,
+                    *self._kernel_scale(), bottoms[0].diff))

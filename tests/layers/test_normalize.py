@@ -121,10 +121,44 @@ def test_gradient(across, shared):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("across,shared", FLAGS)
-def test_gpu_path_on_host(across, shared, dtype):
+def test_gpu_path_on_host(across, shared, shape, dtype):
     run_gpu_path_on_host(spec(across, shared),
-                         [np.random.default_rng(5).standard_normal((2, 3, 4, 5))], dtype=dtype)
+                         [np.random.default_rng(5).standard_normal(shape)], dtype=dtype)
+
+
+@pytest.mark.parametrize("across,shared", FLAGS)
+def test_gpu_path_on_host_matches_reference(across, shared):
+    # The kernels against the plain reference itself, not only the NumPy path.
+    rng = np.random.default_rng(6)
+    x, dy = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3, 4, 5))
+    layer = build_layer(spec(across, shared))
+    bottoms, tops = setup_layer(layer, [x])
+    layer.forward_gpu(bottoms, tops)
+    tops[0].diff[...] = dy
+    layer.blobs[0].diff[...] = 0
+    layer.backward_gpu(tops, [True], bottoms)
+    y, dx, ds = reference(x, layer.blobs[0].data, across, float(np.float32(1e-10)), dy)
+    np.testing.assert_allclose(tops[0].data, y, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(bottoms[0].diff, dx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.blobs[0].diff, ds.sum() if shared else ds,
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_gpu_path_on_host_accumulates_the_scale_gradient():
+    # Param diffs accumulate over backward calls (iter_size), on this path too.
+    x = np.random.default_rng(7).standard_normal((2, 3, 2, 2))
+    layer = build_layer(spec(False, False))
+    bottoms, tops = setup_layer(layer, [x])
+    layer.forward_gpu(bottoms, tops)
+    tops[0].diff[...] = 1.0
+    layer.blobs[0].diff[...] = 0
+    layer.backward_gpu(tops, [False], bottoms)
+    once = layer.blobs[0].diff.copy()
+    layer.backward_gpu(tops, [False], bottoms)
+    np.testing.assert_allclose(layer.blobs[0].diff, 2 * once, rtol=1e-14)
+    assert np.abs(once).max() > 0
 
 
 @pytest.mark.gpu
@@ -133,6 +167,15 @@ def test_gpu_path_on_host(across, shared, dtype):
 def test_gpu_matches_cpu(across, shared, dtype):
     compare_devices(spec(across, shared),
                     [np.random.default_rng(5).standard_normal((2, 16, 9, 7))], dtype=dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("across,shared", FLAGS)
+def test_gpu_matches_cpu_ssd300_conv4_3(across, shared):
+    # SSD300's conv4_3 size: the two-stage sums at a realistic width.
+    compare_devices(spec(across, shared),
+                    [np.random.default_rng(8).standard_normal((2, 512, 38, 38))],
+                    dtype=np.float32, rtol=1e-4, atol=1e-5)
 
 
 def test_bottom_needs_two_axes():

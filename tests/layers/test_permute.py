@@ -76,15 +76,49 @@ def test_gradient(shape, order):
     assert result.passed, result.report()
 
 
+# The kernel's index arithmetic for other axis counts than SSD's four.
+HOST_CASES = CASES + [((3, 4), (1, 0)), ((2, 1, 3, 2, 4), (4, 0, 3)), ((5,), ())]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gpu_path_on_host(dtype):
-    run_gpu_path_on_host(spec((0, 2, 3, 1)), [np.random.default_rng(1).standard_normal((2, 3, 4, 5))],
+@pytest.mark.parametrize("shape,order", HOST_CASES)
+def test_gpu_path_on_host(shape, order, dtype):
+    run_gpu_path_on_host(spec(order), [np.random.default_rng(1).standard_normal(shape)],
                          dtype=dtype)
+
+
+@pytest.mark.parametrize("shape,order", HOST_CASES)
+def test_gpu_path_on_host_matches_reference(shape, order):
+    # Not only equal to the NumPy path: equal to the element-by-element
+    # reference, forward and backward.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape)
+    layer = build_layer(spec(order))
+    bottoms, tops = setup_layer(layer, [x])
+    layer.forward_gpu(bottoms, tops)
+    np.testing.assert_array_equal(tops[0].data, reference(x, order))
+    dy = rng.standard_normal(tops[0].shape)
+    tops[0].diff[...] = dy
+    layer.backward_gpu(tops, [True], bottoms)
+    full = list(order) + [a for a in range(x.ndim) if a not in order]
+    np.testing.assert_array_equal(bottoms[0].diff, np.transpose(dy, np.argsort(full)))
+
+
+def test_gpu_path_on_host_follows_a_new_shape():
+    # The kernel's index arrays are rebuilt when the bottom changes shape.
+    layer = build_layer(spec((0, 2, 3, 1)))
+    bottoms, tops = setup_layer(layer, [np.ones((1, 2, 3, 4))])
+    x = np.random.default_rng(4).standard_normal((2, 3, 5, 2))
+    bottoms[0].reshape(x.shape)
+    bottoms[0].data[...] = x
+    layer.reshape(bottoms, tops)
+    layer.forward_gpu(bottoms, tops)
+    np.testing.assert_array_equal(tops[0].data, reference(x, (0, 2, 3, 1)))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape,order", CASES)
+@pytest.mark.parametrize("shape,order", HOST_CASES + [((8, 512, 38, 38), (0, 2, 3, 1))])
 def test_gpu_matches_cpu(shape, order, dtype):
     compare_devices(spec(order), [np.random.default_rng(1).standard_normal(shape)], dtype=dtype)
 
