@@ -8,7 +8,10 @@ detection ``[image, label, score, xmin, ymin, xmax, ymax]`` with
 coordinates normalized to the input image (as Caffe-SSD writes them); rows
 run by image, then label ascending, then score descending. When no image
 has a detection, the top is (1, 1, N, 7) of -1 with column 0 the image
-index (Caffe-SSD's rows).
+index (Caffe-SSD's rows). The three bottoms must agree on the image count
+and the prior count P (PriorBox's); a disagreement is a ShapeError that
+says whether num_classes disagrees with loc or conf or the prior counts
+differ (giving the count each bottom implies).
 
 detection_output_param (Caffe-SSD's defaults):
 - ``code_type`` (CORNER): CORNER adds (variance x) offsets to the corners;
@@ -135,28 +138,57 @@ class DetectionOutputLayer(NoGradientLayer):
                 f"nms_param.eta must lie in (0, 1] (1: plain NMS), found {nms.eta:g}")
 
     def reshape(self, bottoms, tops):
-        loc, conf, prior = (b.shape for b in bottoms)
-        if len(prior) != 3 or prior[1] != 2 or prior[2] % 4:
-            raise self.shape_error(2, "(1, 2, P * 4): PriorBox's boxes and variances", prior)
+        loc, conf, prior = (tuple(int(d) for d in b.shape) for b in bottoms)
+        if len(prior) != 3 or prior[1] != 2 or prior[2] % 4 or prior[2] == 0:
+            raise self.shape_error(2, "(1, 2, P * 4), P >= 1: PriorBox's boxes and variances",
+                                   prior)
         self.num_priors = prior[2] // 4
-        num = loc[0] if loc else 0
-        loc_classes = 1 if self.share_location else self.num_classes
-        self._check_count(0, loc, num, self.num_priors * loc_classes * 4,
-                          f"P * {loc_classes} * 4 = {self.num_priors * loc_classes * 4} "
-                          f"values per image ({self.num_priors} priors)")
-        found = int(np.prod(conf[1:])) if len(conf) > 1 else 0
-        if not conf or conf[0] != num or found != self.num_priors * self.num_classes:
-            per_prior = found / self.num_priors if self.num_priors else 0
-            raise self.shape_error(
-                1, f"{num} images x {self.num_priors} priors x num_classes "
-                   f"{self.num_classes} = {self.num_priors * self.num_classes} scores per image "
-                   f"(num_classes disagrees with the inputs: {per_prior:g} scores per prior)",
-                conf)
+        for index, shape, what in ((0, loc, "box offsets"), (1, conf, "scores")):
+            if len(shape) < 2:
+                raise self.shape_error(index, f"(N, ...) {what}: at least 2 axes", shape)
+        if conf[0] != loc[0]:
+            raise self.shape_error(1, f"{loc[0]} images, as loc '{self.bottom_name(0)}' has",
+                                   conf)
+        self._check_prior_counts(loc, conf, prior)
         tops[0].reshape((1, 1, 1, 7))
 
-    def _check_count(self, index, shape, num, expected, what):
-        if not shape or int(np.prod(shape[1:])) != expected or shape[0] != num:
-            raise self.shape_error(index, what, shape)
+    def _check_prior_counts(self, loc, conf, prior):
+        """Caffe-SSD's two checks (loc holds P * L * 4 values per image, conf
+        P * num_classes, P from the prior bottom), with the error saying what
+        disagrees: num_classes with loc (one box per class and prior when
+        share_location is false) or with conf, or the prior count of the
+        three bottoms (loc and conf agreeing on another P than prior's)."""
+        priors, classes = self.num_priors, self.num_classes
+        loc_classes = 1 if self.share_location else classes
+        loc_values, conf_values = int(np.prod(loc[1:])), int(np.prod(conf[1:]))
+        loc_priors, conf_priors = loc_values / (4 * loc_classes), conf_values / classes
+        other_count = loc_priors == conf_priors == int(loc_priors)
+        counts = (f"the prior count disagrees: loc '{self.bottom_name(0)}' holds "
+                  f"{loc_priors:g} priors' offsets, conf '{self.bottom_name(1)}' "
+                  f"{conf_priors:g} priors' scores (num_classes {classes}), prior "
+                  f"'{self.bottom_name(2)}' {priors} priors")
+        if loc_values != priors * loc_classes * 4:
+            per_prior = loc_values / (4 * priors)
+            hints = []
+            if not self.share_location and per_prior == int(per_prior):
+                hints.append(f"num_classes {classes} disagrees with loc: {per_prior:g} boxes "
+                             "per prior (share_location false: one box per class)")
+            if other_count or not hints:
+                hints.append(counts)
+            raise self.shape_error(
+                0, f"P * {loc_classes} * 4 = {priors * loc_classes * 4} values per image "
+                   f"({priors} priors); {', or '.join(hints)}", loc)
+        if conf_values != priors * classes:
+            per_prior = conf_values / priors
+            hints = []
+            if per_prior == int(per_prior):
+                hints.append(f"num_classes disagrees with the inputs: {per_prior:g} scores "
+                             "per prior")
+            if conf_priors == int(conf_priors) or not hints:
+                hints.append(counts)
+            raise self.shape_error(
+                1, f"{conf[0]} images x {priors} priors x num_classes {classes} = "
+                   f"{priors * classes} scores per image ({', or '.join(hints)})", conf)
 
     def forward_cpu(self, bottoms, tops):
         self._forward(bottoms, tops, use_kernel=False)

@@ -206,16 +206,70 @@ def test_num_classes_disagreeing_with_conf_is_refused():
 
 
 def test_loc_of_the_wrong_size_is_refused():
+    # share_location false wants one box per class and prior; this loc has one per prior.
     loc, conf, prior = random_case(0, num_classes=4)
     with pytest.raises(ShapeError, match=r"layer 'det'.*bottom 'loc' expected P \* 4 \* 4 = 640 "
-                                         r"values per image \(40 priors\)"):
+                                         r"values per image \(40 priors\); num_classes 4 "
+                                         r"disagrees with loc: 1 boxes per prior"):
         run(spec(4, "share_location: false"), loc, conf, prior)
 
 
-def test_prior_of_the_wrong_shape_is_refused():
+def test_num_classes_disagreeing_with_unshared_loc_and_conf_is_refused():
+    # Both inputs were made for 3 classes, the layer says 4: loc is checked
+    # first, and its 3 boxes per prior (or 30 priors at 4 classes) are named.
+    loc, conf, prior = random_case(0, num_classes=3, share=False)
+    with pytest.raises(ShapeError, match=r"layer 'det'.*bottom 'loc' expected P \* 4 \* 4 = 640 .*"
+                                         r"num_classes 4 disagrees with loc: 3 boxes per prior "
+                                         r"\(share_location false: one box per class\), or the "
+                                         r"prior count disagrees: loc 'loc' holds 30 priors' "
+                                         r"offsets, conf 'conf' 30 priors' scores"):
+        run(spec(4, "share_location: false"), loc, conf, prior)
+
+
+def test_prior_count_of_loc_and_conf_disagreeing_with_prior_is_refused():
+    # loc and conf come from a head with 30 priors, prior has 40.
+    loc, conf, _ = random_case(0, priors=30)
+    _, _, prior = random_case(0, priors=40)
+    with pytest.raises(ShapeError, match=r"layer 'det'.*bottom 'loc' expected P \* 1 \* 4 = 160 "
+                                         r"values per image \(40 priors\); the prior count "
+                                         r"disagrees: loc 'loc' holds 30 priors' offsets, conf "
+                                         r"'conf' 30 priors' scores \(num_classes 4\), prior "
+                                         r"'prior' 40 priors, found shape \(2, 120\)"):
+        run(spec(4), loc, conf, prior)
+
+
+def test_prior_count_of_conf_alone_disagreeing_is_refused():
+    # loc matches the 40 priors, conf holds 35 priors' scores (140 values,
+    # 3.5 per prior: not a class count).
+    loc, _, prior = random_case(0, priors=40)
+    _, conf, _ = random_case(0, priors=35)
+    with pytest.raises(ShapeError, match=r"layer 'det'.*bottom 'conf' expected 2 images x 40 "
+                                         r"priors x num_classes 4 = 160 scores per image \(the "
+                                         r"prior count disagrees: loc 'loc' holds 40 priors' "
+                                         r"offsets, conf 'conf' 35 priors' scores"):
+        run(spec(4), loc, conf, prior)
+
+
+def test_conf_of_another_batch_size_is_refused():
+    loc, conf, prior = random_case(0, num=2)
+    with pytest.raises(ShapeError, match=r"layer 'det'.*bottom 'conf' expected 2 images, as loc "
+                                         r"'loc' has, found shape \(1, 160\)"):
+        run(spec(4), loc, conf[:1], prior)
+
+
+def test_loc_without_a_batch_axis_is_refused():
+    loc, conf, prior = random_case(0, num=1)
+    with pytest.raises(ShapeError, match=r"layer 'det'.*bottom 'loc' expected \(N, \.\.\.\) box "
+                                         r"offsets: at least 2 axes, found shape \(160,\)"):
+        run(spec(4), loc[0], conf, prior)
+
+
+@pytest.mark.parametrize("cut", [lambda p: p[:, :1], lambda p: p[:, :, :6], lambda p: p[:, :, :0]])
+def test_prior_of_the_wrong_shape_is_refused(cut):
     loc, conf, prior = random_case(0)
-    with pytest.raises(ShapeError, match=r"layer 'det'.*bottom 'prior' expected \(1, 2, P \* 4\)"):
-        run(spec(4), loc, conf, prior[:, :1])
+    with pytest.raises(ShapeError, match=r"layer 'det'.*bottom 'prior' expected \(1, 2, P \* 4\), "
+                                         r"P >= 1"):
+        run(spec(4), loc, conf, cut(prior))
 
 
 @pytest.mark.parametrize("text,message", [
