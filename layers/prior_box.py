@@ -20,6 +20,18 @@ prior_box_param (Caffe-SSD's fields and rules):
 - ``clip`` (default false) clips the coordinates to [0, 1];
 - ``variance``: none (0.1 for all four), one value (for all four) or four.
 
+"No prior" in Caffe-SSD's rules: the ratio list always starts with 1, and
+deduplication and flipping only add to it, so every ``min_size`` gives at
+least its square prior and no ratio setting can leave a cell empty; the one
+definition without priors is one without ``min_size`` (Caffe-SSD's "must
+provide min_size"), refused here as a NetDefinitionError naming the layer.
+A ratio that is not a positive finite number would give a box of no width
+or no height (Caffe-SSD takes it silently): refused too. Other refused
+settings: a ``min_size`` not above 0, ``max_size`` not one per min_size or
+not larger than it, a variance list of a length other than 0, 1 or 4 (the
+lengths Caffe-SSD accepts) or with a value not above 0, ``step`` / image
+size not above 0 or given twice, and a feature map without cells.
+
 The top depends only on shapes, so it is computed once per reshape on the
 host with NumPy and copied to the layer's device; forward writes it. No
 gradient (Caffe-SSD's backward is empty).
@@ -91,7 +103,7 @@ class PriorBoxLayer(NoGradientLayer):
         if bad:
             raise self.definition_error(
                 f"prior_box_param.aspect_ratio {bad[0]:g} produces no prior box (a ratio "
-                "must be a positive number: width / height of the box)")
+                "must be a positive finite number: width / height of the box)")
         self.ratios = aspect_ratios([float(r) for r in p.aspect_ratio], bool(p.flip))
         self.num_priors = len(self.ratios) * len(self.min_sizes) + len(self.max_sizes)
         self.clip = bool(p.clip)
@@ -105,7 +117,8 @@ class PriorBoxLayer(NoGradientLayer):
         if not self.min_sizes:
             raise self.definition_error(
                 "prior_box_param needs at least one min_size; without one the layer "
-                "produces no prior box")
+                "produces no prior box (aspect_ratio and max_size only add boxes to each "
+                "min_size's square one)")
         for m in self.min_sizes:
             if not m > 0:
                 raise self.definition_error(f"prior_box_param.min_size must be > 0, found {m:g}")

@@ -163,6 +163,14 @@ def test_gpu_matches_cpu(dtype):
     ("aspect_ratio: 2", "needs at least one min_size; without one the layer produces no prior"),
     ("min_size: 4 aspect_ratio: 0", "aspect_ratio 0 produces no prior box"),
     ("min_size: 4 aspect_ratio: -2", "aspect_ratio -2 produces no prior box"),
+    ("min_size: 4 aspect_ratio: 2 aspect_ratio: inf", "aspect_ratio inf produces no prior box"),
+    ("min_size: 4 aspect_ratio: nan", r"aspect_ratio nan produces no prior box \(a ratio must "
+                                      r"be a positive finite number"),
+    ("max_size: 60 aspect_ratio: 2 flip: true", "needs at least one min_size"),
+    ("min_size: 4 variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 variance: 0.3",
+     r"variance: expected 1 or 4 values \(or none: 0.1\), found 5: \[0.1"),
+    ("min_size: 4 variance: 0.1 variance: -0.1 variance: 0.2 variance: 0.2",
+     "variance values must be > 0"),
     ("min_size: 4 variance: 0.1 variance: 0.2", r"variance: expected 1 or 4 values .*found 2"),
     ("min_size: 4 variance: 0.1 variance: 0.1 variance: 0.2",
      r"variance: expected 1 or 4 values .*found 3"),
@@ -177,6 +185,24 @@ def test_gpu_matches_cpu(dtype):
 def test_bad_parameters_are_named_errors(fields, message):
     with pytest.raises(NetDefinitionError, match=f"layer 'pb' \\(type PriorBox\\).*{message}"):
         run(fields, (2, 2), (16, 16))
+
+
+@pytest.mark.parametrize("fields", ["min_size: 8 aspect_ratio: 1",
+                                    "min_size: 8 aspect_ratio: 1 aspect_ratio: 1.0000001",
+                                    "min_size: 8 aspect_ratio: 1 flip: false"])
+def test_ratios_that_repeat_1_leave_the_square_prior(fields):
+    # Deduplication (within 1e-6, Caffe-SSD's) and flipping never empty the
+    # ratio list: 1 stays, and the min_size's square box is the one prior.
+    layer, top = run(fields, (1, 1), (16, 16))
+    assert layer.ratios == [1.0] and layer.num_priors == 1
+    np.testing.assert_allclose(top[0, 0], [0.25, 0.25, 0.75, 0.75], rtol=1e-12)
+
+
+def test_feature_map_without_cells_is_refused():
+    layer = build_layer(spec("min_size: 4"))
+    with pytest.raises(ShapeError, match=r"layer 'pb'.*bottom 'feat' expected a feature map "
+                                         r"of at least 1 x 1, found shape \(1, 2, 0, 3\)"):
+        setup_layer(layer, [np.zeros((1, 2, 0, 3)), np.zeros((1, 3, 16, 16))])
 
 
 def test_bottoms_need_four_axes():
