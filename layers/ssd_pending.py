@@ -10,7 +10,6 @@ from layers.base import Layer, register
 
 #: type -> what building it would need.
 PENDING = {
-    "AnnotatedData": "SSD's LMDB input with box annotations",
     "DetectionEvaluate": "SSD's in-net evaluation",
     "VideoData": "SSD's webcam / video input",
 }

@@ -21,6 +21,8 @@ import dataclasses
 import os
 import secrets
 
+from layers.annotated_data import AnnotatedDataLayer
+from layers.detection_output import DetectionOutputLayer
 from layers.proposal_target import ProposalTargetLayer
 from layers.roi_data import RoIDataLayer
 from netdef.errors import NetDefinitionError
@@ -30,7 +32,7 @@ from detection.detector import BoxNormalization, bbox_export_transform, bbox_par
 from solver.sgd import SGDSolver
 from solver.snapshot import snapshot_paths
 
-__all__ = ["TrainingSession", "BoxExport", "choose_seed", "find_data_layer"]
+__all__ = ["TrainingSession", "BoxExport", "choose_seed", "find_data_layer", "net_class_count"]
 
 
 def choose_seed(*candidates):
@@ -42,16 +44,45 @@ def choose_seed(*candidates):
 
 
 def find_data_layer(net, where):
-    """The one RoIData layer of ``net`` (RoIData, or py-R-FCN's Python
-    roi_data_layer.layer.RoIDataLayer); NetDefinitionError prefixed by
-    ``where`` (e.g. "NET: the TRAIN phase") when there is not exactly one."""
+    """The one dataset-fed data layer of ``net``: RoIData (or py-R-FCN's
+    Python roi_data_layer.layer.RoIDataLayer), or Caffe-SSD's AnnotatedData,
+    whose class count is then set from the net's layers (``net_class_count``).
+    NetDefinitionError prefixed by ``where`` (e.g. "NET: the TRAIN phase")
+    when there is not exactly one."""
     found = [layer for layer in net.layers if isinstance(layer, RoIDataLayer)]
     if len(found) != 1:
         raise NetDefinitionError(
-            f"{where} needs exactly one data layer (type RoIData, or py-R-FCN's Python "
-            f"roi_data_layer.layer.RoIDataLayer) to feed the dataset through; found "
-            f"{len(found)}")
-    return found[0]
+            f"{where} needs exactly one data layer (type RoIData, py-R-FCN's Python "
+            f"roi_data_layer.layer.RoIDataLayer, or AnnotatedData) to feed the dataset "
+            f"through; found {len(found)}")
+    layer = found[0]
+    if isinstance(layer, AnnotatedDataLayer):
+        layer.set_num_classes(net_class_count(net, where))
+    return layer
+
+
+def net_class_count(net, where):
+    """The class count (background included) of a single-stage net, from its
+    layers that expose ``num_classes`` counted that way (MultiBoxLoss, the
+    focal losses, YOLO's Region layer; a DetectionOutput only with a
+    background class, ``background_label_id`` >= 0). NetDefinitionError
+    when none has one or they disagree."""
+    counts = {}
+    for layer in net.layers:
+        count = getattr(layer, "num_classes", None)
+        if isinstance(layer, RoIDataLayer) or count is None:
+            continue
+        if isinstance(layer, DetectionOutputLayer) and layer.background < 0:
+            continue   # counts the classes without background
+        counts.setdefault(int(count), []).append(layer.name)
+    if len(counts) != 1:
+        found = "; ".join(f"{', '.join(names)}: {count}" for count, names in counts.items())
+        raise NetDefinitionError(
+            f"{where}: the AnnotatedData layer takes its class count (background included) "
+            f"from the net's layers with num_classes (MultiBoxLoss, a focal loss, Region, "
+            f"DetectionOutput with a background class); "
+            + (f"they disagree ({found})" if counts else "the net has none"))
+    return next(iter(counts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +159,8 @@ class TrainingSession:
 
     @property
     def test_scale(self):
-        """``(shorter side, longer cap)`` the net trains at (its first scale)."""
+        """``(shorter side, longer cap)`` the net trains at (its first scale);
+        for AnnotatedData ``(height, width)`` of its warp."""
         return int(self.data_layer.scales[0]), int(self.data_layer.max_size)
 
     # -- export and metadata -----------------------------------------------------------------

@@ -47,9 +47,10 @@ every RoI (-1) with background IoU from 0.0.
 Data: ``--data`` (a VOC-layout folder, a VOCdevkit with ``--train-split
 2007:trainval+2012:trainval``, or COCO JSON), else the built-in synthetic
 dataset (generated once into the cache folder). The net's data layer
-(RoIData, or py-R-FCN's roi_data_layer.layer Python layer) gets the
-training split; a class count that does not match the net is an error
-saying how to regenerate the net.
+(RoIData, py-R-FCN's roi_data_layer.layer Python layer, or Caffe-SSD's
+AnnotatedData, whose class count comes from the net's MultiBoxLoss / focal
+loss / Region layer) gets the training split; a class count that does not
+match the net is an error saying how to regenerate the net.
 
 Fast R-CNN (a RoIData layer with ``has_rpn: false``) trains on the
 proposals of ``--proposals FILE`` (``python -m solver.proposals``:
@@ -79,6 +80,7 @@ import os
 import sys
 import time
 
+from layers.annotated_data import AnnotatedDataLayer
 from netdef.errors import DataError, NumericalError
 from netdef.net import Net
 from netdef.schema import read_net
@@ -341,13 +343,11 @@ class Training:
                                  check_images=args.check_images)
         padded = not args.data and train_set.num_classes < layer.num_classes
         train_set = self.session.prepare(train_set, builtin=not args.data)
-        self.session.feed(train_set, training_proposals(args, layer, train_set, root, self.say))
+        self.session.feed(train_set, self._proposals(layer, train_set, root))
         left_out = f" ({len(layer.skipped)} without objects left out)" if layer.skipped else ""
         self.say(f"training on {len(train_set) - len(layer.skipped)} images of "
                  f"'{train_set.name}'{left_out} ({train_set.num_classes - 1} classes: "
-                 f"{', '.join(train_set.classes[1:])}), "
-                 f"{'with' if layer.use_flipped else 'without'} flips, shorter side "
-                 f"{'/'.join(str(v) for v in layer.scales)}, longer at most {layer.max_size}")
+                 f"{', '.join(train_set.classes[1:])}), {_input_description(layer)}")
         if not args.no_eval:
             try:
                 self.test_set = open_test_set(root, args.test_split, on_error=args.on_error,
@@ -358,6 +358,16 @@ class Training:
                 self.say(f"no evaluation: cannot read the test split: {exc}")
         self.coco = is_coco_path(root)
         return train_set, root
+
+    def _proposals(self, layer, train_set, root):
+        """The training proposals of a RoIData layer (solver.proposal_options);
+        None for AnnotatedData, which refuses --proposals."""
+        if not isinstance(layer, AnnotatedDataLayer):
+            return training_proposals(self.args, layer, train_set, root, self.say)
+        if self.args.proposals:
+            raise DataError(f"--proposals {self.args.proposals}: data layer '{layer.name}' "
+                            "(AnnotatedData, a single-stage net) takes no proposals")
+        return None
 
     def _initial_weights(self, weights):
         if self.args.weights:
@@ -439,6 +449,20 @@ class Training:
             self.say(f"training curves: {path}")
         except Exception as exc:  # a plot is a convenience: never fail the run for it
             self.say(f"note: no plot of the training log ({type(exc).__name__}: {exc})")
+
+
+def _input_description(layer):
+    """How the data layer prepares the images, for the start-up line."""
+    if isinstance(layer, AnnotatedDataLayer):
+        t = layer.transform
+        steps = [name for name, on in (("distortion", t.distort is not None),
+                                       ("expansion", t.expand is not None),
+                                       (f"{len(t.samplers)} crop samplers", bool(t.samplers)),
+                                       ("mirror", t.mirror)) if on]
+        return (f"{layer.batch_size} images per batch warped to {t.height} x {t.width}, "
+                f"augmentation: {', '.join(steps) or 'none'}")
+    return (f"{'with' if layer.use_flipped else 'without'} flips, shorter side "
+            f"{'/'.join(str(v) for v in layer.scales)}, longer at most {layer.max_size}")
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def test_labelmap_and_annotated_datum_records():
     assert again.annotation_group[0].annotation[0].bbox.xmin == 0.25
 
 
-@pytest.mark.parametrize("layer_type", ["AnnotatedData", "DetectionEvaluate",
+@pytest.mark.parametrize("layer_type", ["DetectionEvaluate",
                                         "VideoData"])
 def test_pending_ssd_layers_are_a_named_build_error(layer_type):
     text = ('layer { name: "in" type: "Input" top: "a" input_param { shape { dim: 1 dim: 4 } } }\n'
