@@ -29,9 +29,18 @@ One image, as py-faster-rcnn's / py-R-FCN's ``im_detect`` and ``test_net``:
    NMS at ``nms_thresh`` (layers.nms); then at most ``max_per_image``
    detections over all classes (the highest scores).
 
+Single-stage nets (SSD, RetinaNet, YOLO: a ``detection_out`` blob holding
+the net's own final detections) take detection.single_stage's path
+instead: the whole image warped to the ``data`` Input's size, the mean and
+scale of the net file's TRAIN-phase AnnotatedData layer, the rows of
+``detection_out`` as pixel boxes per class, the score threshold and the
+cap, no second NMS. ``Detector`` chooses the path by the net; ``scale`` and
+``max_size`` play no part there (the Input shape decides).
+
 Which test net: a file holding both phases (include rules, as
 ``python -m prototxt.rfcn --phase BOTH`` writes) gives its TEST phase; a
 training file (one with a RoIData data layer and no TEST-phase layers) is
+(or an AnnotatedData layer: Caffe-SSD's train.prototxt) is
 paired with its test file beside it by name: the last "train" in the file
 name becomes "test" (py-R-FCN's train_agnostic.prototxt ->
 test_agnostic.prototxt), then the same without "_ohem"
@@ -54,11 +63,14 @@ from netdef.errors import DataError, NetDefinitionError, WeightsError
 from netdef.net import Net
 from netdef.schema import read_net
 from netdef.weights import copy_layers, group_param_keys
+from detection.single_stage import (DETECTION_OUT, check_dataset_classes, im_detect_single,
+                                    is_single_stage, label_map, per_class_detections)
+from detection.single_stage import input_transform as file_input_transform
 from layers.input_pipeline.preprocess import prefetched_images, prepare_image
 from solver.snapshot import SolverState
 
-__all__ = ["Detector", "im_detect", "postprocess", "BoxNormalization", "TestNetInfo",
-           "resolve_test_net", "load_test_net", "load_weights", "find_data_layer_scale",
+__all__ = ["Detector", "im_detect", "postprocess", "cap_per_image", "BoxNormalization",
+           "TestNetInfo", "resolve_test_net", "load_test_net", "load_weights", "find_data_layer_scale",
            "bbox_param_layer", "bbox_export_transform", "read_class_names", "generic_classes",
            "DEFAULT_SCORE_THRESH", "DEFAULT_NMS_THRESH", "DEFAULT_MAX_PER_IMAGE"]
 
@@ -98,9 +110,10 @@ DETECTION_BLOBS = ("rois", "cls_prob", "bbox_pred")
 
 
 def keep_detection_blobs(net):
-    """Give ``net`` the lean memory plan, keeping what ``im_detect`` reads:
-    every other activation's storage is reused as soon as it is consumed."""
-    net.lean_memory([name for name in DETECTION_BLOBS if name in net.blobs])
+    """Give ``net`` the lean memory plan, keeping what ``im_detect`` reads
+    (a single-stage net: ``detection_out``): every other activation's
+    storage is reused as soon as it is consumed."""
+    net.lean_memory([name for name in DETECTION_BLOBS + (DETECTION_OUT,) if name in net.blobs])
 
 
 def _blob(net, name):
@@ -188,24 +201,45 @@ def postprocess(scores, boxes, score_thresh=DEFAULT_SCORE_THRESH, nms_thresh=DEF
         dets = np.concatenate([boxes[keep, 4 * c:4 * c + 4], scores[keep, c:c + 1]], axis=1)
         kept = nms(dets[:, :4], dets[:, 4], nms_thresh)
         out.append(np.ascontiguousarray(dets[kept], dtype=np.float32))
+    return cap_per_image(out, max_per_image)
+
+
+def cap_per_image(per_class, max_per_image):
+    """``per_class`` (``[c] -> (N, 5)``, entry 0 background) cut to the
+    ``max_per_image`` highest scores over all classes (ties at the cut
+    kept); 0 or None: no cap."""
     if max_per_image and max_per_image > 0:
-        all_scores = np.concatenate([d[:, 4] for d in out[1:]])
+        all_scores = np.concatenate([d[:, 4] for d in per_class[1:]])
         if all_scores.size > max_per_image:
             cut = np.sort(all_scores)[-max_per_image]
-            out = [out[0]] + [d[d[:, 4] >= cut] for d in out[1:]]
-    return out
+            return [per_class[0]] + [d[d[:, 4] >= cut] for d in per_class[1:]]
+    return per_class
 
 
 class Detector:
     """``im_detect`` + ``postprocess`` with fixed settings (see the module
     docstring); ``detect_dataset`` runs a whole dataset, loading the next
-    image in a background thread while the net works."""
+    image in a background thread while the net works.
+
+    A single-stage net (a ``detection_out`` blob) runs
+    detection.single_stage's path: ``scale``, ``max_size``,
+    ``bbox_normalization``, ``nms_thresh`` and ``proposals`` play no part
+    (the Input shape decides the size; the net did its NMS);
+    ``input_transform`` (a single_stage.InputTransform) gives the mean and
+    scale, by default those of the AnnotatedData layer of the net's file
+    (``net.source``), else SSD's mean.
+    """
 
     def __init__(self, net, *, scale=DEFAULT_SCALE, max_size=DEFAULT_MAX_SIZE,
                  bbox_normalization=None, score_thresh=DEFAULT_SCORE_THRESH,
                  nms_thresh=DEFAULT_NMS_THRESH, max_per_image=DEFAULT_MAX_PER_IMAGE,
-                 proposals=None):
+                 proposals=None, input_transform=None):
         self.net = net
+        self.single_stage = is_single_stage(net)
+        self.labels = label_map(net) if self.single_stage else None
+        if self.single_stage and input_transform is None:
+            input_transform = file_input_transform(net.source)
+        self.input_transform = input_transform
         # {image id: (R, 4) boxes} for a Fast R-CNN test net (detection.proposal_checks)
         self.proposals = proposals
         self.scale, self.max_size = int(scale), int(max_size)
@@ -214,12 +248,23 @@ class Detector:
         self.max_per_image = int(max_per_image)
 
     def im_detect(self, image_bgr, proposals=None):
+        """``im_detect``'s ``(scores (R, C), boxes (R, 4C))``; a single-stage
+        net: ``single_stage.im_detect_single``'s ``(classes (K,), scores
+        (K,), boxes (K, 4))``."""
+        if self.single_stage:
+            return im_detect_single(self.net, image_bgr, self.input_transform, self.labels)
         return im_detect(self.net, image_bgr, self.scale, self.max_size, self.bbox_normalization,
                          proposals)
 
     def detect(self, image_bgr, proposals=None):
         """``postprocess`` of one image: ``[c] -> (N, 5)``; ``proposals``
-        ``(R, 4)`` for a Fast R-CNN test net."""
+        ``(R, 4)`` for a Fast R-CNN test net. A single-stage net: its rows
+        per class above the score threshold, then the cap per image."""
+        if self.single_stage:
+            classes, scores, boxes = self.im_detect(image_bgr)
+            return cap_per_image(per_class_detections(classes, scores, boxes,
+                                                      self.labels.classes, self.score_thresh),
+                                 self.max_per_image)
         scores, boxes = self.im_detect(image_bgr, proposals)
         return postprocess(scores, boxes, self.score_thresh, self.nms_thresh, self.max_per_image)
 
@@ -228,6 +273,8 @@ class Detector:
         ``progress(done, total)`` is called after each image."""
         records = list(dataset.records)
         classes = len(dataset.classes)
+        if self.single_stage:
+            check_dataset_classes(self.net, dataset, self.labels)
         all_boxes = [[None] * len(records) for _ in range(classes)]
         for i, (record, image) in enumerate(prefetched_images(records)):
             dets = self.detect(image, None if self.proposals is None
@@ -363,6 +410,11 @@ def _is_data_layer(lp):
         lp.type == "Python" and lp.python_param.module == "roi_data_layer.layer")
 
 
+def _is_training_input(lp):
+    """A data layer of a training file (the two-stage ones, AnnotatedData)."""
+    return _is_data_layer(lp) or lp.type == "AnnotatedData"
+
+
 def _phases(lp):
     """Phases named by ``lp``'s include rules ("TRAIN"/"TEST"), and those
     excluded."""
@@ -385,7 +437,7 @@ def resolve_test_net(path):
         include, exclude = _phases(lp)
         if "TEST" in include or "TRAIN" in exclude:
             has_test_layers = True
-        if _is_data_layer(lp) and "TEST" not in include:
+        if _is_training_input(lp) and "TEST" not in include:
             has_data_layer = True
     if has_test_layers or not has_data_layer:
         return path, has_test_layers
@@ -431,7 +483,8 @@ def find_data_layer_scale(*paths):
 @dataclasses.dataclass
 class TestNetInfo:
     """How to run a test net: its file, image scale, box normalization,
-    class names (None when unknown) and the weights' metadata."""
+    class names (None when unknown), the weights' metadata, and for a
+    single-stage net the single_stage.InputTransform (else None)."""
     path: str
     scale: int
     max_size: int
@@ -439,6 +492,7 @@ class TestNetInfo:
     classes: tuple
     metadata: dict
     weights: object
+    input_transform: object = None
 
 
 def load_test_net(net_path, weights, *, device=None, test_net=None, scale=None, max_size=None,
@@ -446,8 +500,11 @@ def load_test_net(net_path, weights, *, device=None, test_net=None, scale=None, 
     """Build the TEST net of ``net_path`` (``test_net`` overrides which
     file) and load ``weights``. The scale comes from ``scale`` / ``max_size``,
     else the training metadata, else the net file's data layer, else
-    600 / 1000. Class names: ``classes``, else the metadata's. The weights
-    report goes to ``stream``. Returns ``(net, TestNetInfo)``."""
+    600 / 1000 (a single-stage net ignores them: its Input shape decides;
+    its mean and scale come from the AnnotatedData layer of ``net_path`` or
+    the test file, single_stage.input_transform). Class names: ``classes``,
+    else the metadata's. The weights report goes to ``stream``. Returns
+    ``(net, TestNetInfo)``."""
     test_path = os.fspath(test_net) if test_net else resolve_test_net(net_path)[0]
     net = Net(test_path, "TEST", device=device)
     keep_detection_blobs(net)
@@ -465,8 +522,9 @@ def load_test_net(net_path, weights, *, device=None, test_net=None, scale=None, 
         normalization = BoxNormalization.from_dict(meta["bbox_normalization"])
     names = tuple(classes) if classes else (tuple(meta["classes"]) if meta.get("classes")
                                             else None)
+    transform = file_input_transform(net_path, test_path) if is_single_stage(net) else None
     return net, TestNetInfo(test_path, int(scale), int(max_size), normalization, names, meta,
-                            loaded)
+                            loaded, transform)
 
 
 def read_class_names(path):

@@ -15,6 +15,11 @@ NET and W as for ``solver.test``: a snapshot (.solverstate.npz) or a
 the snapshot's metadata (for a ``.caffemodel``, that of the
 ``.solverstate.npz`` beside it), else ``--data`` (a dataset whose names are
 used), else class1, class2, ...
+
+A single-stage net (a ``detection_out`` blob: SSD, RetinaNet, YOLO) gets
+the whole image warped to its Input size and keeps its own NMS
+(``--scale``, ``--max-size`` and ``--nms`` are not used; see
+detection.single_stage); its class count is its DetectionOutput's.
 """
 import argparse
 import json
@@ -25,7 +30,9 @@ from netdef.errors import DataError
 from netdef.snapshot_format import atomic_writer
 from solver.cli import add_device_arguments, exit_status, select_device
 from detection.datasets import load_dataset
-from detection.detector import Detector, generic_classes, load_test_net, read_class_names
+from detection.detector import (DEFAULT_NMS_THRESH, Detector, generic_classes, load_test_net,
+                                read_class_names)
+from detection.single_stage import scored_classes
 from detection.draw import draw_detections
 from layers.input_pipeline.preprocess import load_image_bgr
 
@@ -81,7 +88,9 @@ def build_parser():
     parser.add_argument("--scale", type=int, help="shorter image side (default: the "
                                                   "training scale)")
     parser.add_argument("--max-size", type=int, help="cap of the longer side")
-    parser.add_argument("--nms", type=float, default=0.3, help="per-class NMS IoU (default 0.3)")
+    parser.add_argument("--nms", type=float, default=DEFAULT_NMS_THRESH,
+                        help=f"per-class NMS IoU (default {DEFAULT_NMS_THRESH}); single-stage "
+                             "nets keep their own NMS and ignore it")
     parser.add_argument("--max-per-image", type=int, default=100,
                         help="detections kept per image before the threshold (default 100)")
     add_device_arguments(parser)
@@ -109,7 +118,7 @@ def _run(args, stream, messages):
     names = info.classes
     if names is None and args.data:
         names = load_dataset(args.data, "test").classes
-    count = net.blobs["cls_prob"].shape[-1] if "cls_prob" in net.blobs else None
+    count = scored_classes(net)
     if names is None:
         names = generic_classes(count or 2)
         say(f"no class names (no --classes, --data or snapshot metadata): using "
@@ -120,7 +129,7 @@ def _run(args, stream, messages):
     detector = Detector(net, scale=info.scale, max_size=info.max_size,
                         bbox_normalization=info.bbox_normalization,
                         score_thresh=min(args.threshold, 0.05), nms_thresh=args.nms,
-                        max_per_image=args.max_per_image)
+                        max_per_image=args.max_per_image, input_transform=info.input_transform)
     results = []
     if not args.no_draw:
         os.makedirs(args.out, exist_ok=True)

@@ -16,7 +16,12 @@ difficult objects excluded, with a per-class table; COCO JSON data gets
 COCO-style AP (IoU 0.50:0.95, AP50, AP75, AR at 100 detections).
 ``--dump FILE`` writes every detection (image id, class, score, box in
 0-based pixels) as JSON. Results also go to ``FILE.json`` with ``--results``.
-A Fast R-CNN test net (inputs ``data`` and ``rois``) gets each image's
+A single-stage net (SSD, RetinaNet, YOLO: its detections in a
+``detection_out`` blob) is run as detection.single_stage describes: the
+whole image warped to its Input size (``--scale`` / ``--max-size`` play no
+part), its own NMS (``--nms`` is not applied again), the classes of its
+DetectionOutput (a net whose num_classes disagrees with the dataset is an
+error). A Fast R-CNN test net (inputs ``data`` and ``rois``) gets each image's
 proposals from ``--proposals FILE`` (``python -m solver.proposals``), its
 first ``--max-proposals`` (default 2000) boxes (solver.proposal_options).
 
@@ -41,7 +46,8 @@ from solver.cli import (add_device_arguments, builtin_dataset, exit_status, is_c
                         open_dataset, select_device)
 from detection.evaluate import (detection_progress, evaluate_detections, evaluate_detector,
                                    open_test_set, summary_line)
-from detection.detector import Detector, load_test_net, read_class_names
+from detection.detector import DEFAULT_NMS_THRESH, Detector, load_test_net, read_class_names
+from detection.single_stage import check_dataset_classes, is_single_stage, scored_classes
 from detection.evaluation import dump_detections
 from solver.proposal_options import add_proposal_arguments, evaluation_proposals
 from solver.world import current_world, root_stream
@@ -78,11 +84,14 @@ def build_parser():
     parser.add_argument("--test-net", metavar="FILE",
                         help="the test net, when it is not found from NET")
     parser.add_argument("--scale", type=int, help="shorter image side (default: the "
-                                                  "training scale)")
+                                                  "training scale; single-stage nets: their "
+                                                  "Input size decides)")
     parser.add_argument("--max-size", type=int, help="cap of the longer side")
     parser.add_argument("--score-threshold", type=float, default=0.05,
                         help="detections scoring at most this are dropped (default 0.05)")
-    parser.add_argument("--nms", type=float, default=0.3, help="per-class NMS IoU (default 0.3)")
+    parser.add_argument("--nms", type=float,
+                        help=f"per-class NMS IoU (default {DEFAULT_NMS_THRESH}); single-stage "
+                             "nets keep their own NMS and ignore it")
     parser.add_argument("--max-per-image", type=int, default=100,
                         help="detections kept per image (default 100)")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
@@ -122,11 +131,13 @@ def _run(args, stream):
     net, info = load_test_net(args.net, args.weights, device=device, test_net=args.test_net,
                               scale=args.scale, max_size=args.max_size, classes=classes,
                               stream=stream)
-    scored = net.blobs["cls_prob"].shape[-1] if "cls_prob" in net.blobs else None
+    scored = scored_classes(net)
     if not args.data and scored is not None and dataset.num_classes < scored:
         say(f"note: the net scores {scored - 1} classes, the built-in dataset has "
             f"{dataset.num_classes - 1}: the others have no test objects")
         dataset = pad_classes(dataset, scored)
+    if is_single_stage(net):
+        check_dataset_classes(net, dataset)
     names = info.classes
     if names is not None and tuple(names) != tuple(dataset.classes):
         if len(names) != len(dataset.classes):
@@ -137,16 +148,18 @@ def _run(args, stream):
         say(f"note: class names differ between the weights ({', '.join(names[1:])}) and the "
             f"dataset ({', '.join(dataset.classes[1:])}); evaluating by class index")
     say(f"testing {info.path} (TEST phase) on {len(dataset)} images of '{dataset.name}' split "
-        f"'{args.split}', scale {info.scale} (max {info.max_size}), on {device}"
+        f"'{args.split}', {_input_line(net, info, args)}, on {device}"
         + (f" ({world.describe()})" if world.size > 1 else "")
         + (", box deltas un-normalized with the snapshot's stds/means"
            if info.bbox_normalization else ""))
     detector = Detector(net, scale=info.scale, max_size=info.max_size,
                         bbox_normalization=info.bbox_normalization,
-                        score_thresh=args.score_threshold, nms_thresh=args.nms,
+                        score_thresh=args.score_threshold,
+                        nms_thresh=DEFAULT_NMS_THRESH if args.nms is None else args.nms,
                         max_per_image=args.max_per_image,
                         proposals=evaluation_proposals(args.proposals, args, net, dataset, root,
-                                                       say, images=args.images))
+                                                       say, images=args.images),
+                        input_transform=info.input_transform)
     all_boxes, _, summary, elapsed = evaluate_detector(detector, dataset, is_coco_path(root),
                                                        stream, every=50, world=world)
     say(summary_line(summary))
@@ -162,6 +175,19 @@ def _run(args, stream):
                                          images=len(dataset)), indent=1).encode("utf-8"))
         say(f"wrote {args.results}")
     return 0
+
+
+def _input_line(net, info, args):
+    """How images enter the net, for the opening line: the scale of a
+    two-stage net; a single-stage net's warp, mean and scale (and a note
+    on the options it ignores)."""
+    if not is_single_stage(net):
+        return f"scale {info.scale} (max {info.max_size})"
+    height, width = net.blobs["data"].shape[2:4]
+    ignored = [name for name, value in (("--scale", args.scale), ("--max-size", args.max_size),
+                                        ("--nms", args.nms)) if value is not None]
+    return (f"images warped to {height}x{width} {info.input_transform.describe()}, the net's "
+            f"own NMS" + (f" ({', '.join(ignored)} ignored)" if ignored else ""))
 
 
 if __name__ == "__main__":
