@@ -300,15 +300,18 @@ def sample_windows(rng, batch_sampler, boxes):
 def crop(image, boxes, window, emit_type=None, emit_overlap=0.0):
     """The pixels of ``window`` (normalized, clipped to the image): columns
     from ``int(xmin * W)``, ``int((xmax - xmin) * W)`` of them (at least 1),
-    rows likewise; the boxes projected into the clipped window. Returns
+    rows likewise, as Caffe-SSD cuts them; the boxes projected into the
+    pixels actually cut (Caffe-SSD projects them into the unrounded window,
+    which puts them up to a source pixel off the pixels). Returns
     ``(image, boxes, kept)``."""
     height, width = image.shape[:2]
     window = np.clip(np.asarray(window, np.float64).reshape(4), 0.0, 1.0)
     left, top = int(window[0] * width), int(window[1] * height)
-    cols = max(int((window[2] - window[0]) * width), 1)
-    rows = max(int((window[3] - window[1]) * height), 1)
+    cols = min(max(int((window[2] - window[0]) * width), 1), width - left)
+    rows = min(max(int((window[3] - window[1]) * height), 1), height - top)
     pixels = np.ascontiguousarray(image[top:top + rows, left:left + cols])
-    projected, kept = project_boxes(boxes, window, emit_type, emit_overlap)
+    cut = np.array([left / width, top / height, (left + cols) / width, (top + rows) / height])
+    projected, kept = project_boxes(boxes, cut, emit_type, emit_overlap)
     return pixels, projected, kept
 
 
