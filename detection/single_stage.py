@@ -160,10 +160,12 @@ def warp_input(image_bgr, height, width, transform):
 class LabelMap:
     """How ``detection_out``'s labels map to dataset classes: ``class =
     label + offset``; ``classes`` counts background (class 0) too;
-    ``what`` names the count's source for messages."""
+    ``what`` names the count's source for messages, ``layer`` the layer
+    writing ``detection_out``."""
     classes: int
     offset: int
     what: str
+    layer: str = DETECTION_OUT
 
 
 def _producer(net):
@@ -191,14 +193,14 @@ def label_map(net):
         if background == -1:
             return LabelMap(int(p.num_classes) + 1, 1,
                             f"{lp.name}'s num_classes {p.num_classes} + background "
-                            f"(background_label_id -1)")
-        return LabelMap(int(p.num_classes), 0, f"{lp.name}'s num_classes")
+                            f"(background_label_id -1)", lp.name)
+        return LabelMap(int(p.num_classes), 0, f"{lp.name}'s num_classes", lp.name)
     count = getattr(net.layer_dict[lp.name], "num_classes", None)
     if count is None:
         raise NetDefinitionError(
             f"{where} writes '{DETECTION_OUT}' but has no num_classes (the classes it labels, "
             f"background included) to evaluate it by")
-    return LabelMap(int(count), 0, f"{lp.name}'s num_classes")
+    return LabelMap(int(count), 0, f"{lp.name}'s num_classes", lp.name)
 
 
 def scored_classes(net):
@@ -220,8 +222,8 @@ def check_dataset_classes(net, dataset, labels=None):
         raise DataError(
             f"{net.source}: the net detects {labels.classes} classes, background included "
             f"({labels.what}), dataset '{dataset.name}' has {dataset.num_classes} "
-            f"({', '.join(dataset.classes)}); a net for it has num_classes "
-            f"{dataset.num_classes - labels.offset} there")
+            f"({', '.join(dataset.classes)}); a net for this dataset has num_classes "
+            f"{dataset.num_classes - labels.offset} in layer '{labels.layer}'")
 
 
 # -- one image ---------------------------------------------------------------------------------
