@@ -299,3 +299,34 @@ def test_read_rows_keeps_image_0_and_drops_filler_rows():
     np.testing.assert_allclose(boxes, [[12, 8, 47, 31], [48, 16, 95, 63]], atol=1e-4)
     empty = read_rows(np.full((2, 7), -1.0), LabelMap(7, 0, "test"), 96, 64)
     assert [a.shape for a in empty] == [(0,), (0,), (0, 4)]
+
+
+YOLO = """name: "yolo_tiny"
+layer { name: "input" type: "Input" top: "data"
+  input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
+  pooling_param { pool: AVE global_pooling: true } }
+layer { name: "pred" type: "Convolution" bottom: "pool" top: "pred"
+  convolution_param { num_output: 11 kernel_size: 1 } }
+layer { name: "region_out" type: "RegionOutput" bottom: "pred" top: "detection_out"
+  region_param { classes: 6 num: 1 softmax: true anchors: 1 anchors: 1 }
+  detection_output_param { confidence_threshold: 0.01 nms_param { nms_threshold: 0.45 } } }
+"""
+
+
+def test_yolo_region_output_labels_are_dataset_classes(tmp_path):
+    """RegionOutput (YOLOv2) labels count from 1 as the dataset's classes. One
+    1 x 1 cell, anchor 1 x 1 cell: tx = ty = 0 puts the centre at 0.5, tw = th
+    = ln 0.5 makes the box half the image: [0.25, 0.25, 0.75, 0.75], in a
+    256 x 192 image [64, 48, 191, 143]; objectness logit 10 and class logit 20
+    on the third class (label 3) score sigmoid(10) x ~1 = 0.99995."""
+    path = tmp_path / "yolo.prototxt"
+    path.write_text(YOLO)
+    net = Net(path, "TEST")
+    weight, bias = net.params["pred"]
+    weight.data[...] = 0
+    bias.data[...] = [0, 0, np.log(0.5), np.log(0.5), 10, 0, 0, 20, 0, 0, 0]
+    assert label_map(net) == LabelMap(7, 0, "region_out's num_classes", "region_out")
+    dets = Detector(net).detect(np.zeros((192, 256, 3), np.float32))
+    score = 1 / (1 + np.exp(-10)) / (1 + 5 * np.exp(-20))
+    check_expected(dets, {3: [[64, 48, 191, 143, score]]})

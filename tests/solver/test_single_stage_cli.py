@@ -21,7 +21,7 @@ from detection.datasets import load_dataset
 from detection.datasets.synthetic import generate
 from detection.detector import load_test_net
 from netdef import Net
-from solver import detect, test as solver_test
+from solver import detect, test as solver_test, train
 from solver.snapshot import SolverState
 from tests.detection.test_single_stage import PRIORS, net_text, scores_for, set_outputs
 
@@ -168,3 +168,28 @@ def test_solver_detect_names_against_the_net_classes(model, data, tmp_path, caps
                         "--classes", str(names)]) == 2
     assert "3 class names (__background__, a, b) for a net that scores 7 classes" in \
         capsys.readouterr().err
+
+
+def test_after_solver_train(data, tmp_path, capsys):
+    """solver.train on the tiny net (TRAIN phase AnnotatedData + MultiBoxLoss)
+    evaluates it in training through the same Detector; solver.test then
+    gives the same mAP from the snapshot and from the .caffemodel, and the
+    same detections from both."""
+    path = tmp_path / "ssd_t.prototxt"
+    path.write_text(net_text())
+    out = tmp_path / "run"
+    assert train.main([str(path), "--data", data, "--iters", "2", "--out", str(out),
+                       "--seed", "1"]) == 0
+    in_training = json.loads((out / "eval_iter_2.json").read_text())
+    dumps = []
+    for weights in ("ssd_t_iter_2.solverstate.npz", "ssd_t_iter_2.caffemodel"):
+        dump, results = tmp_path / f"{weights}.json", tmp_path / f"{weights}.metrics.json"
+        assert solver_test.main([str(path), "--weights", str(out / weights), "--data", data,
+                                 "--dump", str(dump), "--results", str(results)]) == 0
+        assert json.loads(results.read_text())["map_07"] == in_training["map_07"]
+        dumps.append(json.loads(dump.read_text()))
+    capsys.readouterr()
+    assert dumps[0] and len(dumps[0]) == len(dumps[1])
+    for a, b in zip(*dumps):
+        assert (a["image_id"], a["class"]) == (b["image_id"], b["class"])
+        np.testing.assert_allclose(a["box"] + [a["score"]], b["box"] + [b["score"]], atol=1e-4)
