@@ -12,7 +12,8 @@ import pytest
 from netdef.blob import Blob
 from netdef.errors import NetDefinitionError, ShapeError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
-from tests.kernel_harness import compare_devices, run_gpu_path_on_host
+from tests.fake_device import fake_gpus
+from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
 
 FLAGS = [(False, False), (True, True), (True, False), (False, True)]  # (across, shared)
 SHAPES = [(2, 3, 4, 5), (1, 4, 1, 1), (2, 3)]
@@ -159,6 +160,21 @@ def test_gpu_path_on_host_accumulates_the_scale_gradient():
     layer.backward_gpu(tops, [False], bottoms)
     np.testing.assert_allclose(layer.blobs[0].diff, 2 * once, rtol=1e-14)
     assert np.abs(once).max() > 0
+
+
+@requires_cxx
+@pytest.mark.parametrize("across,shared", FLAGS)
+def test_layer_on_a_stand_in_gpu_launches_the_kernels(across, shared):
+    # The layer's own dispatch on CuPy's stand-in (tests/fake_device.py, its
+    # kernels the host build): the GPU path takes its arrays from the device
+    # (the scale, the workspace), passes the launcher's argument checks for
+    # the GPU side, and runs as kernels only. Forward: sums of squares, group
+    # norms, forward; backward: scale terms, scaled dots, the group sums when
+    # across_spatial, backward.
+    x = np.random.default_rng(9).standard_normal((2, 5, 3, 4))
+    with fake_gpus(1) as fake:
+        compare_devices(spec(across, shared), [x], dtype=np.float64, rtol=1e-12, atol=1e-13)
+    assert fake.launches[0] == 3 + (4 if across else 3)
 
 
 @pytest.mark.gpu

@@ -9,7 +9,8 @@ import pytest
 from netdef.blob import Blob
 from netdef.errors import NetDefinitionError
 from netdef.gradcheck import build_layer, check_layer, setup_layer
-from tests.kernel_harness import compare_devices, run_gpu_path_on_host
+from tests.fake_device import fake_gpus
+from tests.kernel_harness import compare_devices, requires_cxx, run_gpu_path_on_host
 
 
 def spec(order):
@@ -114,6 +115,18 @@ def test_gpu_path_on_host_follows_a_new_shape():
     layer.reshape(bottoms, tops)
     layer.forward_gpu(bottoms, tops)
     np.testing.assert_array_equal(tops[0].data, reference(x, (0, 2, 3, 1)))
+
+
+@requires_cxx
+@pytest.mark.parametrize("shape,order", HOST_CASES)
+def test_layer_on_a_stand_in_gpu_launches_the_kernels(shape, order):
+    # The layer's own dispatch on CuPy's stand-in (tests/fake_device.py, its
+    # kernels the host build): the index arrays live on the device, the
+    # launcher's GPU-side argument checks pass, one launch each way.
+    x = np.random.default_rng(5).standard_normal(shape)
+    with fake_gpus(1) as fake:
+        compare_devices(spec(order), [x], dtype=np.float32, rtol=0, atol=0)
+    assert fake.launches[0] == 2
 
 
 @pytest.mark.gpu
