@@ -330,3 +330,28 @@ def test_yolo_region_output_labels_are_dataset_classes(tmp_path):
     dets = Detector(net).detect(np.zeros((192, 256, 3), np.float32))
     score = 1 / (1 + np.exp(-10)) / (1 + 5 * np.exp(-20))
     check_expected(dets, {3: [[64, 48, 191, 143, score]]})
+
+
+@pytest.mark.gpu
+def test_gpu_detects_as_the_cpu(tmp_path):
+    """The same weights on both devices: the same detections (SSD-style and
+    YOLO nets, with weights that make the image matter)."""
+    from netdef.device import CPU, Device
+    ssd, yolo = write_net(tmp_path), tmp_path / "yolo.prototxt"
+    yolo.write_text(YOLO)
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0, 255, (64, 96, 3)).astype(np.float32)
+    for path, setup in ((ssd, lambda net: set_outputs(net, TARGETS - PRIORS,
+                                                      scores_for([(2, 0.5), (5, 0.4)], 7),
+                                                      rng.normal(0, 0.01, (14, 3)))),
+                        (yolo, None)):
+        cpu = Net(path, "TEST", device=CPU)
+        if setup is not None:
+            setup(cpu)
+        weights = tmp_path / f"{path.stem}.npz"
+        cpu.save_weights(weights)
+        gpu = Net(path, "TEST", device=Device("gpu", 0), weights=str(weights))
+        got_cpu, got_gpu = Detector(cpu).detect(image), Detector(gpu).detect(image)
+        assert sum(len(d) for d in got_cpu) > 0
+        for a, b in zip(got_cpu, got_gpu):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-3)
