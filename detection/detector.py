@@ -70,8 +70,8 @@ from layers.input_pipeline.preprocess import prefetched_images, prepare_image
 from solver.snapshot import SolverState
 
 __all__ = ["Detector", "im_detect", "postprocess", "cap_per_image", "BoxNormalization",
-           "TestNetInfo", "resolve_test_net", "load_test_net", "load_weights", "find_data_layer_scale",
-           "bbox_param_layer", "bbox_export_transform", "read_class_names", "generic_classes",
+           "TestNetInfo", "resolve_test_net", "load_test_net", "load_weights",
+           "find_data_layer_scale", "bbox_param_layer", "bbox_export_transform", "read_class_names", "generic_classes",
            "DEFAULT_SCORE_THRESH", "DEFAULT_NMS_THRESH", "DEFAULT_MAX_PER_IMAGE"]
 
 DEFAULT_SCORE_THRESH = 0.05   # py-faster-rcnn's test_net
