@@ -39,10 +39,10 @@ cap, no second NMS. ``Detector`` chooses the path by the net; ``scale`` and
 
 Which test net: a file holding both phases (include rules, as
 ``python -m prototxt.rfcn --phase BOTH`` writes) gives its TEST phase; a
-training file (one with a RoIData data layer and no TEST-phase layers) is
-(or an AnnotatedData layer: Caffe-SSD's train.prototxt) is
-paired with its test file beside it by name: the last "train" in the file
-name becomes "test" (py-R-FCN's train_agnostic.prototxt ->
+training file (one with a RoIData data layer, or Caffe-SSD's AnnotatedData,
+and no TEST-phase layers) is paired with its test file beside it by name:
+the last "train" in the file name becomes "test" (py-R-FCN's
+train_agnostic.prototxt ->
 test_agnostic.prototxt), then the same without "_ohem"
 (train_agnostic_ohem.prototxt -> test_agnostic.prototxt); any other file
 is a test net itself.
@@ -71,8 +71,9 @@ from solver.snapshot import SolverState
 
 __all__ = ["Detector", "im_detect", "postprocess", "cap_per_image", "BoxNormalization",
            "TestNetInfo", "resolve_test_net", "load_test_net", "load_weights",
-           "find_data_layer_scale", "bbox_param_layer", "bbox_export_transform", "read_class_names", "generic_classes",
-           "DEFAULT_SCORE_THRESH", "DEFAULT_NMS_THRESH", "DEFAULT_MAX_PER_IMAGE"]
+           "find_data_layer_scale", "bbox_param_layer", "bbox_export_transform", "read_class_names",
+           "generic_classes", "DEFAULT_SCORE_THRESH", "DEFAULT_NMS_THRESH",
+           "DEFAULT_MAX_PER_IMAGE"]
 
 DEFAULT_SCORE_THRESH = 0.05   # py-faster-rcnn's test_net
 DEFAULT_NMS_THRESH = 0.3      # cfg.TEST.NMS
