@@ -42,10 +42,9 @@ Which test net: a file holding both phases (include rules, as
 training file (one with a RoIData data layer, or Caffe-SSD's AnnotatedData,
 and no TEST-phase layers) is paired with its test file beside it by name:
 the last "train" in the file name becomes "test" (py-R-FCN's
-train_agnostic.prototxt ->
-test_agnostic.prototxt), then the same without "_ohem"
-(train_agnostic_ohem.prototxt -> test_agnostic.prototxt); any other file
-is a test net itself.
+train_agnostic.prototxt -> test_agnostic.prototxt), then the same without
+"_ohem" (train_agnostic_ohem.prototxt -> test_agnostic.prototxt); any
+other file is a test net itself.
 """
 import dataclasses
 import os
