@@ -80,6 +80,7 @@ class AnnotatedDataLayer(RoIDataLayer):
                                               self.param.annotated_data_param)
         self.ims_per_batch = self.batch_size
         self.num_classes = None
+        self.classes_from = None
         self.training = self.phase == "TRAIN"
         self.use_flipped = self.transform.mirror
         self.scales = (self.transform.height,)
@@ -156,10 +157,12 @@ class AnnotatedDataLayer(RoIDataLayer):
                     f"batch_sampler {i}: needs 0 < min_aspect_ratio <= max_aspect_ratio, found "
                     f"{s.min_aspect_ratio:g}, {s.max_aspect_ratio:g}")
 
-    def set_num_classes(self, count):
+    def set_num_classes(self, count, source="the net's loss layers"):
         """The class count (background included) the net's loss layers use;
-        ``set_dataset`` checks the dataset against it."""
+        ``set_dataset`` checks the dataset against it. ``source`` says where
+        it comes from, for messages (``classes_from``)."""
         self.num_classes = int(count)
+        self.classes_from = source
 
     def set_dataset(self, dataset, proposals=None, on_error=None):
         """Train on ``dataset`` (a DetectionDataset, or anything with
@@ -177,7 +180,7 @@ class AnnotatedDataLayer(RoIDataLayer):
         if classes is not None and self.num_classes is not None and classes != self.num_classes:
             raise DataError(
                 f"{self.where}: dataset '{name}' has {classes} classes (background included), "
-                f"the net's loss layers take {self.num_classes}")
+                f"{self.classes_from} is {self.num_classes}")
         records = list(dataset.records)
         if len(records) < self.batch_size:
             raise DataError(f"{self.where}: dataset '{name}' has {len(records)} image(s), "

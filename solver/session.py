@@ -57,7 +57,8 @@ def find_data_layer(net, where):
             f"through; found {len(found)}")
     layer = found[0]
     if isinstance(layer, AnnotatedDataLayer):
-        layer.set_num_classes(net_class_count(net, where))
+        count, names = net_class_count(net, where)
+        layer.set_num_classes(count, f"the num_classes of {', '.join(names)}")
     return layer
 
 
@@ -65,8 +66,9 @@ def net_class_count(net, where):
     """The class count (background included) of a single-stage net, from its
     layers that expose ``num_classes`` counted that way (MultiBoxLoss, the
     focal losses, YOLO's Region layer; a DetectionOutput only with a
-    background class, ``background_label_id`` >= 0). NetDefinitionError
-    when none has one or they disagree."""
+    background class, ``background_label_id`` >= 0): ``(count, names of
+    those layers)``. NetDefinitionError when none has one or they
+    disagree."""
     counts = {}
     for layer in net.layers:
         count = getattr(layer, "num_classes", None)
@@ -82,7 +84,7 @@ def net_class_count(net, where):
             f"from the net's layers with num_classes (MultiBoxLoss, a focal loss, Region, "
             f"DetectionOutput with a background class); "
             + (f"they disagree ({found})" if counts else "the net has none"))
-    return next(iter(counts))
+    return next(iter(counts.items()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +146,8 @@ class TrainingSession:
                      f"first {dataset.num_classes - 1}, the others get no examples (a net for "
                      f"this dataset: {class_mismatch_hint(self.net_path, dataset.num_classes)})")
             dataset = pad_classes(dataset, layer.num_classes)
-        check_classes(dataset, layer.num_classes, self.net_path, f"{layer.name}'s num_classes",
+        check_classes(dataset, layer.num_classes, self.net_path,
+                      getattr(layer, "classes_from", None) or f"{layer.name}'s num_classes",
                       where=where, net_name=label)
         return dataset
 

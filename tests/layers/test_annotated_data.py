@@ -239,7 +239,8 @@ def test_class_count_comes_from_the_net_layers():
     data = _fake(AnnotatedDataLayer, "data", num_classes=None)
     loss = _fake(_Loss, "mbox_loss", num_classes=7)
     out = _fake(DetectionOutputLayer, "detection_out", num_classes=6, background=-1)
-    assert net_class_count(types.SimpleNamespace(layers=[data, loss, out]), "NET") == 7
+    assert net_class_count(types.SimpleNamespace(layers=[data, loss, out]), "NET") \
+        == (7, ["mbox_loss"])
     with_bg = _fake(DetectionOutputLayer, "detection_out", num_classes=5, background=0)
     with pytest.raises(NetDefinitionError, match=r"NET: .*disagree \(mbox_loss: 7; "
                                                  r"detection_out: 5\)"):
@@ -277,7 +278,7 @@ def test_definition_errors_name_the_layer(text, message):
 def test_dataset_errors(dataset):
     layer, _ = make(spec(batch=2), classes=5)
     with pytest.raises(DataError, match=r"layer 'data'.*dataset '.*' has 3 classes .*the net's "
-                                        r"loss layers take 5"):
+                                        r"loss layers is 5"):
         layer.set_dataset(dataset)
     layer.set_num_classes(3)
     with pytest.raises(DataError, match="proposals were given; SSD's data layer takes none"):
