@@ -304,3 +304,27 @@ def test_caffe_ssd_train_layer_builds_unchanged():
     assert tops[0].shape == (32, 3, 300, 300)
     assert t.mean == MEAN and t.mirror and t.expand == (0.5, 4.0) and len(t.samplers) == 2
     assert t.emit == (0, 0.0) and t.distort.hue_delta == 18
+
+
+@pytest.mark.gpu
+def test_gpu_tops_equal_cpu_tops(dataset):
+    """On the GPU the batches (built on the host, staged in pinned memory)
+    are the CPU's, labels of varying length included."""
+    import cupy
+    from netdef.device import CPU, Device
+    results = []
+    for device in (CPU, Device("gpu", 0)):
+        layer = build_layer(spec(batch=2, **AUGMENTED), device=device, dtype=np.float32, seed=4)
+        _, tops = setup_layer(layer, [])
+        layer.set_num_classes(3)
+        layer.set_dataset(dataset)
+        out = []
+        for _ in range(4):
+            layer.forward([], tops)
+            assert all(isinstance(t.data, cupy.ndarray) == device.is_gpu for t in tops)
+            out.append([cupy.asnumpy(t.data) if device.is_gpu else t.data.copy() for t in tops])
+        layer.close()
+        results.append(out)
+    for cpu, gpu in zip(*results):
+        for a, b in zip(cpu, gpu):
+            np.testing.assert_array_equal(a, b)
