@@ -82,6 +82,13 @@ class SolverFile:
         for i, n in enumerate(p.test_iter):
             if n <= 0:
                 raise NetDefinitionError(f"{src}: test_iter[{i}] must be > 0, found {n}")
+        # Caffe-SSD's evaluation settings: checked, so that a misspelling is
+        # an error, not a silently different metric.
+        for name, known in (("eval_type", ("classification", "detection")),
+                            ("ap_version", ("11point", "MaxIntegral", "Integral"))):
+            if getattr(p, name) not in known:
+                raise NetDefinitionError(f"{src}: unknown {name} '{getattr(p, name)}' (known: "
+                                         f"{', '.join(known)})")
 
     def resolve(self, path, field):
         """An input path from the solver file: the solver's folder first,

@@ -122,11 +122,18 @@ def test_own_params_use_a_range_free_of_caffe_and_the_fork():
     fields = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
     own = ["roi_align_param", "psroi_align_param", "anchor_target_param",
            "proposal_param", "proposal_target_param", "roi_data_param", "swish_param",
-           "clip_param", "focal_loss_param"]
+           "clip_param", "focal_loss_param", "region_param"]
     assert all(8000 <= fields[name].number < 8100 for name in own)
     others = [f.number for f in fields.values() if f.name not in own]
     ssd = range(200, 208)  # Caffe-SSD's annotated_data_param .. video_data_param
     assert max(n for n in others if n not in ssd) == 150  # nothing else beyond 150
+
+
+def test_caffe_ssd_solver_fields_sit_in_our_range():
+    fields = caffe_pb2.SolverParameter.DESCRIPTOR.fields_by_name
+    ssd = ["eval_type", "ap_version", "show_per_class_result"]
+    assert all(8000 <= fields[name].number < 8100 for name in ssd)
+    assert max(f.number for f in fields.values() if f.name not in ssd) == 42  # BVLC's weights
 
 
 def test_own_param_defaults():
