@@ -2,7 +2,8 @@
 the pyramid's upsampling and shared subnets are what the docstring says,
 the heads' flattened layout lines up with PriorBox's anchors, the prior
 bias, a TRAIN loss that goes down on a few iterations with Input stand-ins,
-the command line and the committed files."""
+a TRAIN pass on the stand-in GPU and on a GPU equal to the CPU's, the
+command line and the committed files."""
 import math
 from pathlib import Path
 
@@ -145,11 +146,8 @@ def synthetic_batch(rng, num, image):
 
 def test_train_loss_goes_down_with_input_stand_ins():
     from solver.sgd import SGDSolver
-    image = (64, 96)
-    text = retinanet.retinanet_net(4, phase="TRAIN", data="input", image=image, batch_size=2)
-    text = text.replace("dim: 4\n      dim: 8", "dim: 3\n      dim: 8")   # 3 label rows
+    text, data, label = _small_train_case()
     net = Net(text, "TRAIN", device=CPU, seed=3)
-    data, label = synthetic_batch(np.random.default_rng(0), 2, image)
     net.blobs["data"].data[...] = data
     net.blobs["label"].data[...] = label
     solver = SGDSolver('base_lr: 0.005 lr_policy: "fixed" momentum: 0.9 max_iter: 30 '
@@ -194,3 +192,45 @@ def test_committed_files_are_the_generators_output():
     from netdef.schema import read_solver
     solver = read_solver(str(PROTOTXT / "retinanet_tiny_solver.prototxt"))
     assert solver.net == "retinanet_tiny.prototxt" and solver.max_iter > 0
+
+
+def _train_pass(device, text, data, label):
+    """Losses and two parameter gradients of one float64 TRAIN pass."""
+    net = Net(text, "TRAIN", device=device, seed=1, dtype=np.float64)
+    net.blobs["data"].data[...] = net.device.xp.asarray(data)
+    net.blobs["label"].data[...] = net.device.xp.asarray(label)
+    net.forward()
+    net.backward()
+    return [np.array(net.blobs[b].data) for b in ("loss_cls", "loss_bbox", "fg_num")] + \
+        [np.array(net.params[p][0].diff) for p in ("conv1", "cls_out_p3", "bbox_conv1_p4")]
+
+
+def _small_train_case():
+    image = (64, 96)
+    text = retinanet.retinanet_net(4, phase="TRAIN", data="input", image=image, batch_size=2)
+    text = text.replace("dim: 4\n      dim: 8", "dim: 3\n      dim: 8")
+    return (text,) + synthetic_batch(np.random.default_rng(0), 2, image)
+
+
+def test_train_pass_on_the_standin_gpu_equals_the_cpu():
+    """Every layer of the TRAIN net has its device path (bench.standin_cupy:
+    kernels host-compiled, no host array given to a device operation)."""
+    from bench.standin_cupy import COUNTS, installed
+    from netdef.device import Device
+    text, data, label = _small_train_case()
+    cpu = _train_pass(CPU, text, data, label)
+    with installed():
+        COUNTS.reset()
+        gpu = _train_pass(Device("gpu", 0), text, data, label)
+        assert COUNTS.totals()["host_mix"] == 0 and COUNTS.totals()["launch"] > 0
+    for c, g in zip(cpu, gpu):
+        np.testing.assert_allclose(g, c, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_train_pass_on_a_gpu_equals_the_cpu():
+    from netdef.device import Device
+    text, data, label = _small_train_case()
+    for c, g in zip(_train_pass(CPU, text, data, label),
+                    _train_pass(Device("gpu", 0), text, data, label)):
+        np.testing.assert_allclose(g, c, rtol=1e-7, atol=1e-10)
