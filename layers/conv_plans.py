@@ -38,6 +38,7 @@ and the forward one GEMM unless a bias or ReLU follows.
 import numpy as np
 
 from layers.conv_winograd import WinogradPlan
+from layers.cpu_threads import split_work, worth_splitting
 
 # A chunk of work holds about this many column elements (4 MiB of float32)
 # and has at least this many columns, so each GEMM is wide enough to run
@@ -154,20 +155,23 @@ class ShiftPlan:
         self.row_step = dh * wp  # flat offset between kernel rows
         self.taps = channels * kh * kw
         self.direct = kernel == (1, 1)  # the (padded) image is the column matrix
+        self.multiply_adds = outputs * self.taps * self.out_height * self.out_width
         self.cropped = self.out_width != wp
         # Chunks hold the forward's kw shifted copies, the weight
         # gradient's kh * kw ones, and outputs.
         self.rows = _chunk_rows(max(kw * channels, outputs) * wp, wp, self.out_height)
         self.gradient_rows = _chunk_rows(max(self.taps, outputs) * wp, wp, self.out_height)
 
-    def _chunks(self, whole=False, rows=None):
+    def _chunks(self, whole=False, rows=None, lo=0, hi=None):
         """(first output row, rows, first flat column, columns) per chunk
-        of ``rows`` (default ``self.rows``) output rows; one when ``whole``."""
-        step = self.out_height if whole else rows or self.rows
-        for y0 in range(0, self.out_height, step):
+        of ``rows`` (default ``self.rows``) output rows of [lo, hi)
+        (default all); one when ``whole``."""
+        hi = self.out_height if hi is None else hi
+        step = hi - lo if whole else rows or self.rows
+        for y0 in range(lo, hi, max(step, 1)):
+            count = min(step, hi - y0)
             start = y0 * self.pitch
-            yield (y0, min(step, self.out_height - y0), start,
-                   min(step * self.pitch, self.length - start))
+            yield y0, count, start, min(count * self.pitch, self.length - start)
 
     def _columns(self, workspace, flat, start, count):
         """The (C * kh * kw, count) column matrix of flat output columns
@@ -218,13 +222,30 @@ class ShiftPlan:
 
     def forward(self, workspace, image, weight, out, bias=None, relu=False):
         """out (O, Ho, Wo) = correlation of image (C, H, W) with ``weight``
-        (O, C, kh, kw), plus bias (O,) if given, then ReLU if ``relu``."""
+        (O, C, kh, kw), plus bias (O,) if given, then ReLU if ``relu``.
+        Large layers run their output rows on the BLAS's threads, each
+        with its own copies, GEMMs and epilogue (``layers.cpu_threads``)."""
         flat = self.padder(workspace, image)
         arranged = self._arrange(workspace, weight)
+        if self.direct and not self.cropped and bias is None and not relu:
+            # Without copies to keep in cache or an epilogue, one GEMM (on
+            # the BLAS's own threads) is best.
+            self._forward_rows(workspace, arranged, flat, out, None, False, 0,
+                               self.out_height, whole=True)
+            return
+
+        def rows(scratch, lo, hi):
+            self._forward_rows(scratch, arranged, flat, out, bias, relu, lo, hi)
+        if worth_splitting(self.multiply_adds):
+            split_work(workspace, self.out_height, rows)
+        else:
+            rows(workspace, 0, self.out_height)
+
+    def _forward_rows(self, workspace, arranged, flat, out, bias, relu, lo, hi, whole=False):
+        """Output rows [lo, hi) of ``forward``, chunk by chunk (one chunk
+        when ``whole``), with scratch from ``workspace``."""
         out2 = out.reshape(self.outputs, -1)
-        # Without copies to keep in cache or an epilogue, one GEMM is best.
-        whole = self.direct and not self.cropped and bias is None and not relu
-        for y0, rows, start, count in self._chunks(whole):
+        for y0, rows, start, count in self._chunks(whole, lo=lo, hi=hi):
             dest = out[:, y0:y0 + rows]
             if not self.cropped:
                 self._correlate(workspace, arranged, flat, start, count, out2[:, start:start + count])
@@ -286,11 +307,14 @@ class ColumnPlan:
         self.out_height = (hp - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
         self.out_width = (wp - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
         self.taps = kh * kw * channels
+        self.multiply_adds = outputs * self.taps * self.out_height * self.out_width
         self.rows = _chunk_rows(self.taps * self.out_width, self.out_width, self.out_height)
 
-    def _chunks(self):
-        for y0 in range(0, self.out_height, self.rows):
-            yield y0, min(self.rows, self.out_height - y0)
+    def _chunks(self, lo=0, hi=None):
+        """(first output row, rows) per chunk of output rows [lo, hi)."""
+        hi = self.out_height if hi is None else hi
+        for y0 in range(lo, hi, self.rows):
+            yield y0, min(self.rows, hi - y0)
 
     def _tap_views(self, image3, y0, rows):
         """For each tap (i, j): the (C, rows, Wo) strided view of the padded
@@ -322,10 +346,16 @@ class ColumnPlan:
         out2 = out.reshape(self.outputs, -1)
         weight = weight.reshape(self.outputs, self.taps)
         wo = self.out_width
-        for y0, rows in self._chunks():
-            np.matmul(weight, self._fill(workspace, image3, y0, rows),
-                      out=out2[:, y0 * wo:(y0 + rows) * wo])
-            _epilogue(out[:, y0:y0 + rows], bias, relu)
+
+        def rows_of(scratch, lo, hi):
+            for y0, rows in self._chunks(lo, hi):
+                np.matmul(weight, self._fill(scratch, image3, y0, rows),
+                          out=out2[:, y0 * wo:(y0 + rows) * wo])
+                _epilogue(out[:, y0:y0 + rows], bias, relu)
+        if worth_splitting(self.multiply_adds):
+            split_work(workspace, self.out_height, rows_of)
+        else:
+            rows_of(workspace, 0, self.out_height)
 
     def weight_gradient(self, workspace, image, top_diff, weight_diff):
         """As ``ShiftPlan.weight_gradient``."""

@@ -32,6 +32,8 @@ import os
 
 import numpy as np
 
+from layers.cpu_threads import split_work, worth_splitting
+
 # G (x) G as (16, 9): U[4r + s] = sum_ij G[r, i] G[s, j] g[i, j].
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 WEIGHT_TRANSFORM = np.einsum("ri,sj->rsij", _G, _G).reshape(16, 9)
@@ -169,7 +171,7 @@ class WinogradPlan:
                     _input_transform(source[cs], columns[:, cs], target[:, cs])
                 _on_two_threads(c, columns.nbytes + 4 * source.nbytes, transform_in)
             product = workspace.array("winograd_product", (16, o, width), dtype)
-            np.matmul(transformed, values, out=product)
+            self._products(workspace, transformed, values, product)
             for a, b, _, _, t0, n, tiles_x, offset in group:
                 piece = product[:, :, offset:offset + n * (tiles_x + 1)].reshape(16, o, n, tiles_x + 1)
                 # The phase's output sub-grid (O, rows, cols) of out.
@@ -179,6 +181,19 @@ class WinogradPlan:
                     _output_transform(piece[:, os], target[os], t0,
                                       None if bias is None else bias[os], relu)
                 _on_two_threads(o, 4 * piece.nbytes // 16, transform_out)
+
+    @staticmethod
+    def _products(workspace, transformed, values, product):
+        """product[k] = U[k] @ V[k], k < 16: for a large layer the 16 GEMMs
+        are shared out between threads, each on one BLAS thread (no BLAS
+        thread then spins through the element-wise transforms around it)."""
+        def gemms(_, lo, hi):
+            np.matmul(transformed[lo:hi], values[lo:hi], out=product[lo:hi])
+        _, o, width = product.shape
+        if worth_splitting(16 * o * values.shape[1] * width):
+            split_work(workspace, 16, gemms)
+        else:
+            gemms(workspace, 0, 16)
 
     def _gather(self, image, a, b, t0, source):
         """source (C, 2, 2, n + 1, Tx + 1)[c, p, q, y, x] = the pixel of

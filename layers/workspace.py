@@ -28,6 +28,19 @@ class Workspace:
     def __init__(self, device=None):
         self.device = device
         self._buffers = {}  # (name, dtype) -> flat array
+        self._threads = {}  # index -> Workspace of that worker thread
+
+    def thread(self, index):
+        """The child Workspace of worker thread ``index`` (made on first
+        use, then kept): the same names there are other buffers, so threads
+        working side by side (``layers.cpu_threads``) never share scratch.
+        Index 0 is this workspace itself."""
+        if index == 0:
+            return self
+        child = self._threads.get(index)
+        if child is None:
+            child = self._threads[index] = type(self)(self.device)
+        return child
 
     def _xp(self):
         return np if self.device is None else self.device.xp
@@ -56,9 +69,11 @@ class Workspace:
 
     @property
     def nbytes(self):
-        """Bytes held by all buffers."""
-        return sum(int(b.nbytes) for b in self._buffers.values())
+        """Bytes held by all buffers, the worker threads' included."""
+        return sum(int(b.nbytes) for b in self._buffers.values()) + \
+            sum(child.nbytes for child in self._threads.values())
 
     def clear(self):
-        """Release every buffer."""
+        """Release every buffer, the worker threads' included."""
         self._buffers.clear()
+        self._threads.clear()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import layers.conv_plans as conv
+import layers.cpu_threads as cpu_threads
 import layers.conv_winograd as winograd
 from layers.workspace import Workspace
 from netdef.errors import NetDefinitionError, ShapeError
@@ -98,19 +99,35 @@ def force_winograd(monkeypatch, row_chunks=False):
         monkeypatch.setattr(winograd, "PARALLEL_BYTES", 0)
 
 
+def force_threads(monkeypatch, threads=3):
+    """Every convolution splits its rows (Winograd: its 16 GEMMs) between
+    ``threads`` threads however small, on any machine: where NumPy's BLAS
+    is no OpenBLAS, stand-in thread-count functions let the split run."""
+    monkeypatch.setattr(cpu_threads, "PARALLEL_MACS", 0)
+    monkeypatch.setattr(cpu_threads, "worker_count", lambda: threads)
+    if cpu_threads._openblas_functions() is None:
+        count = [1]
+        monkeypatch.setattr(cpu_threads, "_openblas_functions",
+                            lambda: (lambda: count[0], lambda n: count.__setitem__(0, n)))
+
+
 @pytest.fixture(params=["default", "row_shift", "row_shift_row_chunks", "im2col_row_chunks",
-                        "winograd", "winograd_row_chunks"])
+                        "winograd", "winograd_row_chunks", "row_shift_threads",
+                        "im2col_row_chunks_threads", "winograd_threads"])
 def chunking(request, monkeypatch):
     """Run every CPU strategy at these small sizes: the default (im2col for
     small maps and strides), the row-shift plan for every stride-1 case,
     Winograd for every 3x3 stride-1 case, each with one output (tile) row
-    per chunk so chunk boundaries are exercised."""
+    per chunk so chunk boundaries are exercised, and each with its rows
+    split between three threads (more threads than some layers have rows)."""
+    if request.param.endswith("threads"):
+        force_threads(monkeypatch)
     if request.param.startswith("winograd"):
-        force_winograd(monkeypatch, request.param.endswith("row_chunks"))
+        force_winograd(monkeypatch, "row_chunks" in request.param)
         return request.param
     if request.param.startswith("row_shift"):
         monkeypatch.setattr(conv, "SMALL_COLUMNS", 0)
-    if request.param.endswith("row_chunks"):
+    if "row_chunks" in request.param:
         monkeypatch.setattr(conv, "CHUNK_ELEMENTS", 1)
         monkeypatch.setattr(conv, "MIN_CHUNK_COLUMNS", 1)
     return request.param

@@ -52,3 +52,21 @@ def test_every_layer_has_a_private_workspace():
     first, second = Layer(param), Layer(param)
     assert isinstance(first.workspace, Workspace)
     assert first.workspace is not second.workspace
+
+
+def test_thread_workspaces_are_separate_counted_and_cleared():
+    ws = Workspace()
+    assert ws.thread(0) is ws
+    child = ws.thread(1)
+    assert ws.thread(1) is child and ws.thread(2) is not child
+    mine, theirs = ws.array("a", (8,), np.float32), child.array("a", (8,), np.float32)
+    assert not np.shares_memory(mine, theirs)
+    assert ws.nbytes == 2 * 8 * 4
+    ws.clear()
+    assert ws.nbytes == 0 and ws.thread(1) is not child
+
+
+def test_thread_workspaces_are_of_the_parent_type():
+    class Marked(Workspace):
+        pass
+    assert type(Marked().thread(1)) is Marked
