@@ -123,3 +123,15 @@ def test_bad_options_are_value_errors():
     with pytest.raises(ValueError, match="model must be one of ssd300, tiny, found 'ssd512'"):
         ssd.ssd_net("ssd512")
     assert np.isclose(ssd.SSD300.image, (300, 300)).all()
+
+
+def test_ssd300_builds_in_both_phases_with_its_8732_priors(tmp_path):
+    path = tmp_path / "ssd300.prototxt"
+    path.write_text(ssd.generated_file("ssd300", 21, "BOTH").replace("batch_size: 32",
+                                                                     "batch_size: 1"))
+    train, test = Net(str(path), "TRAIN"), Net(str(path), "TEST")
+    for net in (train, test):
+        assert net.blobs["mbox_priorbox"].shape == (1, 2, 8732 * 4)
+        assert net.blobs["mbox_conf"].shape == (1, 8732 * 21)
+    assert train.outputs == ["mbox_loss"] and test.outputs == ["detection_out"]
+    assert train.layer_dict["data"].transform.expand == (0.5, 4.0)
