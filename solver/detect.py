@@ -29,6 +29,7 @@ import sys
 from netdef.errors import DataError
 from netdef.snapshot_format import atomic_writer
 from solver.cli import add_device_arguments, exit_status, select_device
+from solver.blas import blas_threads_for
 from detection.datasets import load_dataset
 from detection.detector import (DEFAULT_NMS_THRESH, Detector, generic_classes, load_test_net,
                                 read_class_names)
@@ -130,6 +131,22 @@ def _run(args, stream, messages):
                         bbox_normalization=info.bbox_normalization,
                         score_thresh=min(args.threshold, 0.05), nms_thresh=args.nms,
                         max_per_image=args.max_per_image, input_transform=info.input_transform)
+    # The training session's BLAS rule: a small net's products on one thread.
+    with blas_threads_for(net, device, say=say):
+        results = _detect_all(args, detector, names, say)
+    text = dumps(results)
+    if args.json:
+        with atomic_writer(args.json) as handle:
+            handle.write((text + "\n").encode("utf-8"))
+        say(f"wrote {args.json}")
+    else:
+        print(text, file=stream, flush=True)
+    return 0
+
+
+def _detect_all(args, detector, names, say):
+    """The JSON entries of ``args.images``, each drawn into ``args.out``
+    unless ``--no-draw``."""
     results = []
     if not args.no_draw:
         os.makedirs(args.out, exist_ok=True)
@@ -143,14 +160,7 @@ def _run(args, stream, messages):
             draw_detections(path, [(d["class"], d["score"], d["box"])
                                     for d in entry["detections"]], target, classes=names)
             say(f"  drawn: {target}")
-    text = dumps(results)
-    if args.json:
-        with atomic_writer(args.json) as handle:
-            handle.write((text + "\n").encode("utf-8"))
-        say(f"wrote {args.json}")
-    else:
-        print(text, file=stream, flush=True)
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from detection.single_stage import check_dataset_classes, is_single_stage, score
 from detection.evaluation import dump_detections
 from solver.proposal_options import add_proposal_arguments, evaluation_proposals
 from solver.world import current_world, root_stream
+from solver.blas import blas_threads_for
 from solver.data_parallel import rank_gpu
 from detection.shards import root_only
 
@@ -160,8 +161,11 @@ def _run(args, stream):
                         proposals=evaluation_proposals(args.proposals, args, net, dataset, root,
                                                        say, images=args.images),
                         input_transform=info.input_transform)
-    all_boxes, _, summary, elapsed = evaluate_detector(detector, dataset, is_coco_path(root),
-                                                       stream, every=50, world=world)
+    # The training session's BLAS rule: a small net's products on one thread.
+    with blas_threads_for(net, device, say=say):
+        all_boxes, _, summary, elapsed = evaluate_detector(detector, dataset,
+                                                           is_coco_path(root), stream, every=50,
+                                                           world=world)
     say(summary_line(summary))
     say(f"{len(dataset)} images in {elapsed:.1f}s")
     if not world.is_root:   # rank 0 writes the files

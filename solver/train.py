@@ -94,6 +94,7 @@ from solver.cli import (add_device_arguments, builtin_dataset, exit_status, is_c
 from detection.evaluate import evaluate_detector, evaluation_source, open_test_set, summary_line
 from detection.detector import Detector, keep_detection_blobs, load_weights, resolve_test_net
 from detection.plot import plot_log
+from detection.single_stage import input_transform, is_single_stage, scored_classes
 from solver.progress import Progress, format_duration
 from solver.proposal_options import (add_proposal_arguments, evaluation_proposals,
                                      training_proposals)
@@ -217,6 +218,7 @@ class Training:
         self.progress = None
         self.session, self.test_net, self.test_set = None, None, None
         self.test_proposals = None
+        self.input_transform = None
 
     def say(self, text):
         if self.progress is not None:
@@ -389,8 +391,11 @@ class Training:
         self.test_net = Net(self.test_net_path, "TEST", device=self.device, seed=seed + 1,
                             dtype=self.args.dtype)
         keep_detection_blobs(self.test_net)
-        if "cls_prob" in self.test_net.blobs:
-            width = self.test_net.blobs["cls_prob"].shape[-1]
+        # single-stage nets: their AnnotatedData's mean and scale, from the training file
+        self.input_transform = (input_transform(settings.net_path, self.test_net_path)
+                                if is_single_stage(self.test_net) else None)
+        width = scored_classes(self.test_net)   # cls_prob's width, or DetectionOutput's count
+        if width is not None:
             if width != self.test_set.num_classes:
                 raise DataError(
                     f"dataset '{self.test_set.name}' has {self.test_set.num_classes} classes but "
@@ -414,7 +419,8 @@ class Training:
         lines = [f"done: {solver.iter} iterations in {format_duration(training_s)} (total "
                  f"{format_duration(time.perf_counter() - started)})",
                  f"snapshot {state_path}",
-                 f"weights  {model_path} (box regression un-normalized)",
+                 f"weights  {model_path}" + (" (box regression un-normalized)"
+                                             if self.normalization is not None else ""),
                  f"test:    python -m solver.test {args.prototxt} --weights {model_path}"
                  + (f" --data {args.data}" if args.data else "")
                  + (f" --proposals {args.test_proposals}" if args.test_proposals else "")]
@@ -430,7 +436,8 @@ class Training:
         solver = self.session.solver
         share_layers(solver.net, self.test_net, self.test_net_path)
         detector = Detector(self.test_net, scale=self.test_scale[0], max_size=self.test_scale[1],
-                            bbox_normalization=self.normalization, proposals=self.test_proposals)
+                            bbox_normalization=self.normalization, proposals=self.test_proposals,
+                            input_transform=self.input_transform)
         self.say(f"evaluating iteration {solver.iter} on {len(self.test_set)} test images ...")
         _, table, summary, elapsed = evaluate_detector(detector, self.test_set, self.coco,
                                                        self.stream)
