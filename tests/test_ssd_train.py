@@ -68,6 +68,7 @@ def test_class_count_mismatch_names_the_loss(data, tmp_path, capsys):
     assert train.main([str(net), "--data", data, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "has 7 classes" in err and "built for 5 (the num_classes of mbox_loss)" in err
+    assert "python -m prototxt.ssd --tiny --classes 7 --phase BOTH" in err
 
 
 def test_proposals_are_refused(data, tmp_path, capsys):
