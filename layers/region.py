@@ -196,7 +196,9 @@ class RegionLayer(Layer):
     target are not differentiated (darknet's deltas treat them as targets).
     The loss and gradient run in layers/cuda/region.cu on the GPU and as
     the same formulas in NumPy on the CPU. The images-seen count is saved
-    in snapshots with the layer's draw state.
+    in snapshots with the layer's draw state; it counts this layer's own
+    passes (in data-parallel training, one rank's images, where darknet
+    counts the whole batch).
     """
 
     exact_bottoms = 2

@@ -65,7 +65,8 @@ def test_committed_files_are_the_generators_output():
 
 def test_both_phases_build_and_the_session_counts_seven_classes():
     train_net, test_net = Net(TINY, "TRAIN"), Net(TINY, "TEST")
-    assert net_class_count(train_net, TINY) == 7
+    assert net_class_count(train_net, TINY) == (7, ["region_loss"])
+    assert net_class_count(test_net, TINY) == (7, ["detection_out"])
     assert test_net.blobs["data"].shape == (1, 3, 192, 256)
     assert test_net.blobs["region_pred"].shape == (1, 55, 6, 8)
 
