@@ -170,8 +170,8 @@ class RegionLayer(Layer):
     labels (1, 1, G, 8) rows ``[image, class, instance, xmin, ymin, xmax,
     ymax, difficult]`` (AnnotatedData's, normalized, class 1..classes; image
     -1 rows skipped). top: the loss (), summed over the batch and divided by
-    N (darknet sums; the 1/N keeps the learning rate independent of the
-    batch size).
+    N (darknet's cost is the sum, but its weight update divides by the
+    batch: the same step for the same learning rate).
 
     Per pass (targets on the host, layers/region_targets.py, as Caffe-SSD's
     MultiBoxLoss matches on the host): each ground truth (not difficult)
