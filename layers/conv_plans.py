@@ -61,6 +61,14 @@ SMALL_COLUMNS = CHUNK_ELEMENTS
 #   res2 3x3 64->64 150x250:     22.9 -> 23.3, 39.0 -> 33.1, 26.8 -> 27.6
 # so 256 and up (res4, res5: 1.2-1.3x); res3 gains in some runs and loses
 # in others (its 128-deep GEMMs run slower), res2 does not gain.
+# Rechecked with the rows split between threads (layers.cpu_threads), by
+# CPU time pinned to one core (robust to other jobs): a layer alone, its
+# input and weights hot in cache, Winograd took 0.79x (res2) and 0.72x
+# (res3) of the ShiftPlan's time (9 alternated rounds); but the whole trunk
+# forward with the threshold at 64 took 1.003x of its time at 256 (10
+# alternated rounds, outputs equal to 5e-7): in the trunk the input comes
+# from memory, and Winograd's V and M (4x the input and output) add the
+# traffic that its fewer multiply-adds save. So the threshold stays.
 WINOGRAD_MIN_CHANNELS = 256
 
 
