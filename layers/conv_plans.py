@@ -38,7 +38,7 @@ and the forward one GEMM unless a bias or ReLU follows.
 import numpy as np
 
 from layers.conv_winograd import WinogradPlan
-from layers.cpu_threads import split_work, worth_splitting
+from layers.cpu_threads import split_pass, split_work, worth_splitting
 
 # A chunk of work holds about this many column elements (4 MiB of float32)
 # and has at least this many columns, so each GEMM is wide enough to run
@@ -135,12 +135,16 @@ class Padder:
             return image.reshape(image.shape[0], -1)
         buffer = workspace.array(name, (self.channels, self.height, self.width), image.dtype)
         (top, bottom), (left, right) = ((s.start, s.stop) for s in self.dst)
-        # The workspace is shared, so the border is zeroed on every call.
-        buffer[:, :top] = 0
-        buffer[:, bottom:] = 0
-        buffer[:, top:bottom, :left] = 0
-        buffer[:, top:bottom, right:] = 0
-        buffer[:, top:bottom, left:right] = image[:, self.src[0], self.src[1]]
+
+        def pad(_, lo, hi):
+            # The workspace is shared, so the border is zeroed on every call.
+            part = buffer[lo:hi]
+            part[:, :top] = 0
+            part[:, bottom:] = 0
+            part[:, top:bottom, :left] = 0
+            part[:, top:bottom, right:] = 0
+            part[:, top:bottom, left:right] = image[lo:hi, self.src[0], self.src[1]]
+        split_pass(workspace, self.channels, pad, buffer.size)
         return buffer.reshape(self.channels, -1)
 
 

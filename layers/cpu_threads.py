@@ -36,6 +36,10 @@ import os
 # split between threads. Below it the hand-off (about 50 us: a thread pool
 # submit and two BLAS thread-count calls) would cost more than a core gains.
 PARALLEL_MACS = 1 << 24
+# Element-wise passes and copies (a padded image, folded weights) of at
+# least this many elements are split too: one core's memory bandwidth
+# bounds them, and a second raises it (1.4-1.6x, layers/fused.py).
+PARALLEL_ELEMENTS = 1 << 20
 
 _SET_NAMES = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
               "openblas_set_num_threads64_", "openblas_set_num_threads")
@@ -93,6 +97,16 @@ def worker_count():
 def worth_splitting(multiply_adds):
     """Whether work of this many multiply-adds is split between threads."""
     return multiply_adds >= PARALLEL_MACS
+
+
+def split_pass(workspace, count, work, elements):
+    """``split_work`` for an element-wise pass or copy over ``elements``
+    elements (a slice of ``count`` channels or rows per thread): split only
+    from PARALLEL_ELEMENTS on, else run on the calling thread."""
+    if elements >= PARALLEL_ELEMENTS:
+        split_work(workspace, count, work)
+    else:
+        work(workspace, 0, count)
 
 
 def _pool(threads):

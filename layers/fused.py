@@ -29,6 +29,7 @@ import os
 
 import numpy as np
 
+from layers.cpu_threads import split_pass
 from layers.kernels import launch
 from layers.neuron import relu_mode_backward
 from netdef.device import array_module, is_gpu_array
@@ -201,6 +202,19 @@ def _mode_relu(relu, blob, mode):
     return relu
 
 
+def _fold(workspace, weight, a, folded):
+    """folded (O, ...) = weight * a[o] (on the CPU, large weights split
+    between threads by output channel)."""
+    xp = array_module(weight)
+    if xp is not np:
+        xp.multiply(weight, a.reshape(-1, 1, 1, 1), out=folded)
+        return
+
+    def fold(_, lo, hi):
+        np.multiply(weight[lo:hi], a[lo:hi, None, None, None], out=folded[lo:hi])
+    split_pass(workspace, weight.shape[0], fold, weight.size)
+
+
 class FoldedConvolution:
     """Convolution, its frozen affine layers and ReLU, on the conv's top.
 
@@ -228,7 +242,7 @@ class FoldedConvolution:
             # Scratch: the convolution consumes the folded weights at once
             # (a fresh array per pass would page-fault in megabytes).
             folded = self.conv.workspace.array("folded_weight", weight.shape, weight.dtype)
-            array_module(weight).multiply(weight, a.reshape(-1, 1, 1, 1), out=folded)
+            _fold(self.conv.workspace, weight, a, folded)
             weight = folded
             bias = b if bias is None else bias * a + b
         if is_gpu_array(weight):

@@ -146,3 +146,29 @@ def test_plans_split_their_rows_between_threads(plan_kind, monkeypatch):
     plan.forward(Workspace(), image, weight, split, bias, True)
     assert len(idents) >= 2
     np.testing.assert_allclose(split, serial, rtol=1e-13, atol=1e-13)
+
+
+def test_passes_are_split_from_parallel_elements_on(blas, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_threads, "worker_count", lambda: 2)
+    record = lambda s, lo, hi: calls.append((lo, hi))  # noqa: E731
+    cpu_threads.split_pass(Workspace(), 4, record, cpu_threads.PARALLEL_ELEMENTS - 1)
+    assert calls == [(0, 4)]
+    calls.clear()
+    cpu_threads.split_pass(Workspace(), 4, record, cpu_threads.PARALLEL_ELEMENTS)
+    assert sorted(calls) == [(0, 2), (2, 4)]
+
+
+@pytest.mark.parametrize("pad", [(2, 1), (0, 3), (-1, 1)])
+def test_padding_split_between_threads_matches_plain_padding(pad, monkeypatch):
+    image = np.random.default_rng(4).standard_normal((5, 6, 7))
+    force_threads(monkeypatch)
+    monkeypatch.setattr(cpu_threads, "PARALLEL_ELEMENTS", 0)
+    padder = conv.Padder(5, 6, 7, pad)
+    workspace = Workspace()
+    workspace.array("padded", (5 * 20 * 20,), image.dtype).fill(np.nan)  # stale scratch
+    found = padder(workspace, image).reshape(5, padder.height, padder.width)
+    (ph, pw) = pad
+    expected = np.pad(image[:, max(-ph, 0):6 - max(-ph, 0), max(-pw, 0):7 - max(-pw, 0)],
+                      ((0, 0), (max(ph, 0),) * 2, (max(pw, 0),) * 2))
+    np.testing.assert_array_equal(found, expected)

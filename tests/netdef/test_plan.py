@@ -5,12 +5,14 @@ kernels of layers/cuda/fused.cu."""
 import numpy as np
 import pytest
 
+import layers.cpu_threads
 import layers.fused
 from layers import fused
 from layers.kernels import launch
 from netdef import Net
 from netdef.device import CPU, Device, to_numpy
 from tests.kernel_harness import requires_cxx
+from tests.layers.test_conv import force_threads
 
 FROZEN = "param { lr_mult: 0 decay_mult: 0 }"
 BN = 'batch_norm_param { use_global_stats: true }'
@@ -120,6 +122,19 @@ def test_the_plan_fuses_the_residual_patterns():
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 1e-5)])
 def test_planned_training_equals_unplanned(dtype, rtol):
     _, planned = _train(True, dtype)
+    _, plain = _train(False, dtype)
+    _assert_close(planned, plain, rtol)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+def test_planned_training_with_rows_split_between_threads_equals_unplanned(dtype, rtol,
+                                                                          monkeypatch):
+    """Every convolution, padding copy and weight fold of the planned net
+    split between three threads (layers.cpu_threads), however small."""
+    force_threads(monkeypatch)
+    monkeypatch.setattr(layers.cpu_threads, "PARALLEL_ELEMENTS", 0)
+    _, planned = _train(True, dtype)
+    monkeypatch.undo()
     _, plain = _train(False, dtype)
     _assert_close(planned, plain, rtol)
 
