@@ -3,18 +3,26 @@ the pyramid's upsampling and shared subnets are what the docstring says,
 the heads' flattened layout lines up with PriorBox's anchors, the prior
 bias, a TRAIN loss that goes down on a few iterations with Input stand-ins,
 a TRAIN pass on the stand-in GPU and on a GPU equal to the CPU's, the
-command line and the committed files."""
+command line and the committed files, and solver.train / test / detect on
+the committed net (2 iterations on an 8-image dataset)."""
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from detection.datasets import load_dataset
+from detection.datasets.synthetic import ensure_dataset
 from netdef.device import CPU
 from netdef.net import Net
 from netdef.schema import read_net
 from prototxt import retinanet
 from prototxt.rfcn import TINY_CLASSES
+from solver import detect as detect_cli
+from solver import test as test_cli
+from solver import train
+from solver.sgd import SGDSolver
 
 PROTOTXT = Path(retinanet.__file__).resolve().parent
 SMALL = (96, 128)   # a smaller input for the training test: three levels of 12x16, 6x8, 3x4
@@ -145,7 +153,6 @@ def synthetic_batch(rng, num, image):
 
 
 def test_train_loss_goes_down_with_input_stand_ins():
-    from solver.sgd import SGDSolver
     text, data, label = _small_train_case()
     net = Net(text, "TRAIN", device=CPU, seed=3)
     net.blobs["data"].data[...] = data
@@ -234,3 +241,31 @@ def test_train_pass_on_a_gpu_equals_the_cpu():
     for c, g in zip(_train_pass(CPU, text, data, label),
                     _train_pass(Device("gpu", 0), text, data, label)):
         np.testing.assert_allclose(g, c, rtol=1e-7, atol=1e-10)
+
+
+# -- the commands ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    # 8 training images: two batches of the tiny net's 4
+    return ensure_dataset(str(tmp_path_factory.mktemp("synthetic") / "set"), num_train=8,
+                          num_test=2)
+
+
+def test_train_test_and_detect_run_the_tiny_net(data, tmp_path, capsys):
+    """solver.train feeds AnnotatedData, the class count comes from
+    RetinaNetTarget, the in-training evaluation reads detection_out; then
+    solver.test and solver.detect on the weights."""
+    net = str(PROTOTXT / "retinanet_tiny.prototxt")
+    out = tmp_path / "run"
+    status = train.main([net, "--data", data, "--iters", "2", "--out", str(out), "--seed", "1"])
+    printed, errors = capsys.readouterr()
+    assert status == 0, printed + errors
+    result = json.loads((out / "eval_iter_2.json").read_text())
+    assert result["iter"] == 2 and 0 <= result["map_07"] <= 1
+    model = str(next(out.glob("*_iter_2.caffemodel")))
+    assert test_cli.main([net, "--weights", model, "--data", data]) == 0
+    image = load_dataset(data, "test", cache=False).records[0].path
+    assert detect_cli.main([net, "--weights", model, image, "--no-draw", "--data", data,
+                            "--threshold", "0"]) == 0
+    assert '"detections"' in capsys.readouterr().out
