@@ -116,6 +116,29 @@ def _epilogue(out, bias, relu):
         np.maximum(out, 0, out=out)
 
 
+def _row_sums(workspace, rows, weight_diff, rows_of, split):
+    """weight_diff += the weight gradient of output rows [0, rows), where
+    ``rows_of(scratch, lo, hi, target)`` adds that of rows [lo, hi) to
+    ``target``. With ``split``, the rows are shared out between threads
+    (``layers.cpu_threads``): the first range adds into ``weight_diff``,
+    the others into zeroed sums of their own, added after, in row order."""
+    if not split:
+        rows_of(workspace, 0, rows, weight_diff)
+        return
+    others = []
+
+    def work(scratch, lo, hi):
+        if lo == 0:
+            rows_of(scratch, lo, hi, weight_diff)
+            return
+        total = scratch.zeros("weight_sum", weight_diff.shape, weight_diff.dtype)
+        rows_of(scratch, lo, hi, total)
+        others.append((lo, total))
+    split_work(workspace, rows, work)
+    for _, total in sorted(others, key=lambda item: item[0]):
+        weight_diff += total
+
+
 class Padder:
     """Zero-pads (or, for negative pads, crops) an image (C, H, W) into the
     workspace buffer ``name`` (C, H + 2 ph, W + 2 pw) and returns it
@@ -279,19 +302,25 @@ class ShiftPlan:
         for image (C, H, W) and top_diff (O, Ho, Wo)."""
         flat = self.padder(workspace, image)
         diff2 = top_diff.reshape(self.outputs, -1)
-        partial = workspace.array("weight_partial", (self.outputs, self.taps), weight_diff.dtype)
-        for y0, rows, start, count in self._chunks(self.direct, self.gradient_rows):
-            if self.cropped:
-                # The diff on the padded width, garbage columns zero (they
-                # meet finite garbage columns of the image).
-                chunk = self._padded_width(workspace, "diff", rows, top_diff.dtype)
-                chunk[:, :, :self.out_width] = top_diff[:, y0:y0 + rows]
-                chunk[:, :, self.out_width:] = 0
-                diff = chunk.reshape(self.outputs, -1)[:, :count]
-            else:
-                diff = diff2[:, start:start + count]
-            np.matmul(diff, self._columns(workspace, flat, start, count).T, out=partial)
-            weight_diff += partial
+
+        def rows_of(scratch, lo, hi, target):
+            partial = scratch.array("weight_partial", (self.outputs, self.taps), target.dtype)
+            chunks = self._chunks(self.direct, self.gradient_rows, lo, hi)
+            for y0, rows, start, count in chunks:
+                if self.cropped:
+                    # The diff on the padded width, garbage columns zero
+                    # (they meet finite garbage columns of the image).
+                    chunk = self._padded_width(scratch, "diff", rows, top_diff.dtype)
+                    chunk[:, :, :self.out_width] = top_diff[:, y0:y0 + rows]
+                    chunk[:, :, self.out_width:] = 0
+                    diff = chunk.reshape(self.outputs, -1)[:, :count]
+                else:
+                    diff = diff2[:, start:start + count]
+                np.matmul(diff, self._columns(scratch, flat, start, count).T, out=partial)
+                target += partial
+        # A 1x1's columns are the image: one GEMM on the BLAS's threads.
+        _row_sums(workspace, self.out_height, weight_diff, rows_of,
+                  not self.direct and worth_splitting(self.multiply_adds))
 
     def data_gradient(self, workspace, top_diff, weight, image_diff):
         """The forward plan's adjoint, for a plan built as the full
@@ -373,12 +402,16 @@ class ColumnPlan:
         """As ``ShiftPlan.weight_gradient``."""
         image3 = self._image3(workspace, image)
         diff = top_diff.reshape(self.outputs, -1)
-        partial = workspace.array("weight_partial", (self.outputs, self.taps), weight_diff.dtype)
         wo = self.out_width
-        for y0, rows in self._chunks():
-            columns = self._fill(workspace, image3, y0, rows)
-            np.matmul(diff[:, y0 * wo:(y0 + rows) * wo], columns.T, out=partial)
-            weight_diff += partial
+
+        def rows_of(scratch, lo, hi, target):
+            partial = scratch.array("weight_partial", (self.outputs, self.taps), target.dtype)
+            for y0, rows in self._chunks(lo, hi):
+                columns = self._fill(scratch, image3, y0, rows)
+                np.matmul(diff[:, y0 * wo:(y0 + rows) * wo], columns.T, out=partial)
+                target += partial
+        _row_sums(workspace, self.out_height, weight_diff, rows_of,
+                  worth_splitting(self.multiply_adds))
 
     def data_gradient(self, workspace, top_diff, weight, image_diff):
         """image_diff (C, H, W) = d(sum(top_diff * out)) / d(image), with

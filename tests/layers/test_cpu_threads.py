@@ -120,8 +120,9 @@ def test_the_real_blas_thread_count_is_restored():
 
 @pytest.mark.parametrize("plan_kind", ["shift", "column"])
 def test_plans_split_their_rows_between_threads(plan_kind, monkeypatch):
-    """A forward through the split (three threads, here forced) computes
-    its rows on more than one thread and matches the one-thread result."""
+    """A forward and a weight gradient through the split (three threads,
+    here forced) compute their rows on more than one thread and match the
+    one-thread results."""
     rng = np.random.default_rng(3)
     image = rng.standard_normal((5, 9, 11))
     weight = rng.standard_normal((4, 5, 3, 3))
@@ -132,6 +133,9 @@ def test_plans_split_their_rows_between_threads(plan_kind, monkeypatch):
         plan = conv.ColumnPlan(5, 9, 11, 4, (3, 3), (1, 1), (2, 2), (1, 1))
     serial = np.empty((4, plan.out_height, plan.out_width))
     plan.forward(Workspace(), image, weight, serial, bias, True)
+    top_diff = rng.standard_normal(serial.shape)
+    serial_gradient = np.full((4, 45), 0.5)
+    plan.weight_gradient(Workspace(), image, top_diff, serial_gradient)
     force_threads(monkeypatch)
     idents = set()
     real = cpu_threads.split_work
@@ -146,6 +150,12 @@ def test_plans_split_their_rows_between_threads(plan_kind, monkeypatch):
     plan.forward(Workspace(), image, weight, split, bias, True)
     assert len(idents) >= 2
     np.testing.assert_allclose(split, serial, rtol=1e-13, atol=1e-13)
+    idents.clear()
+    # The weight gradient adds to what the diff held, each thread's rows once.
+    split_gradient = np.full((4, 45), 0.5)
+    plan.weight_gradient(Workspace(), image, top_diff, split_gradient)
+    assert len(idents) >= 2
+    np.testing.assert_allclose(split_gradient, serial_gradient, rtol=1e-13, atol=1e-13)
 
 
 def test_passes_are_split_from_parallel_elements_on(blas, monkeypatch):
