@@ -31,6 +31,7 @@ nets at once would both set the BLAS thread count.
 import concurrent.futures
 import ctypes
 import os
+import threading
 
 # Convolutions of at least this many multiply-adds per image and group are
 # split between threads. Below it the hand-off (about 50 us: a thread pool
@@ -49,6 +50,7 @@ _UNRESOLVED = object()
 _blas = _UNRESOLVED  # (get, set) C functions of NumPy's OpenBLAS, or None
 _executor = None
 _executor_threads = 0
+_inside = threading.local()  # .split: this thread runs a range of a split
 
 
 def _openblas_functions():
@@ -120,6 +122,15 @@ def _pool(threads):
     return _executor
 
 
+def _marked(work, scratch, lo, hi):
+    """``work(scratch, lo, hi)`` with this thread marked as inside a split."""
+    _inside.split = True
+    try:
+        work(scratch, lo, hi)
+    finally:
+        _inside.split = False
+
+
 def split_work(workspace, count, work, threads=None):
     """Run ``work(scratch, lo, hi)`` over [0, count) split into one
     contiguous range per thread (module docstring); on the calling thread
@@ -128,7 +139,9 @@ def split_work(workspace, count, work, threads=None):
     raised after every range has finished."""
     functions = _openblas_functions()
     threads = min(worker_count() if threads is None else threads, count)
-    if threads < 2 or functions is None:
+    if threads < 2 or functions is None or getattr(_inside, "split", False):
+        # (A split inside a range runs on that range's thread: its pool
+        # workers may all be busy with the outer split.)
         work(workspace, 0, count)
         return
     bounds = [count * t // threads for t in range(threads + 1)]
@@ -137,10 +150,10 @@ def split_work(workspace, count, work, threads=None):
     put(1)
     try:
         pool = _pool(threads)
-        futures = [pool.submit(work, workspace.thread(t), bounds[t], bounds[t + 1])
+        futures = [pool.submit(_marked, work, workspace.thread(t), bounds[t], bounds[t + 1])
                    for t in range(1, threads)]
         try:
-            work(workspace, bounds[0], bounds[1])
+            _marked(work, workspace, bounds[0], bounds[1])
         finally:
             # The other ranges use scratch and outputs the caller owns:
             # wait for all of them even when this one failed.

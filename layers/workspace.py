@@ -12,7 +12,9 @@ the calling layer's ``forward`` / ``backward`` returns (the next layer may
 overwrite it), and its contents are undefined when handed out: whatever
 must be zero is zeroed by the caller, in each call. Two names never share
 memory, so one call may hold several buffers at once. What must live from
-forward to backward is not scratch and does not belong here.
+forward to backward is not scratch and does not belong here. Threads
+working side by side (``layers.cpu_threads``) take their scratch from
+``workspace.thread(i)``, a child Workspace of their own.
 """
 import numpy as np
 

@@ -182,3 +182,15 @@ def test_padding_split_between_threads_matches_plain_padding(pad, monkeypatch):
     expected = np.pad(image[:, max(-ph, 0):6 - max(-ph, 0), max(-pw, 0):7 - max(-pw, 0)],
                       ((0, 0), (max(ph, 0),) * 2, (max(pw, 0),) * 2))
     np.testing.assert_array_equal(found, expected)
+
+
+def test_a_split_inside_a_range_runs_on_that_ranges_thread(blas):
+    inner = []
+
+    def outer(scratch, lo, hi):
+        me = threading.get_ident()
+        cpu_threads.split_work(scratch, 4, lambda s, a, b: inner.append(
+            (lo, a, b, threading.get_ident() == me)), threads=2)
+
+    cpu_threads.split_work(Workspace(), 2, outer, threads=2)
+    assert sorted(inner) == [(0, 0, 4, True), (1, 0, 4, True)]
