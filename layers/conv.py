@@ -11,8 +11,9 @@ CPU: NumPy with every multiply-add inside a GEMM, per image and group, by
 the strategies of ``layers/conv_plans.py`` (row-shifted columns for
 stride 1, im2col for strides and small maps, Winograd F(2x2, 3x3) of
 ``layers/conv_winograd.py`` for the forward and data gradient of 3x3
-stride-1 layers with many channels), the output rows of a large layer
-shared out between the BLAS's threads (``layers/cpu_threads.py``).
+stride-1 layers with many channels); padding copies split between
+threads, and, with ``cpu_threads.SPLIT_GEMMS``, the output rows of a
+large layer too (``layers/cpu_threads.py``).
 
 GPU: Caffe's algorithm: ``im2col`` / ``col2im`` kernels of
 ``layers/cuda/im2col.cu`` per image and cuBLAS GEMMs through

@@ -31,11 +31,11 @@
 
 Work is chunked over output rows so that a chunk's columns and output stay
 in cache while the GEMM consumes them and the bias and ReLU are applied
-while the output is still in cache. The rows of a large layer are shared
-out between the BLAS's threads first (``layers.cpu_threads``): each
-thread pads, copies, multiplies (a one-thread GEMM) and applies the
-epilogue for its own rows, so no part of a convolution runs on one core
-while the other waits. Where the column matrix is the
+while the output is still in cache. The padded copy of a large image is
+made on the BLAS's threads (``layers.cpu_threads.split_pass``). With
+``cpu_threads.SPLIT_GEMMS`` (off by default: see there) the rows of a
+large layer are shared out between the threads first: each thread copies,
+multiplies (a one-thread GEMM) and applies the epilogue for its own rows. Where the column matrix is the
 image itself (a 1x1), the weight gradient is one GEMM over the whole image
 and the forward one GEMM unless a bias or ReLU follows.
 """

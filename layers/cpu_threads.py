@@ -1,4 +1,5 @@
-"""Row-parallel CPU work for the convolution plans: ``split_work``.
+"""Row-parallel CPU work for the convolution plans: ``split_work``,
+``split_pass``.
 
 On the CPU a convolution is GEMMs plus the copies and element-wise passes
 around them (padding, shifted columns, im2col, the bias and ReLU epilogue,
@@ -9,11 +10,14 @@ of the R-FCN ResNet-101 trunk forward's 3.0 s, 2.3 s is GEMM and 0.7 s the
 rest, so on two cores the rest, run on one, was about a third of the wall
 time. oneDNN (PyTorch) runs every part of a convolution on all its threads.
 
-``split_work(workspace, count, work)`` does the same: it splits [0, count)
+``split_work(workspace, count, work)`` can do the same (``SPLIT_GEMMS``,
+off by default: measured slower on a quiet machine): it splits [0, count)
 (output rows, or the 16 GEMMs of a Winograd layer) into one contiguous
 range per thread and runs ``work(scratch, lo, hi)`` for each on its own
 thread, each with BLAS on one thread (the GEMMs inside run in the calling
-thread, side by side), then restores the BLAS thread count. ``scratch``
+thread, side by side), then restores the BLAS thread count. ``split_pass``
+splits large element-wise passes and copies (padding, BatchNorm weight
+folds) the same way; that is always on. ``scratch``
 is the workspace itself for the first range and a per-thread child
 workspace (``Workspace.thread``) for the others, so the named scratch
 arrays of two threads never overlap; arrays taken from ``workspace`` before
@@ -33,6 +37,16 @@ import ctypes
 import os
 import threading
 
+# Whether convolutions split their rows, GEMMs included (``worth_splitting``).
+# Off: on the 2-core development machine two one-thread OpenBLAS GEMMs side
+# by side ran at 1.1-1.3x one thread's speed where OpenBLAS's own two
+# threads reach 1.9x (512x2048 @ 2048x4096, three rounds), so on a quiet
+# machine the trunk forward took 1.26x as long with the split (three
+# alternated rounds, load 1.5-1.9). With other jobs on the cores it was the
+# other way round (0.45-0.53x at load 4.7-5.6: OpenBLAS's threads wait for
+# each other, spinning, when a core is taken), hence the switch.
+# Element-wise passes (``split_pass``) are split either way.
+SPLIT_GEMMS = False
 # Convolutions of at least this many multiply-adds per image and group are
 # split between threads. Below it the hand-off (about 50 us: a thread pool
 # submit and two BLAS thread-count calls) would cost more than a core gains.
@@ -97,8 +111,9 @@ def worker_count():
 
 
 def worth_splitting(multiply_adds):
-    """Whether work of this many multiply-adds is split between threads."""
-    return multiply_adds >= PARALLEL_MACS
+    """Whether work of this many multiply-adds (a convolution's rows, with
+    their GEMMs) is split between threads: only with SPLIT_GEMMS."""
+    return SPLIT_GEMMS and multiply_adds >= PARALLEL_MACS
 
 
 def split_pass(workspace, count, work, elements):

@@ -103,6 +103,7 @@ def force_threads(monkeypatch, threads=3):
     """Every convolution splits its rows (Winograd: its 16 GEMMs) between
     ``threads`` threads however small, on any machine: where NumPy's BLAS
     is no OpenBLAS, stand-in thread-count functions let the split run."""
+    monkeypatch.setattr(cpu_threads, "SPLIT_GEMMS", True)
     monkeypatch.setattr(cpu_threads, "PARALLEL_MACS", 0)
     monkeypatch.setattr(cpu_threads, "worker_count", lambda: threads)
     if cpu_threads._openblas_functions() is None:

@@ -102,9 +102,12 @@ def test_worker_count_is_the_blas_count_at_most_the_cores(blas, monkeypatch):
     assert cpu_threads.worker_count() == 1
 
 
-def test_only_large_work_is_split():
+def test_only_large_work_is_split_and_gemms_only_when_switched_on(monkeypatch):
+    monkeypatch.setattr(cpu_threads, "SPLIT_GEMMS", True)
     assert not cpu_threads.worth_splitting(cpu_threads.PARALLEL_MACS - 1)
     assert cpu_threads.worth_splitting(cpu_threads.PARALLEL_MACS)
+    monkeypatch.setattr(cpu_threads, "SPLIT_GEMMS", False)
+    assert not cpu_threads.worth_splitting(1 << 60)
 
 
 def test_the_real_blas_thread_count_is_restored():
