@@ -67,7 +67,7 @@ _executor_threads = 0
 _inside = threading.local()  # .split: this thread runs a range of a split
 
 
-def _openblas_functions():
+def openblas_functions():
     """(get_num_threads, set_num_threads) of an OpenBLAS mapped into this
     process, or None (another BLAS, or no /proc to find it through).
     Looked up once."""
@@ -104,7 +104,7 @@ def _cores():
 def worker_count():
     """Threads ``split_work`` uses: the BLAS thread count, at most the
     usable cores; 1 where the BLAS's count cannot be read and set."""
-    functions = _openblas_functions()
+    functions = openblas_functions()
     if functions is None:
         return 1
     return max(1, min(int(functions[0]()), _cores()))
@@ -152,7 +152,7 @@ def split_work(workspace, count, work, threads=None):
     alone, as ``work(workspace, 0, count)``, when ``threads`` (default
     ``worker_count()``) is 1 or ``count`` is 1. Exceptions of any range are
     raised after every range has finished."""
-    functions = _openblas_functions()
+    functions = openblas_functions()
     threads = min(worker_count() if threads is None else threads, count)
     if threads < 2 or functions is None or getattr(_inside, "split", False):
         # (A split inside a range runs on that range's thread: its pool

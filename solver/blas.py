@@ -6,11 +6,11 @@ restored after it.
         ...   # train, evaluate
 """
 import contextlib
-import ctypes
 import os
 
 import numpy as np
 
+from layers.cpu_threads import openblas_functions
 from solver.world import current_world
 
 __all__ = ["SMALL_NET_MACS", "multiply_adds", "set_blas_threads", "get_blas_threads",
@@ -22,11 +22,6 @@ __all__ = ["SMALL_NET_MACS", "multiply_adds", "set_blas_threads", "get_blas_thre
 #: threads wait on each other (measured: the tiny R-FCN at 20 iterations/s on
 #: one thread, 2/s on two beside one other busy process on 2 cores).
 SMALL_NET_MACS = 2e9
-
-_SET_NAMES = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-              "openblas_set_num_threads64_", "openblas_set_num_threads")
-_GET_NAMES = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-              "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 
 def multiply_adds(net):
@@ -40,46 +35,21 @@ def multiply_adds(net):
     return total
 
 
-def _openblas_function(names):
-    """The first of ``names`` exported by an OpenBLAS mapped into this
-    process (NumPy's bundled scipy-openblas or a system one), or None
-    (another BLAS library, or no /proc to find it through)."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as handle:
-            paths = sorted({line.split()[-1] for line in handle
-                            if "openblas" in line.lower() and ".so" in line.split()[-1]})
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in names:
-            function = getattr(library, name, None)
-            if function is not None:
-                return function
-    return None
-
-
 def set_blas_threads(count):
     """Set the thread count of the OpenBLAS that NumPy uses, through its C
     API; returns True when it did (elsewhere nothing happens)."""
-    function = _openblas_function(_SET_NAMES)
-    if function is None:
+    functions = openblas_functions()
+    if functions is None:
         return False
-    function(int(count))
+    functions[1](int(count))
     return True
 
 
 def get_blas_threads():
     """The thread count of the OpenBLAS that NumPy uses, or None when it
     cannot be read."""
-    function = _openblas_function(_GET_NAMES)
-    if function is None:
-        return None
-    function.restype = ctypes.c_int
-    return int(function())
+    functions = openblas_functions()
+    return None if functions is None else int(functions[0]())
 
 
 def blas_choice(net, device, given=None, ranks_here=None):

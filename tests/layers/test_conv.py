@@ -106,9 +106,9 @@ def force_threads(monkeypatch, threads=3):
     monkeypatch.setattr(cpu_threads, "SPLIT_GEMMS", True)
     monkeypatch.setattr(cpu_threads, "PARALLEL_MACS", 0)
     monkeypatch.setattr(cpu_threads, "worker_count", lambda: threads)
-    if cpu_threads._openblas_functions() is None:
+    if cpu_threads.openblas_functions() is None:
         count = [1]
-        monkeypatch.setattr(cpu_threads, "_openblas_functions",
+        monkeypatch.setattr(cpu_threads, "openblas_functions",
                             lambda: (lambda: count[0], lambda n: count.__setitem__(0, n)))
 
 

@@ -28,7 +28,7 @@ class FakeBlas:
 @pytest.fixture
 def blas(monkeypatch):
     fake = FakeBlas(2)
-    monkeypatch.setattr(cpu_threads, "_openblas_functions", fake.functions)
+    monkeypatch.setattr(cpu_threads, "openblas_functions", fake.functions)
     return fake
 
 
@@ -64,7 +64,7 @@ def test_one_thread_or_one_row_runs_on_the_caller(blas):
 
 
 def test_without_an_openblas_everything_runs_on_the_caller(monkeypatch):
-    monkeypatch.setattr(cpu_threads, "_openblas_functions", lambda: None)
+    monkeypatch.setattr(cpu_threads, "openblas_functions", lambda: None)
     calls = []
     cpu_threads.split_work(Workspace(), 6, lambda s, lo, hi: calls.append((lo, hi)), threads=2)
     assert calls == [(0, 6)]
@@ -113,7 +113,7 @@ def test_only_large_work_is_split_and_gemms_only_when_switched_on(monkeypatch):
 def test_the_real_blas_thread_count_is_restored():
     """With NumPy's own OpenBLAS (skipped elsewhere): the count read after
     a split is the count before it."""
-    functions = cpu_threads._openblas_functions()
+    functions = cpu_threads.openblas_functions()
     if functions is None:
         pytest.skip("NumPy's BLAS is not an OpenBLAS whose thread count can be set")
     before = functions[0]()
