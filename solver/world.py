@@ -231,7 +231,7 @@ class SilentStream:
         return len(text)
 
     def flush(self):
-        pass
+        """Nothing is kept, so there is nothing to flush."""
 
 
 def root_stream(world, stream):

@@ -68,5 +68,5 @@ def test_thread_workspaces_are_separate_counted_and_cleared():
 
 def test_thread_workspaces_are_of_the_parent_type():
     class Marked(Workspace):
-        pass
+        """A Workspace subclass the per-thread children must keep."""
     assert type(Marked().thread(1)) is Marked
