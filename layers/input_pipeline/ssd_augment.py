@@ -44,10 +44,11 @@ Everything is vectorized over pixels and over sampling trials.
 """
 import numpy as np
 
+from layers.multibox_match import iou_matrix
+
 __all__ = ["CENTER", "MIN_OVERLAP", "bgr_to_hsv", "hsv_to_bgr", "adjust_brightness",
            "adjust_contrast", "adjust_saturation", "adjust_hue", "distort", "project_boxes",
-           "expand", "sample_windows", "satisfies_constraint", "crop", "mirror_boxes",
-           "normalized_iou"]
+           "expand", "sample_windows", "satisfies_constraint", "crop", "mirror_boxes"]
 
 #: EmitConstraint.EmitType values (caffe.proto).
 CENTER, MIN_OVERLAP = 0, 1
@@ -115,36 +116,35 @@ def _maybe(rng, prob):
     return rng.uniform(0.0, 1.0) < prob
 
 
-def _brightness(image, rng, p):
-    if _maybe(rng, p.brightness_prob):
-        delta = rng.uniform(-p.brightness_delta, p.brightness_delta)
-        if abs(delta) > 0:
-            image = adjust_brightness(image, delta)
+def _random_step(image, rng, prob, low, high, adjust, identity, tolerance):
+    """One distortion step: with probability ``prob``, an amount drawn from
+    [low, high) and ``adjust(image, amount)`` unless the amount is within
+    ``tolerance`` of the ``identity`` (the no-op amount), as Caffe-SSD skips
+    it."""
+    if _maybe(rng, prob):
+        amount = rng.uniform(low, high)
+        if abs(amount - identity) > tolerance:
+            image = adjust(image, amount)
     return image
+
+
+def _brightness(image, rng, p):
+    return _random_step(image, rng, p.brightness_prob, -p.brightness_delta, p.brightness_delta,
+                        adjust_brightness, 0.0, 0.0)
 
 
 def _contrast(image, rng, p):
-    if _maybe(rng, p.contrast_prob):
-        factor = rng.uniform(p.contrast_lower, p.contrast_upper)
-        if abs(factor - 1.0) > 1e-3:
-            image = adjust_contrast(image, factor)
-    return image
+    return _random_step(image, rng, p.contrast_prob, p.contrast_lower, p.contrast_upper,
+                        adjust_contrast, 1.0, 1e-3)
 
 
 def _saturation(image, rng, p):
-    if _maybe(rng, p.saturation_prob):
-        factor = rng.uniform(p.saturation_lower, p.saturation_upper)
-        if abs(factor - 1.0) > 1e-3:
-            image = adjust_saturation(image, factor)
-    return image
+    return _random_step(image, rng, p.saturation_prob, p.saturation_lower, p.saturation_upper,
+                        adjust_saturation, 1.0, 1e-3)
 
 
 def _hue(image, rng, p):
-    if _maybe(rng, p.hue_prob):
-        delta = rng.uniform(-p.hue_delta, p.hue_delta)
-        if abs(delta) > 0:
-            image = adjust_hue(image, delta)
-    return image
+    return _random_step(image, rng, p.hue_prob, -p.hue_delta, p.hue_delta, adjust_hue, 0.0, 0.0)
 
 
 def distort(image, rng, p):
@@ -180,13 +180,6 @@ def _intersections(a, b):
     width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
     height = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
     return np.maximum(width, 0) * np.maximum(height, 0)
-
-
-def normalized_iou(a, b):
-    """``(A, B)`` IoU of normalized boxes (no +1: continuous coordinates)."""
-    inter = _intersections(a, b)
-    union = _areas(a)[:, None] + _areas(b)[None, :] - inter
-    return np.where(inter > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def project_boxes(boxes, window, emit_type=None, emit_overlap=0.0):
@@ -258,7 +251,7 @@ def satisfies_constraint(windows, boxes, constraint):
         return np.ones(len(windows), bool)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     inter = _intersections(windows, boxes)
-    values = {"iou": normalized_iou(windows, boxes),
+    values = {"iou": iou_matrix(windows, boxes),
               "sample": inter / np.maximum(_areas(windows), 1e-12)[:, None],
               "object": inter / np.maximum(_areas(boxes), 1e-12)[None, :]}
     ok = np.ones(inter.shape, bool)
