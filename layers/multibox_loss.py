@@ -52,11 +52,11 @@ import numpy as np
 
 from layers.base import Layer, register
 from layers.detection_output import decode_boxes
-from layers.multibox_match import (crosses_boundary, encode_boxes, iou_matrix, match_boxes,
-                                   mine_negatives, prior_conf_losses)
+from layers.multibox_match import (crosses_boundary, encode_boxes, iou_matrix, label_rows,
+                                   match_boxes, mine_negatives, prior_conf_losses,
+                                   refuse_bad_rows)
 from layers.softmax import loss_normalizer, read_normalization
 from netdef.device import array_module, to_numpy
-from netdef.errors import DataError
 
 SMOOTH_L1, L2 = 1, 0
 SOFTMAX, LOGISTIC = 0, 1
@@ -153,12 +153,8 @@ class MultiBoxLossLayer(Layer):
     # -- ground truth, matching, mining (host) -----------------------------------------
     def _ground_truth(self, rows):
         """Per image: (boxes (G_i, 4) float64, labels (G_i,) int64)."""
-        rows = rows.reshape(-1, 8).astype(np.float64)
-        rows = rows[rows[:, 0] != -1]
-        if not self.use_difficult:
-            rows = rows[rows[:, 7] == 0]
+        rows = label_rows(rows, self.use_difficult)
         image, label = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
-        name = f"{self.where}: bottom '{self.bottom_name(3)}'"
         problems = [
             ((image < 0) | (image >= self.num) | (rows[:, 0] != image),
              f"an image index in [0, {self.num}) or -1"),
@@ -170,11 +166,7 @@ class MultiBoxLossLayer(Layer):
             # (Caffe-SSD's rule); only coordinates that are not numbers are refused
             (~np.isfinite(rows[:, 3:7]).all(axis=1), "finite box coordinates"),
         ]
-        for bad, expected in problems:
-            if bad.any():
-                row = rows[np.flatnonzero(bad)[0]]
-                raise DataError(f"{name}: expected {expected}, found row "
-                                f"{[float(v) for v in row]}")
+        refuse_bad_rows(rows, problems, f"{self.where}: bottom '{self.bottom_name(3)}'")
         return [(rows[image == i, 3:7], label[image == i]) for i in range(self.num)]
 
     def _match(self, gt, priors, loc):

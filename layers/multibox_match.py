@@ -13,11 +13,32 @@ ground-truth box (>= 0) or -1 (unmatched).
 import numpy as np
 
 from netdef.device import array_module
+from netdef.errors import DataError
 
 # PriorBoxParameter.CodeType values (caffe.proto).
 CORNER, CENTER_SIZE, CORNER_SIZE = 1, 2, 3
 # MultiBoxLossParameter.MatchType values.
 BIPARTITE, PER_PREDICTION = 0, 1
+
+
+def label_rows(rows, use_difficult=True):
+    """AnnotatedData's label blob (..., 8) ``[image, class, instance, xmin,
+    ymin, xmax, ymax, difficult]`` as (K, 8) float64 rows, without its
+    filler rows (image -1) and, unless ``use_difficult``, difficult ones."""
+    rows = rows.reshape(-1, 8).astype(np.float64)
+    rows = rows[rows[:, 0] != -1]
+    return rows if use_difficult else rows[rows[:, 7] == 0]
+
+
+def refuse_bad_rows(rows, problems, where):
+    """DataError "WHERE: expected ..., found row [...]" for the first row
+    flagged by the first of ``problems`` ((bad mask (K,), what was
+    expected)) that flags any."""
+    for bad, expected in problems:
+        if bad.any():
+            row = rows[np.flatnonzero(bad)[0]]
+            raise DataError(f"{where}: expected {expected}, found row "
+                            f"{[float(v) for v in row]}")
 
 
 def iou_matrix(boxes, gt):

@@ -30,8 +30,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from layers.multibox_match import iou_matrix
-from netdef.errors import DataError
+from layers.multibox_match import iou_matrix, label_rows, refuse_bad_rows
 
 TARGET_ROWS = 9
 RESPONSIBLE, TX, TY, TW, TH, COORD_WEIGHT, OBJECT, CLASS, NO_OBJECT = range(TARGET_ROWS)
@@ -53,8 +52,7 @@ def read_ground_truth(rows, num, classes, where):
     outside [0, num), a class outside 1..classes, or a box that is not
     finite with xmax > xmin and ymax > ymin.
     """
-    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 8)
-    rows = rows[rows[:, 0] != -1]
+    rows = label_rows(np.asarray(rows))
     image, label = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
     boxes = rows[:, 3:7]
     with np.errstate(invalid="ignore"):
@@ -67,10 +65,7 @@ def read_ground_truth(rows, num, classes, where):
              | ~(boxes[:, 3] > boxes[:, 1]),
              "a finite box with xmax > xmin and ymax > ymin"),
         ]
-    for bad, expected in problems:
-        if bad.any():
-            row = rows[np.flatnonzero(bad)[0]]
-            raise DataError(f"{where}: expected {expected}, found row {[float(v) for v in row]}")
+    refuse_bad_rows(rows, problems, where)
     return GroundTruth(image, label, boxes, rows[:, 7] != 0)
 
 

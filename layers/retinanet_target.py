@@ -65,19 +65,15 @@ import numpy as np
 
 from layers.base import NoGradientLayer, register
 from layers.multibox_match import (BIPARTITE, PER_PREDICTION, crosses_boundary, encode_boxes,
-                                   iou_matrix, match_boxes)
+                                   iou_matrix, label_rows, match_boxes, refuse_bad_rows)
 from netdef.device import array_module, to_numpy
-from netdef.errors import DataError
 
 
 def gt_rows(layer, rows, num, num_classes, use_difficult):
     """Per image of ``num``: (boxes (G_i, 4) float64, classes (G_i,) int64)
     from label rows (..., 8); a DataError naming ``layer`` and the first bad
     row (image index, class, coordinates)."""
-    rows = rows.reshape(-1, 8).astype(np.float64)
-    rows = rows[rows[:, 0] != -1]
-    if not use_difficult:
-        rows = rows[rows[:, 7] == 0]
+    rows = label_rows(rows, use_difficult)
     image, label = rows[:, 0], rows[:, 1]
     problems = (
         ((image < 0) | (image >= num) | (image != np.floor(image)),
@@ -87,11 +83,7 @@ def gt_rows(layer, rows, num, num_classes, use_difficult):
          "0, which a gt box cannot have)"),
         (~np.isfinite(rows[:, 3:7]).all(axis=1), "finite box coordinates"),
     )
-    for bad, expected in problems:
-        if bad.any():
-            row = rows[np.flatnonzero(bad)[0]]
-            raise DataError(f"{layer.where}: bottom '{layer.bottom_name(1)}': expected "
-                            f"{expected}, found row {[float(v) for v in row]}")
+    refuse_bad_rows(rows, problems, f"{layer.where}: bottom '{layer.bottom_name(1)}'")
     image, label = image.astype(np.int64), label.astype(np.int64)
     return [(rows[image == i, 3:7], label[image == i]) for i in range(num)]
 
