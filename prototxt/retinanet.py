@@ -64,7 +64,7 @@ import sys
 from prototxt.generator_cli import (add_phase_argument, add_regenerate_argument, generated_header,
                                     regenerate)
 from prototxt.resnet import Word, layer
-from prototxt.rfcn import TINY_CLASSES, TINY_IMAGE, merge_phases, solver_file
+from prototxt.rfcn import TINY_CLASSES, TINY_IMAGE, phase_text, solver_file
 from prototxt.rpn_parts import CONSTANT_0, gaussian, input_layer
 
 # (name, output channels, stride, max pooling 2x2/2 before it): conv1 works
@@ -285,12 +285,8 @@ def generated_file(classes=TINY_CLASSES, phase="BOTH", data="annotated"):
     """The net of one phase, or with phase "BOTH" both phases in one file
     (include rules: what solver.train trains and solver.test tests), with a
     header naming the command that wrote it."""
-    phase = phase.upper()
-    header = generated_header(command_line(classes, phase, data))
-    if phase == "BOTH":
-        return header + merge_phases(retinanet_net(classes, phase="TRAIN", data=data),
-                                     retinanet_net(classes, phase="TEST"))
-    return header + retinanet_net(classes, phase=phase, data=data)
+    return generated_header(command_line(classes, phase.upper(), data)) + phase_text(
+        lambda one: retinanet_net(classes, phase=one, data=data), phase)
 
 
 # The tiny net's solver: plain SGD from random initialization, BATCH_SIZE

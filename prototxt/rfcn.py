@@ -302,6 +302,15 @@ def _with_phase(block, phase):
     return "\n".join(lines[:at] + ["  include {", f"    phase: {phase}", "  }"] + lines[at:])
 
 
+def phase_text(build, phase):
+    """``build(phase)``, the net text of one phase, or for "BOTH" the two
+    phases in one file (``merge_phases``): what the generators write."""
+    phase = phase.upper()
+    if phase == "BOTH":
+        return merge_phases(build("TRAIN"), build("TEST"))
+    return build(phase)
+
+
 def merge_phases(train_text, test_text):
     """A net text whose TRAIN-phase layers are exactly ``train_text``'s and
     TEST-phase layers ``test_text``'s, in order: common runs of identical

@@ -47,7 +47,7 @@ import sys
 from prototxt.generator_cli import (add_phase_argument, add_regenerate_argument, generated_header,
                                     regenerate)
 from prototxt.resnet import layer, specs
-from prototxt.rfcn import TINY_CLASSES, TINY_IMAGE, TINY_STRIDE, merge_phases, solver_file, \
+from prototxt.rfcn import TINY_CLASSES, TINY_IMAGE, TINY_STRIDE, phase_text, solver_file, \
     tiny_trunk
 from prototxt.rpn_parts import CONSTANT_0, gaussian, input_layer
 
@@ -188,12 +188,8 @@ def generated_file(classes=TINY_CLASSES, levels=TINY_LEVELS, phase="BOTH"):
     """The net of one phase, or with phase "BOTH" both phases in one file
     (include rules: what solver.train trains and solver.test tests), with a
     header naming the command that wrote it."""
-    phase = phase.upper()
-    header = generated_header(command_line(classes, levels, phase))
-    if phase == "BOTH":
-        return header + merge_phases(sppnet_net(classes, levels, phase="TRAIN"),
-                                     sppnet_net(classes, levels, phase="TEST"))
-    return header + sppnet_net(classes, levels, phase=phase)
+    return generated_header(command_line(classes, levels, phase.upper())) + phase_text(
+        lambda one: sppnet_net(classes, levels, phase=one), phase)
 
 
 def committed_files():
