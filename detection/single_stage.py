@@ -47,6 +47,7 @@ import numpy as np
 
 from layers.boxes import pixel_boxes, stable_argsort
 from layers.input_pipeline.preprocess import resize_image
+from layers.input_pipeline.ssd_minibatch import input_blob
 from netdef import caffe_pb2
 from netdef.device import to_numpy
 from netdef.errors import DataError, NetDefinitionError
@@ -149,9 +150,7 @@ def warp_input(image_bgr, height, width, transform):
     if image.ndim != 3 or image.shape[2] != 3:
         raise DataError(f"expected an (H, W, 3) BGR image, found shape {image.shape}")
     warped = resize_image(image.astype(np.float32, copy=False), height, width)
-    warped -= np.asarray(transform.mean, np.float32)
-    warped *= np.float32(transform.scale)
-    return np.ascontiguousarray(warped.transpose(2, 0, 1)[None])
+    return input_blob(warped, transform.mean, transform.scale)
 
 
 # -- labels and classes ---------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from layers.input_pipeline.preprocess import load_image_bgr, resize_image
 from layers.input_pipeline import ssd_augment as aug
 from netdef.errors import DataError
 
-__all__ = ["SSDTransform", "ssd_entries", "SSDBatchBuilder", "SSD_TOPS", "NO_BOX_ROW"]
+__all__ = ["SSDTransform", "ssd_entries", "SSDBatchBuilder", "SSD_TOPS", "NO_BOX_ROW",
+           "input_blob"]
 
 SSD_TOPS = ("data", "label")
 #: The label of a batch without boxes (Caffe-SSD fills one row of -1).
@@ -71,6 +72,14 @@ def ssd_entries(records):
         horizontal=np.array([r.width >= r.height for r in records], bool).reshape(-1),
         boxes=[np.asarray(r.boxes, np.float32).reshape(-1, 4) for r in records],
         labels=[np.asarray(r.labels, np.int32).reshape(-1) for r in records], skipped=[])
+
+
+def input_blob(image, mean, scale):
+    """``(1, 3, H, W)`` float32 ``(pixel - mean) * scale`` of a warped
+    ``(H, W, 3)`` BGR image (``mean`` (3,) BGR): the data the single-stage
+    nets see in training and in evaluation (detection.single_stage)."""
+    image = (image - np.asarray(mean, np.float32)) * np.float32(scale)
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
 def instance_ids(labels):
@@ -121,8 +130,7 @@ class SSDBatchBuilder(MinibatchBuilder):
         if t.mirror and rng.integers(0, 2):
             image = image[:, ::-1]
             boxes = aug.mirror_boxes(boxes)
-        image = (image - np.asarray(t.mean, np.float32)) * np.float32(t.scale)
-        blob = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+        blob = input_blob(image, t.mean, t.scale)
         rows = np.concatenate([np.full((len(boxes), 1), float(position)), columns[:, :2],
                                boxes, columns[:, 2:]], axis=1)
         return blob, 1.0, rows
